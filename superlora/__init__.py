@@ -1,5 +1,26 @@
-"""SuperLoRA: parameter-efficient adaptation of many layers from a few small factored tensors."""
+"""SuperLoRA: parameter-efficient adaptation of many layers from a few small factored tensors.
 
+Public API: `SuperLoRAConfig`, `preset`, `get_superlora_model`, `SuperLoRAModel`, `count_parameters`, and the
+error types. See README.md and docs/ for the method and the product around it.
+"""
+
+from superlora.config import PRESETS, SuperLoRAConfig, preset
+from superlora.counting import ParameterCount, count_parameters
 from superlora.errors import CheckpointError, ConfigError, DataError, SuperLoRAError
+from superlora.model import SuperLoRAModel, get_superlora_model
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ParameterCount",
+    "SuperLoRAConfig",
+    "SuperLoRAError",
+    "SuperLoRAModel",
+    "count_parameters",
+    "get_superlora_model",
+    "preset",
+]

@@ -1,0 +1,181 @@
+"""`SuperLoRAAdapter`: the module that owns every group's trainable factors and produces all ΔW at once.
+
+Pipeline per forward (docs/method.md): build each group tensor from its factors -> flatten -> keep the first
+P_g (or D_g) entries -> fixed projection to D_g entries -> concatenate -> un-shuffle -> split into the ΔW of
+each target. Groups that are exactly one target in LoRA form are not materialised here: their layer applies
+x A B^T directly (see `direct_factors`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from superlora.config import SuperLoRAConfig
+from superlora.errors import ConfigError
+from superlora.functional import projection as proj
+from superlora.functional.factors import group_tensor, lora_matrix
+from superlora.functional.layout import GroupPlan, Layout, PiecePlan
+
+
+class PieceFactors(nn.Module):
+    """The trainable tensors of one Kronecker piece, registered under the names the layout gives them."""
+
+    def __init__(self, plan: PiecePlan, gen: torch.Generator, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.plan = plan
+        zero = plan.zero_parameter()
+        for name, shape in plan.parameter_shapes().items():
+            tensor = torch.zeros(shape, dtype=torch.float32)
+            if name != zero:
+                tensor.uniform_(-1.0, 1.0, generator=gen).mul_(_init_bound(name, shape))
+            self.register_parameter(name, nn.Parameter(tensor.to(dtype)))
+
+    def named_tensors(self) -> dict[str, Tensor]:
+        return dict(self.named_parameters(recurse=False))
+
+
+def _init_bound(name: str, shape: tuple[int, ...]) -> float:
+    """Uniform bound 1/sqrt(fan_in), the Kaiming-uniform(a=sqrt(5)) bound PEFT uses for LoRA's A.
+
+    `right` (n2 x r) plays LoRA's A^T, so its fan-in is its first side; `left` (n1 x r) has fan-in r; a Tucker
+    factor (n x r) is scaled by its side; a full piece or core by the product of its trailing sides.
+    """
+    base = name.rsplit("_", 1)[-1]
+    if base in ("right",) or base.startswith("factor"):
+        fan_in = shape[0]
+    elif base == "left":
+        fan_in = shape[1]
+    else:
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    return 1.0 / math.sqrt(max(1, fan_in))
+
+
+class GroupFactors(nn.Module):
+    def __init__(self, plan: GroupPlan, gen: torch.Generator, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.plan = plan
+        self.pieces = nn.ModuleList(PieceFactors(piece, gen, dtype) for piece in plan.pieces)
+
+    def tensor(self) -> Tensor:
+        return group_tensor(self.plan.pieces, [piece.named_tensors() for piece in self.pieces])
+
+
+class SuperLoRAAdapter(nn.Module):
+    """All trainable factors of one adapter plus the fixed maps (regenerated from the seed, not saved)."""
+
+    def __init__(self, layout: Layout, config: SuperLoRAConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.layout = layout
+        self.config = config
+        gen = proj.generator(config.seed, "init")
+        self.groups = nn.ModuleList(GroupFactors(plan, gen, dtype) for plan in layout.groups)
+        self._direct = layout.direct_groups()
+        self._projections: list[dict[str, Tensor] | Tensor | None] = []
+        for plan in layout.groups:
+            self._projections.append(self._make_projection(plan))
+        for g, projection in enumerate(self._projections):
+            if isinstance(projection, dict):
+                for key, value in projection.items():
+                    self.register_buffer(f"_ff{g}_{key}", value, persistent=False)
+            elif isinstance(projection, Tensor):
+                self.register_buffer(f"_gauss{g}", projection, persistent=False)
+        if config.shuffle:
+            perm = proj.shuffle_permutation(layout.total, config.seed)
+            # delta = d[inverse]: gathering is cheaper than scattering and has a cheap backward.
+            self.register_buffer("_unshuffle", proj.inverse_permutation(perm).int(), persistent=False)
+        self._spans = [layout.target_spans(t) for t in range(len(layout.target_shapes))]
+
+    def _make_projection(self, plan: GroupPlan) -> dict[str, Tensor] | Tensor | None:
+        if not plan.projected:
+            return None
+        seed = proj.derive_seed(self.config.seed, "projection", plan.index)
+        if self.config.projection == "gaussian":
+            if plan.size * plan.input_size > proj.MAX_GAUSSIAN_ENTRIES:
+                raise ConfigError(
+                    f"projection='gaussian': group {plan.index} would need a dense {plan.size} x {plan.input_size} "
+                    f"matrix ({plan.size * plan.input_size * 4 / 2**30:.1f} GiB); use projection='fastfood'"
+                )
+            return proj.gaussian_matrix(plan.input_size, plan.size, seed)
+        return proj.fastfood_params(plan.input_size, plan.size, seed)
+
+    # ------------------------------------------------------------------ fixed maps
+    def projection_params(self, group: int) -> dict[str, Tensor] | Tensor | None:
+        """The fixed projection of a group as it lives on the adapter's device (None without projection)."""
+        plan = self.layout.groups[group]
+        if not plan.projected:
+            return None
+        if self.config.projection == "gaussian":
+            return getattr(self, f"_gauss{group}")
+        return {key: getattr(self, f"_ff{group}_{key}") for key in ("signs", "perm", "gauss", "scale")}
+
+    def fingerprint(self) -> str:
+        """Checksum of the regenerated fixed maps; equal across runs when the generator is unchanged."""
+        parts: dict[str, Tensor] = {}
+        for g in range(len(self.groups)):
+            params = self.projection_params(g)
+            if isinstance(params, dict):
+                parts.update({f"{g}.{k}": v for k, v in params.items()})
+            elif params is not None:
+                parts[str(g)] = params
+        if self.config.shuffle:
+            parts["shuffle"] = self._unshuffle
+        return proj.projection_fingerprint(parts) if parts else ""
+
+    # ------------------------------------------------------------------ forward pieces
+    def group_vector(self, group: int) -> Tensor:
+        """d_g: the D_g update entries produced by one group (before un-shuffling, unscaled)."""
+        plan = self.layout.groups[group]
+        tensor = self.groups[group].tensor()
+        if plan.fold == "native" and plan.native_count > 1:
+            # m x (n * count) holds the targets side by side; emit them one after another.
+            rows, cols = plan.shape
+            tensor = tensor.reshape(rows, plan.native_count, cols // plan.native_count).transpose(0, 1)
+        flat = tensor.reshape(-1)[: plan.input_size]
+        projection = self.projection_params(group)
+        if projection is None:
+            return flat
+        if isinstance(projection, Tensor):
+            return projection @ flat
+        return proj.fastfood(flat, projection, plan.size)
+
+    def direct_factors(self, target: int) -> tuple[Tensor, Tensor] | None:
+        """(left, right) for a target whose layer may apply x right left^T itself, else None."""
+        group = self._direct.get(target)
+        if group is None:
+            return None
+        piece = self.groups[group].pieces[0]
+        return piece.left, piece.right
+
+    @property
+    def direct_targets(self) -> frozenset[int]:
+        return frozenset(self._direct)
+
+    def delta_weights(self, include_direct: bool = False) -> dict[int, Tensor]:
+        """target index -> unscaled ΔW (rows x cols), computed in one pass over the groups."""
+        wanted = [t for t in range(len(self.layout.target_shapes)) if include_direct or t not in self._direct]
+        result: dict[int, Tensor] = {}
+        if include_direct:
+            for t in self._direct:
+                left, right = self.direct_factors(t)  # type: ignore[misc]
+                result[t] = lora_matrix(left, right)
+            wanted = [t for t in wanted if t not in self._direct]
+        if not wanted:
+            return result
+        shapes, offsets = self.layout.target_shapes, self.layout.offsets
+        if self.config.shuffle:
+            vector = torch.cat([self.group_vector(g) for g in range(len(self.groups))])
+            delta = vector.index_select(0, self._unshuffle)
+            for t in wanted:
+                rows, cols = shapes[t]
+                result[t] = delta[offsets[t] : offsets[t] + rows * cols].view(rows, cols)
+            return result
+        needed = sorted({g for t in wanted for g, _, _ in self._spans[t]})
+        vectors = {g: self.group_vector(g) for g in needed}
+        for t in wanted:
+            pieces = [vectors[g][lo:hi] for g, lo, hi in self._spans[t]]
+            flat = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            result[t] = flat.view(shapes[t])
+        return result

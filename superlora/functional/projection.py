@@ -1,0 +1,134 @@
+"""Fixed random projections that lift P trainable entries to D update entries, and the shuffle permutation.
+
+Every map here is regenerated from an integer seed with torch's CPU generator (never stored in checkpoints)
+and has no trainable parameters. Normalisation: both projections approximate a D x P matrix with i.i.d.
+N(0, 1/D) entries, so E ||F x||^2 = ||x||^2 — the update vector has the norm of the trainable vector.
+
+Fastfood (Le, Sarlós, Smola, ICML 2013) replaces the dense matrix by blocks V = S H G Pi H B of size n = 2^k >= P:
+B random signs, H the (unnormalised) Walsh-Hadamard transform, Pi a permutation, G Gaussian diagonal, S a
+diagonal that gives each row the chi-distributed norm of a Gaussian row. ceil(D / n) independent blocks are
+stacked and the first D outputs kept. Cost O(D log n), memory O(D).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+
+import torch
+from torch import Tensor
+
+# Largest Hadamard block applied as one matmul inside the transform; 2^6 balances matmul efficiency against
+# the number of passes over memory on CPUs (measured in benchmarks/engine_speed.py).
+_RADIX_BITS = 6
+# A dense Gaussian map is a reference for small groups; beyond this many entries use Fastfood.
+MAX_GAUSSIAN_ENTRIES = 2**25
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed for one purpose (e.g. ("fastfood", group)) that is stable across runs and machines."""
+    digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def generator(seed: int, *keys: object) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(derive_seed(seed, *keys))
+
+
+def shuffle_permutation(size: int, seed: int) -> Tensor:
+    """A fixed random permutation of range(size) (int64)."""
+    return torch.randperm(size, generator=generator(seed, "shuffle"))
+
+
+def inverse_permutation(perm: Tensor) -> Tensor:
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), dtype=perm.dtype)
+    return inverse
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_hadamard(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return hadamard_matrix(size, dtype).to(device)
+
+
+def hadamard_matrix(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sylvester's +-1 Hadamard matrix of a power-of-two size."""
+    if size < 1 or size & (size - 1):
+        raise ValueError(f"Hadamard size must be a power of two, got {size}")
+    matrix = torch.ones(1, 1, dtype=dtype)
+    while matrix.shape[0] < size:
+        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
+    return matrix
+
+
+def _radix_sizes(n: int) -> list[int]:
+    bits = n.bit_length() - 1
+    steps = max(1, math.ceil(bits / _RADIX_BITS))
+    sizes = [bits // steps + (1 if i < bits % steps else 0) for i in range(steps)]
+    return [2**b for b in sizes if b > 0]
+
+
+def fwht(x: Tensor) -> Tensor:
+    """Unnormalised Walsh-Hadamard transform along the last dimension (a power of two), batched and vectorised.
+
+    H_n is the Kronecker product of smaller Hadamard matrices, so the transform is a few matmuls with small
+    blocks: view the vector as (..., rest, a), multiply the last axis by H_a, and rotate that axis to the front.
+    After one step per factor every axis has been transformed and the order is restored.
+    """
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"fwht needs a power-of-two length, got {n}")
+    if n == 1:
+        return x
+    batch = x.shape[:-1]
+    flat = x.reshape(-1, n)
+    for size in reversed(_radix_sizes(n)):
+        block = _cached_hadamard(size, x.dtype, x.device)
+        flat = (flat.view(flat.shape[0], n // size, size) @ block).transpose(1, 2).reshape(flat.shape[0], n)
+    return flat.view(*batch, n)
+
+
+def fastfood_block_size(in_size: int) -> int:
+    return 1 << max(0, (in_size - 1).bit_length())
+
+
+def fastfood_params(in_size: int, out_size: int, seed: int) -> dict[str, Tensor]:
+    """The fixed diagonals and permutations of a Fastfood map R^in_size -> R^out_size."""
+    n = fastfood_block_size(in_size)
+    blocks = math.ceil(out_size / n)
+    gen = generator(seed, "fastfood", in_size, out_size)
+    signs = torch.randint(0, 2, (blocks, n), generator=gen).mul_(2).sub_(1).float()
+    perm = torch.stack([torch.randperm(n, generator=gen) for _ in range(blocks)])
+    gauss = torch.randn(blocks, n, generator=gen)
+    # chi_n row norms via the normal approximation chi_n ~ N(sqrt(n - 1/2), 1/2), accurate for the n used here.
+    chi = (math.sqrt(max(n - 0.5, 0.5)) + math.sqrt(0.5) * torch.randn(blocks, n, generator=gen)).clamp_min(0)
+    scale = chi / (gauss.norm(dim=1, keepdim=True) * math.sqrt(n * out_size))
+    flat_perm = perm + (torch.arange(blocks) * n).unsqueeze(1)
+    # int32 indices halve the buffer's memory; index_select accepts them.
+    return {"signs": signs, "perm": flat_perm.reshape(-1).int(), "gauss": gauss, "scale": scale}
+
+
+def fastfood(x: Tensor, params: dict[str, Tensor], out_size: int) -> Tensor:
+    """Apply the Fastfood map to a vector x of length in_size."""
+    signs = params["signs"]
+    blocks, n = signs.shape
+    padded = torch.nn.functional.pad(x, (0, n - x.shape[-1]))
+    h = fwht(padded * signs)
+    h = h.reshape(-1).index_select(0, params["perm"]).view(blocks, n) * params["gauss"]
+    h = fwht(h) * params["scale"]
+    return h.reshape(-1)[:out_size]
+
+
+def gaussian_matrix(in_size: int, out_size: int, seed: int) -> Tensor:
+    """Dense out_size x in_size matrix with i.i.d. N(0, 1/out_size) entries (the simple reference map)."""
+    gen = generator(seed, "gaussian", in_size, out_size)
+    return torch.randn(out_size, in_size, generator=gen) / math.sqrt(out_size)
+
+
+def projection_fingerprint(params: dict[str, Tensor]) -> str:
+    """A short checksum of a regenerated projection, stored with adapters to detect generator changes."""
+    digest = hashlib.blake2b(digest_size=8)
+    for key in sorted(params):
+        digest.update(params[key].detach().cpu().contiguous().numpy().tobytes()[:4096])
+    return digest.hexdigest()

@@ -1,0 +1,120 @@
+"""`AdaptedLinear`: the wrapper that adds the adapter's update to one `nn.Linear` (whole or by row blocks).
+
+The layer holds no factors of its own. It asks the shared `AdapterRuntime` for this pass's ΔW (built once per
+model forward for all targets) or, for LoRA-form targets, applies x right left^T without building ΔW.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from superlora.adapter import SuperLoRAAdapter
+
+
+class AdapterRuntime:
+    """State shared by the model wrapper and its layers: on/off, merged, and the per-pass cache of ΔW."""
+
+    def __init__(self, adapter: SuperLoRAAdapter, scaling: float) -> None:
+        self.adapter = adapter
+        self.scaling = scaling
+        self.enabled = True
+        self.merged = False
+        self._in_pass = False
+        self._pass_cache: dict[int, Tensor] | None = None
+        self._frozen_cache: tuple[tuple, dict[int, Tensor]] | None = None
+
+    def begin_pass(self) -> None:
+        self._in_pass, self._pass_cache = True, None
+
+    def end_pass(self) -> None:
+        self._in_pass, self._pass_cache = False, None
+
+    def _version_key(self) -> tuple:
+        return tuple((id(p), p._version, p.device, p.dtype) for p in self.adapter.parameters())
+
+    def deltas(self) -> dict[int, Tensor]:
+        """Unscaled ΔW of every non-direct target, computed at most once per forward pass."""
+        if not torch.is_grad_enabled():
+            # Without autograd the tensors carry no graph, so they stay valid until a parameter changes.
+            key = self._version_key()
+            if self._frozen_cache is None or self._frozen_cache[0] != key:
+                with torch.no_grad():
+                    self._frozen_cache = (key, self.adapter.delta_weights())
+            return self._frozen_cache[1]
+        self._frozen_cache = None
+        if not self._in_pass:
+            # Called outside the model's forward (a sub-module used on its own): correct, just not shared.
+            return self.adapter.delta_weights()
+        if self._pass_cache is None:
+            self._pass_cache = self.adapter.delta_weights()
+        return self._pass_cache
+
+
+class AdaptedLinear(nn.Module):
+    """A Linear layer plus s * ΔW on some of its row blocks. `parts` are (target index, (row start, row stop))."""
+
+    def __init__(self, base_layer: nn.Linear, parts: list[tuple[int, tuple[int, int]]], runtime: AdapterRuntime) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.parts = sorted(parts, key=lambda part: part[1])
+        self.runtime = runtime
+        direct = runtime.adapter.direct_targets
+        self._dense = [(t, rows) for t, rows in self.parts if t not in direct]
+        self._direct = [(t, rows) for t, rows in self.parts if t in direct]
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def extra_repr(self) -> str:
+        return "targets=" + ", ".join(f"{t}:rows[{a}:{b}]" for t, (a, b) in self.parts)
+
+    def _row_blocks(self, pieces: list[tuple[tuple[int, int], Tensor]], fill: Tensor, dim: int) -> Tensor:
+        """Concatenate `pieces` at their row ranges along `dim`, filling the gaps from `fill`."""
+        blocks, cursor = [], 0
+        for (start, stop), piece in pieces:
+            if start > cursor:
+                blocks.append(fill.narrow(dim, cursor, start - cursor))
+            blocks.append(piece)
+            cursor = stop
+        if cursor < self.out_features:
+            blocks.append(fill.narrow(dim, cursor, self.out_features - cursor))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        runtime = self.runtime
+        if not runtime.enabled or runtime.merged:
+            return self.base_layer(x)
+        scale = runtime.scaling
+        weight = self.base_layer.weight
+        if self._dense:
+            deltas = runtime.deltas()
+            pieces = [
+                (rows, torch.add(weight[rows[0] : rows[1]], deltas[t].to(weight.dtype), alpha=scale))
+                for t, rows in self._dense
+            ]
+            weight = self._row_blocks(pieces, weight, 0)
+        out = F.linear(x, weight, self.base_layer.bias)
+        if self._direct:
+            adapter = runtime.adapter
+            pieces = []
+            for t, rows in self._direct:
+                left, right = adapter.direct_factors(t)  # type: ignore[misc]
+                pieces.append((rows, (x.to(right.dtype) @ right) @ left.transpose(0, 1) * scale))
+            update = self._row_blocks(pieces, out.new_zeros(()).expand(out.shape), -1)
+            out = out + update.to(out.dtype)
+        return out
