@@ -1,0 +1,229 @@
+"""Injection, targets, merge/unmerge, disable, unload, save/load and training through SuperLoRAModel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from superlora import CheckpointError, ConfigError, SuperLoRAModel, get_superlora_model, preset
+from superlora.layers import AdaptedLinear
+from superlora.targets import resolve_targets
+
+from toy_models import TwoLayerMLP, randomize_trainable, tiny_vit, vit_input
+
+
+def test_q_v_targets_are_row_blocks_of_fused_qkv_in_model_order():
+    targets = resolve_targets(tiny_vit(), ("v", "q"))
+    assert [t.name for t in targets] == [
+        "blocks.0.attn.qkv.q", "blocks.0.attn.qkv.v", "blocks.1.attn.qkv.q", "blocks.1.attn.qkv.v"
+    ]
+    assert targets[0].rows == (0, 24) and targets[1].rows == (48, 72) and targets[1].shape == (24, 24)
+
+
+def test_glob_suffix_and_container_patterns():
+    model = tiny_vit()
+    assert [t.name for t in resolve_targets(model, ("blocks.1.*.fc?",))] == ["blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]
+    assert [t.name for t in resolve_targets(model, ("mlp",))][:2] == ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert [t.name for t in resolve_targets(model, ("proj",))] == ["blocks.0.attn.proj", "blocks.1.attn.proj"]
+
+
+def test_targets_that_match_nothing_or_overlap_are_config_errors():
+    with pytest.raises(ConfigError, match=r"'query' matches no nn.Linear.*q, k, v.*qkv"):
+        get_superlora_model(tiny_vit(), preset("lora", targets=("query",)))
+    with pytest.raises(ConfigError, match="selected whole and by its row block"):
+        get_superlora_model(tiny_vit(), preset("lora", targets=("qkv", "q")))
+    with pytest.raises(ConfigError, match="trainable: 'classifier'"):
+        get_superlora_model(tiny_vit(), preset("lora"), trainable=("classifier",))
+
+
+def test_adapting_twice_is_refused():
+    model = tiny_vit()
+    get_superlora_model(model, preset("lora"))
+    with pytest.raises(ConfigError, match="already carries"):
+        get_superlora_model(model, preset("lora"))
+
+
+def test_base_is_frozen_and_head_trainable():
+    wrapped = get_superlora_model(tiny_vit(), preset("lorta", order=3, rank=2))
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if not n.startswith("adapter.")} == {"base_model.head.weight", "base_model.head.bias"}
+    assert all(n.startswith(("adapter.", "base_model.head.")) for n in trainable)
+
+
+def test_print_trainable_parameters_uses_peft_format(capsys):
+    wrapped = get_superlora_model(tiny_vit(), preset("lora", rank=2))
+    wrapped.print_trainable_parameters()
+    line = capsys.readouterr().out.strip()
+    trainable = 4 * 2 * (24 + 24) + 24 * 3 + 3
+    total = sum(p.numel() for p in wrapped.parameters())
+    assert line == f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+@pytest.mark.parametrize("name", ["lora", "lorta"])
+def test_disable_merge_unmerge_and_unload(name):
+    base = tiny_vit()
+    x = vit_input()
+    with torch.no_grad():
+        plain = base(x)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    wrapped = get_superlora_model(base, preset(name, rank=2, alpha=4))
+    randomize_trainable(wrapped.adapter)
+    with torch.no_grad():
+        adapted = wrapped(x)
+        assert not torch.allclose(adapted, plain, atol=1e-4)
+        with wrapped.disable_adapter():
+            torch.testing.assert_close(wrapped(x), plain)
+        wrapped.merge()
+        torch.testing.assert_close(wrapped(x), adapted, rtol=1e-5, atol=1e-5)
+        wrapped.unmerge()
+        torch.testing.assert_close(wrapped(x), adapted, rtol=1e-5, atol=1e-5)
+    restored = wrapped.unload()
+    assert not any(isinstance(m, AdaptedLinear) for m in restored.modules())
+    for key, value in restored.state_dict().items():
+        torch.testing.assert_close(value, original[key], rtol=0, atol=1e-6)
+
+
+def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs():
+    wrapped = get_superlora_model(tiny_vit(), preset("loha", rank=2))
+    randomize_trainable(wrapped.adapter)
+    x = vit_input()
+    with torch.no_grad():
+        adapted = wrapped(x)
+    plain = wrapped.merge_and_unload()
+    assert type(plain.blocks[0].attn.qkv) is nn.Linear
+    assert not plain._forward_pre_hooks and not plain._forward_hooks
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config = preset("lorta", order=3, rank=2, ratio=0.5, projection="fastfood", shuffle=True, seed=4)
+    wrapped = get_superlora_model(tiny_vit(num_classes=3, seed=0), config)
+    randomize_trainable(wrapped)
+    x = vit_input()
+    with torch.no_grad():
+        expected = wrapped(x)
+    wrapped.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["config"]["projection"] == "fastfood" and saved["trainable_modules"] == ["head"]
+    assert saved["targets"][0] == {"name": "blocks.0.attn.qkv.q", "shape": [24, 24]}
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+    # A different random head and base: loading must restore adapter and head; the base is the user's.
+    fresh = tiny_vit(num_classes=3, seed=0)
+    loaded = SuperLoRAModel.from_pretrained(fresh, tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+
+
+def test_fixed_maps_are_not_saved(tmp_path):
+    from safetensors.torch import load_file
+
+    wrapped = get_superlora_model(tiny_vit(), preset("superlora-2d", ratio=0.5, projection="fastfood", shuffle=True))
+    wrapped.save_pretrained(tmp_path)
+    keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
+    assert keys == {"adapter.groups.0.pieces.0.left", "adapter.groups.0.pieces.0.right", "modules.head.weight",
+                    "modules.head.bias"}
+
+
+def test_loading_into_a_mismatched_model_names_the_first_mismatch(tmp_path):
+    get_superlora_model(tiny_vit(), preset("lora", rank=2)).save_pretrained(tmp_path / "a")
+    import timm
+
+    other = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3
+    )
+    with pytest.raises(CheckpointError, match=r"target 0 was blocks.0.attn.qkv.q \(24, 24\).*\(32, 32\)"):
+        SuperLoRAModel.from_pretrained(other, tmp_path / "a")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        SuperLoRAModel.from_pretrained(TwoLayerMLP(), tmp_path / "a")
+    deeper = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=8, embed_dim=24, depth=3,
+                                                              num_heads=2, num_classes=3)
+    with pytest.raises(CheckpointError, match="first unmatched: blocks.2.attn.qkv.q"):
+        SuperLoRAModel.from_pretrained(deeper, tmp_path / "a")
+    # A failed load leaves the model untouched.
+    assert not any(isinstance(m, AdaptedLinear) for m in deeper.modules())
+
+
+def test_loading_broken_files_gives_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        SuperLoRAModel.from_pretrained(tiny_vit(), tmp_path)
+    get_superlora_model(tiny_vit(num_classes=3), preset("lora")).save_pretrained(tmp_path)
+    model = tiny_vit(num_classes=5)
+    with pytest.raises(CheckpointError, match=r"modules.head.weight has shape \(3, 24\), this model needs \(5, 24\)"):
+        SuperLoRAModel.from_pretrained(model, tmp_path)
+    assert not any(isinstance(m, AdaptedLinear) for m in model.modules())
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        SuperLoRAModel.from_pretrained(tiny_vit(num_classes=3), tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        SuperLoRAModel.from_pretrained(tiny_vit(num_classes=3), tmp_path)
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    wrapped = get_superlora_model(tiny_vit(), preset("lora"))
+    wrapped.save_pretrained(tmp_path)
+    before = (tmp_path / "adapter_model.safetensors").read_bytes()
+    randomize_trainable(wrapped)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("superlora.model.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        wrapped.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_delta_is_built_once_per_forward(monkeypatch):
+    wrapped = get_superlora_model(tiny_vit(), preset("lorta", order=3, rank=2))
+    calls = []
+    original = wrapped.adapter.delta_weights
+    monkeypatch.setattr(wrapped.adapter, "delta_weights", lambda **kw: calls.append(1) or original(**kw))
+    wrapped(vit_input()).sum().backward()
+    assert len(calls) == 1
+    # A sub-module called on its own still gets the update (computed for that call).
+    wrapped.base_model.blocks[0](torch.randn(1, 5, 24)).sum().backward()
+    assert len(calls) == 2
+
+
+def test_a_few_steps_of_training_fit_a_tiny_task():
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 16, 16)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    wrapped = get_superlora_model(tiny_vit(num_classes=2), preset("lorta", order=3, rank=4, shuffle=True))
+    optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=3e-2)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(wrapped(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert any(d.abs().max() > 0 for d in wrapped.delta_weights().values())
+
+
+def test_works_on_a_hugging_face_transformer():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    wrapped = get_superlora_model(model, preset("lorta", order=3, rank=2, targets=("query", "value")),
+                                  trainable=("classifier",))
+    assert len(wrapped.targets) == 4 and wrapped.targets[0].name == "bert.encoder.layer.0.attention.self.query"
+    randomize_trainable(wrapped.adapter, scale=1.0)
+    with torch.no_grad():
+        adapted = wrapped(input_ids=ids).logits
+        with wrapped.disable_adapter():
+            plain = wrapped(input_ids=ids).logits
+        assert (adapted - plain).abs().max() > 1e-3
+        merged = wrapped.merge_and_unload()
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted, rtol=1e-5, atol=1e-5)
