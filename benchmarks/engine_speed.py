@@ -1,0 +1,256 @@
+"""Engine speed and memory against PEFT on the same model, input and threads (issue: engine benchmark).
+
+Measures, in one run:
+  1. training-step time of the `lora` preset vs PEFT LoRA (same rank, same targets) on timm ViT-Ti/16 (batch 32)
+     and ViT-B/16 (batch 16) at 224 px with random weights;
+  2. SuperLoRA (G=1, order-3 Tucker, Fastfood rho=0.1, q and v of every block) vs PEFT LoRA r=8 on ViT-B/16:
+     step time and peak memory;
+  3. inference of a merged model vs the untouched base model;
+  4. count_parameters on ViT-L/16 and ViT-H/14 built on the meta device.
+Timings are medians over interleaved rounds (every case runs once per round, so machine noise hits all cases
+alike); ratios compare medians from the same run. Peak memory is the peak resident set size of a fresh process
+that builds the model and runs the same steps (one process per case).
+
+    python benchmarks/engine_speed.py            # full run, writes benchmarks/results/engine_speed.{json,md}
+    python benchmarks/engine_speed.py --quick    # a smoke run with fewer rounds (results not written)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import superlora  # noqa: E402
+from superlora import count_parameters, get_superlora_model, preset  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NUM_CLASSES = 10
+
+
+def superlora_config():
+    return preset("lorta", order=3, rank=8, groups=1, projection="fastfood", ratio=0.1, targets=("q", "v"))
+
+
+def build(case: str, model_name: str) -> torch.nn.Module:
+    """A model ready to train for one case: 'peft' (PEFT LoRA r=8 on qkv), 'lora' (our preset, same), 'superlora'."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=NUM_CLASSES)
+    if case == "peft":
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["qkv"], modules_to_save=["head"]))
+    if case == "lora":
+        return get_superlora_model(model, preset("lora", rank=8, targets=("qkv",)))
+    if case == "superlora":
+        return get_superlora_model(model, superlora_config())
+    if case == "base":
+        return model
+    raise ValueError(case)
+
+
+def make_step(model: torch.nn.Module, batch: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 224, 224, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator)
+    model.train()
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved(cases: dict[str, callable], rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Run every case once per round (after one warm-up call each); return all per-call times per case."""
+    for fn in cases.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            times[name].extend(timed(fn, per_round))
+    return times
+
+
+def summarise(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    base = statistics.median(times[baseline])
+    return {
+        name: {"median_s": statistics.median(values), "ratio_vs_" + baseline: statistics.median(values) / base,
+               "samples": len(values)}
+        for name, values in times.items()
+    }
+
+
+def training_steps(model_name: str, batch: int, cases: list[str], rounds: int) -> dict:
+    steps = {case: make_step(build(case, model_name), batch) for case in cases}
+    return summarise(interleaved(steps, rounds, per_round=1), "peft")
+
+
+def merged_inference(rounds: int) -> dict:
+    base = build("base", "vit_base_patch16_224").eval()
+    merged = build("superlora", "vit_base_patch16_224").eval()
+    with torch.no_grad():
+        for p in merged.adapter.parameters():
+            p.normal_(0, 0.01)
+    merged.merge()
+    images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+    def run(model):
+        def infer():
+            with torch.no_grad():
+                model(images)
+
+        return infer
+
+    times = interleaved({"base": run(base), "merged": run(merged)}, rounds, per_round=1)
+    return summarise({"peft": times["base"], **times}, "peft") | {}
+
+
+def counting() -> dict:
+    results = {}
+    for name in ("vit_large_patch16_224", "vit_huge_patch14_224"):
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        per_config = {}
+        for label, config in [("lora r=8", preset("lora", rank=8)), ("lorta M=3 r=4", preset("lorta", order=3, rank=4)),
+                              ("2d G=8 rho=0.1", preset("superlora-2d", groups=8, ratio=0.1, projection="fastfood"))]:
+            times = timed(lambda: count_parameters(model, config), 21)
+            per_config[label] = {"median_ms": 1000 * statistics.median(times),
+                                 "adapter_parameters": count_parameters(model, config).adapter}
+        results[name] = per_config
+    return results
+
+
+def child_memory(case: str, steps: int) -> None:
+    """Run in a fresh process: build, train `steps` steps, print the peak resident set size in MiB."""
+    step = make_step(build(case, "vit_base_patch16_224"), 16)
+    for _ in range(steps):
+        step()
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(cases: list[str], steps: int) -> dict:
+    results = {}
+    for case in cases:
+        output = subprocess.run(
+            [sys.executable, __file__, "--child-memory", case, "--steps", str(steps)],
+            check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+        ).stdout
+        results[case] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
+    return {case: {"peak_rss_mib": mib, "ratio_vs_peft": mib / results["peft"]} for case, mib in results.items()}
+
+
+def write_report(report: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "engine_speed.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "# Engine speed and memory",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; torch {report['torch']}, {report['threads']} threads; "
+        f"date {report['date']}.",
+        "",
+        "Medians of interleaved rounds; ratios against PEFT LoRA r=8 (same targets) measured in the same run.",
+        "",
+        "| measurement | case | median | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["checks"]:
+        lines.append(f"| {row['what']} | {row['case']} | {row['value']} | {row['ratio']:.3f} | {row['target']} | "
+                     f"{'yes' if row['met'] else 'NO'} |")
+    lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
+    (RESULTS / "engine_speed.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one round, ViT-Ti and ViT-B steps only, nothing written")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--child-memory", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory:
+        child_memory(args.child_memory, args.steps)
+        return
+    rounds = 1 if args.quick else args.rounds
+    checks, notes = [], []
+    tiny = training_steps("vit_tiny_patch16_224", 32, ["peft", "lora"], rounds + 2)
+    print("vit_tiny train step", json.dumps(tiny), flush=True)
+    base = training_steps("vit_base_patch16_224", 16, ["peft", "lora", "superlora"], rounds)
+    print("vit_base train step", json.dumps(base), flush=True)
+    checks.append(dict(what="train step ViT-Ti/16 b32", case="lora preset r=8 (qkv)", value=f"{tiny['lora']['median_s']:.3f} s",
+                       ratio=tiny["lora"]["ratio_vs_peft"], target="<= 1.05", met=tiny["lora"]["ratio_vs_peft"] <= 1.05))
+    checks.append(dict(what="train step ViT-B/16 b16", case="lora preset r=8 (qkv)", value=f"{base['lora']['median_s']:.2f} s",
+                       ratio=base["lora"]["ratio_vs_peft"], target="<= 1.05", met=base["lora"]["ratio_vs_peft"] <= 1.05))
+    checks.append(dict(what="train step ViT-B/16 b16", case="SuperLoRA G=1 M=3 r=8 Fastfood 0.1 (q,v)",
+                       value=f"{base['superlora']['median_s']:.2f} s", ratio=base["superlora"]["ratio_vs_peft"],
+                       target="<= 1.15", met=base["superlora"]["ratio_vs_peft"] <= 1.15))
+    notes.append(f"PEFT LoRA r=8 step: ViT-Ti {tiny['peft']['median_s']:.3f} s, ViT-B {base['peft']['median_s']:.2f} s.")
+    notes.append("PEFT cannot target the q and v row blocks of timm's fused qkv, so the baseline adapts the whole "
+                 "qkv matrix (3 blocks) while SuperLoRA adapts q and v only.")
+    report = {"tiny": tiny, "base": base}
+    if not args.quick:
+        memory = peak_memory(["peft", "superlora"], steps=2)
+        print("memory", json.dumps(memory), flush=True)
+        checks.append(dict(what="peak RSS ViT-B/16 b16 (2 steps)", case="SuperLoRA G=1 M=3 r=8 Fastfood 0.1",
+                           value=f"{memory['superlora']['peak_rss_mib']:.0f} MiB",
+                           ratio=memory["superlora"]["ratio_vs_peft"], target="<= 1.10",
+                           met=memory["superlora"]["ratio_vs_peft"] <= 1.10))
+        notes.append(f"PEFT LoRA peak RSS {memory['peft']['peak_rss_mib']:.0f} MiB.")
+        inference = merged_inference(rounds + 2)
+        print("merged inference", json.dumps(inference), flush=True)
+        ratio = inference["merged"]["ratio_vs_peft"]
+        checks.append(dict(what="inference ViT-B/16 b16", case="merged SuperLoRA vs untouched base",
+                           value=f"{inference['merged']['median_s']:.2f} s", ratio=ratio, target="1.00 (noise)",
+                           met=abs(ratio - 1.0) <= 0.03))
+        counts = counting()
+        print("count_parameters", json.dumps(counts), flush=True)
+        for model_name, per_config in counts.items():
+            worst = max(v["median_ms"] for v in per_config.values())
+            checks.append(dict(what="count_parameters (meta model)", case=f"{model_name}, slowest of 3 configs",
+                               value=f"{worst:.1f} ms", ratio=worst / 50.0, target="< 50 ms", met=worst < 50))
+        report.update(memory=memory, inference=inference, counting=counts)
+        report.update(
+            command="python benchmarks/engine_speed.py",
+            machine=f"{platform.machine()}, {os.cpu_count()} cores",
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            date=time.strftime("%Y-%m-%d"),
+            superlora=superlora.__version__,
+            checks=checks,
+            notes=notes,
+        )
+        write_report(report)
+    for row in checks:
+        print(f"{row['what']:<34} {row['case']:<45} {row['value']:>10} ratio {row['ratio']:.3f} "
+              f"target {row['target']:<8} {'ok' if row['met'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
