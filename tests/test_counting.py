@@ -39,6 +39,15 @@ def test_vit_b16_q_v_worked_numbers(vit_base_meta, config, expected):
     assert next(vit_base_meta.parameters()).is_meta
 
 
+def test_vit_b16_worked_numbers_equal_real_trainable_numel():
+    model = timm.create_model("vit_base_patch16_224")
+    for config, expected in [(preset("lora", rank=1), 36_864), (preset("superlora-2d", rank=1), 7_526),
+                             (preset("lorta", rank=4, order=3), 2_968), (preset("lorta", rank=1, order=5), 136)]:
+        wrapped = get_superlora_model(model, config, trainable=())
+        assert sum(p.numel() for p in wrapped.parameters() if p.requires_grad) == expected
+        model = wrapped.unload()
+
+
 class DiffusionLikeTargets(nn.Module):
     """Twelve 184x256 projections: D = 565,248 entries, the size of the paper's diffusion-model figures."""
 
@@ -62,6 +71,8 @@ def test_published_d565248_figures(config, expected):
     count = count_parameters(model, config.replace(targets=("layers",)), trainable=())
     assert count.update_size == 565_248
     assert count.adapter == expected
+    wrapped = get_superlora_model(DiffusionLikeTargets(), config.replace(targets=("layers",)), trainable=())
+    assert sum(p.numel() for p in wrapped.parameters() if p.requires_grad) == expected
 
 
 def _configs_for_real_count():
