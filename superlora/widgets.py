@@ -1,0 +1,397 @@
+"""Jupyter widgets for exploring SuperLoRA: a config panel, a ΔW explorer and a training panel.
+
+The widgets are thin: every number and picture comes from the library (`preset`, `count_parameters`,
+`superlora.viz`, `superlora.train.train`), exactly as the CLI and the app get them. Each panel exposes its
+controls as attributes, so a notebook (or a test) can set values programmatically, and `.widget` to display.
+
+    panel = ConfigPanel(model, "lora")
+    panel.widget                     # show it in a notebook cell
+    panel.rank.value = 4             # the count label and the budget figure follow
+    panel.config, panel.count        # the current SuperLoRAConfig and its ParameterCount
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ipywidgets as w
+import plotly.graph_objects as go
+from torch import Tensor, nn
+
+from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, as_config, preset
+from superlora.counting import ParameterCount, count_parameters
+from superlora.errors import SuperLoRAError
+from superlora.targets import resolve_targets, trainable_modules
+from superlora.viz import budget_figure, confusion_figure, curves_figure, delta_heatmap, delta_norms_figure, \
+    metric_records, spectra_figure, split_block
+from superlora.viz.common import fmt_count
+
+
+def show_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
+    """Replace everything a FigureWidget shows by `figure` (one front-end update)."""
+    with widget.batch_update():
+        widget.data = ()
+        widget.add_traces(list(figure.data))
+        widget.layout = figure.layout
+
+
+def target_choices(model: nn.Module, exclude: Sequence[str] = ("head",)) -> list[str]:
+    """Target patterns worth offering for `model`: q, k, v of fused qkv layers and each Linear's last name
+    (qkv, proj, fc1, ...), minus the modules in `exclude` (kept trainable, e.g. the classifier head)."""
+    excluded = set(trainable_modules(model, exclude)) if exclude else set()
+    suffixes = ["q", "k", "v"]
+    for name, module in model.named_modules():
+        suffix = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Linear) and suffix not in suffixes:
+            suffixes.append(suffix)
+    choices = []
+    for pattern in suffixes:
+        try:
+            found = resolve_targets(model, [pattern])
+        except SuperLoRAError:
+            continue  # e.g. q/k/v on a model without fused qkv layers
+        if not any(t.module_name == e or t.module_name.startswith(e + ".") for t in found for e in excluded):
+            choices.append(pattern)
+    return choices
+
+
+def _preset_label(key: str) -> str:
+    return PRESET_DESCRIPTIONS.get(key, key).split(":")[0]
+
+
+class ConfigPanel:
+    """Preset, rank, groups, order, splits, ratio, shuffle and targets, with a live parameter count and the
+    budget figure. `on_change(fn)` calls fn(config, count) after every valid change."""
+
+    def __init__(self, model: nn.Module, config: SuperLoRAConfig | str = "lora",
+                 trainable: Sequence[str] = ("head",), max_rank: int = 16, max_groups: int = 32) -> None:
+        self.model = model
+        self.trainable = tuple(trainable)
+        self.max_rank = max_rank
+        start = as_config(config)
+        key = start.name if start.name in PRESETS else "superlora-2d"
+        self._seed = start.seed
+        self._callbacks: list[Callable[[SuperLoRAConfig, ParameterCount], None]] = []
+        self._quiet = False
+        self.config: SuperLoRAConfig | None = None
+        self.count: ParameterCount | None = None
+        self.error: str | None = None
+
+        style = dict(description_width="110px")
+        layout = w.Layout(width="420px")
+        self.preset = w.Dropdown(options=[(_preset_label(k), k) for k in PRESETS], value=key,
+                                 description="preset", style=style, layout=layout)
+        self.target_boxes = {name: w.Checkbox(value=name in start.targets, description=name, indent=False,
+                                              layout=w.Layout(width="70px"))
+                             for name in target_choices(model, self.trainable)}
+        self.rank = w.IntSlider(value=start.reference_rank, min=1, max=max(max_rank, start.reference_rank),
+                                description="rank r", style=style, layout=layout)
+        self.per_target = w.Checkbox(value=start.groups == PER_TARGET, description="one group per target",
+                                     indent=False)
+        self.groups = w.IntSlider(value=1 if start.groups == PER_TARGET else start.groups, min=1, max=max_groups,
+                                  description="groups G", style=style, layout=layout)
+        self.grouping = w.ToggleButtons(options=["contiguous", "layer"], value=start.grouping, description="grouping",
+                                        style=dict(description_width="110px", button_width="90px"))
+        self.order = w.IntSlider(value=start.order, min=2, max=6, description="order M", style=style, layout=layout)
+        self.splits = w.IntSlider(value=start.splits, min=1, max=4, description="Kronecker K", style=style,
+                                  layout=layout)
+        self.ratio = w.FloatLogSlider(value=start.ratio, base=10, min=-3, max=0, step=0.25, description="ratio ρ",
+                                      readout_format=".3g", style=style, layout=layout)
+        self.shuffle = w.Checkbox(value=start.shuffle, description="shuffle", indent=False)
+        self.count_label = w.HTML()
+        self.message = w.HTML()
+        self.figure = go.FigureWidget()
+
+        self._apply_preset_rules(key)
+        for control in self._controls():
+            control.observe(self._changed, names="value")
+        self.preset.observe(self._preset_changed, names="value")
+        self.widget = w.VBox([
+            w.HBox([w.VBox([self.preset, self.rank, w.HBox([self.groups, self.per_target]), self.grouping,
+                            self.order, self.splits, w.HBox([self.ratio, self.shuffle]),
+                            w.HBox([w.Label("targets", layout=w.Layout(width="110px")),
+                                    *self.target_boxes.values()])]),
+                    w.VBox([self.count_label, self.message], layout=w.Layout(padding="0 0 0 20px"))]),
+            self.figure,
+        ])
+        self.update()
+
+    # ------------------------------------------------------------------ wiring
+    def _controls(self) -> list[w.ValueWidget]:
+        return [self.rank, self.per_target, self.groups, self.grouping, self.order, self.splits, self.ratio,
+                self.shuffle, *self.target_boxes.values()]
+
+    def _apply_preset_rules(self, key: str) -> None:
+        """Grey out the knobs a preset's fold or factoring fixes (they would only produce a ConfigError)."""
+        fields = PRESETS[key]
+        whole_weights = fields.get("fold") in ("native", "stack")
+        factoring = fields.get("factoring", "lora")
+        self.order.disabled = whole_weights or "lora" in (factoring if isinstance(factoring, tuple) else (factoring,))
+        self.ratio.disabled = whole_weights
+        self.grouping.disabled = whole_weights
+        self.splits.disabled = isinstance(factoring, tuple)
+        self.groups.disabled = self.per_target.value
+
+    def _preset_changed(self, change: dict) -> None:
+        key = change["new"]
+        reference = preset(key)
+        self._quiet = True
+        try:
+            self.per_target.value = reference.groups == PER_TARGET
+            self.groups.value = 1 if reference.groups == PER_TARGET else reference.groups
+            self.grouping.value = reference.grouping
+            self.order.value = reference.order
+            self.splits.value = reference.splits
+            self.ratio.value = reference.ratio
+            self.shuffle.value = reference.shuffle
+        finally:
+            self._quiet = False
+        self._apply_preset_rules(key)
+        self.update()
+
+    def _changed(self, _change: dict) -> None:
+        if not self._quiet:
+            self.groups.disabled = self.per_target.value
+            self.update()
+
+    def on_change(self, callback: Callable[[SuperLoRAConfig, ParameterCount], None]) -> None:
+        self._callbacks.append(callback)
+
+    # ------------------------------------------------------------------ state
+    def selected_targets(self) -> tuple[str, ...]:
+        return tuple(name for name, box in self.target_boxes.items() if box.value)
+
+    def build_config(self) -> SuperLoRAConfig:
+        """The config the controls describe (raises ConfigError for an impossible combination)."""
+        ratio = 1.0 if self.ratio.disabled else float(self.ratio.value)
+        return preset(
+            self.preset.value,
+            targets=self.selected_targets(),
+            rank=self.rank.value,
+            groups=PER_TARGET if self.per_target.value else self.groups.value,
+            grouping=self.grouping.value,
+            order=self.order.value,
+            splits=self.splits.value,
+            ratio=ratio,
+            projection="fastfood" if ratio < 1.0 else "none",
+            shuffle=self.shuffle.value,
+            seed=self._seed,
+        )
+
+    def update(self) -> None:
+        """Recount and redraw for the current control values; an invalid combination shows its message."""
+        try:
+            config = self.build_config()
+            count = count_parameters(self.model, config, trainable=self.trainable)
+        except SuperLoRAError as err:
+            self.error = str(err)
+            self.message.value = f"<span style='color:#b00'>{self.error}</span>"
+            self.count_label.value = "<b>adapter parameters: —</b>"
+            return
+        self.config, self.count, self.error = config, count, None
+        self.message.value = ""
+        self.count_label.value = self.count_html(count)
+        show_figure(self.figure, budget_figure([t.shape for t in count.targets], config,
+                                               max_rank=max(self.max_rank, config.reference_rank)))
+        for callback in self._callbacks:
+            callback(config, count)
+
+    @staticmethod
+    def count_html(count: ParameterCount) -> str:
+        ratio = count.factor_vs_lora_r1
+        comparison = f"{ratio:.3g}× fewer than" if ratio >= 1 else f"{1 / ratio:.3g}× more than"
+        return (
+            f"<b>adapter parameters: {fmt_count(count.adapter)}</b><br>"
+            f"{comparison} LoRA r=1 on the same targets ({fmt_count(count.lora_r1)})<br>"
+            f"{len(count.targets)} targets, {len(count.groups)} group(s), D = {fmt_count(count.update_size)}<br>"
+            f"+ trainable modules (head): {fmt_count(count.trainable_modules)}<br>"
+            f"total trainable: {fmt_count(count.total_trainable)} ({count.percent_of_model:.3f}% of the model)"
+        )
+
+
+class DeltaExplorer:
+    """Pick a block and a target to see its s·ΔW as a heatmap and its singular values, beside the
+    blocks × targets map of ‖ΔW‖_F (clicking a cell of that map selects it in a notebook)."""
+
+    def __init__(self, deltas: Mapping[str, Tensor] | Any, max_side: int = 256) -> None:
+        if hasattr(deltas, "delta_weights"):
+            deltas = deltas.delta_weights()
+        if not deltas:
+            raise ValueError("no updates to explore: the adapter has no targets")
+        self.deltas = dict(deltas)
+        self.max_side = max_side
+        self._names = {split_block(name): name for name in self.deltas}
+        blocks = list(dict.fromkeys(block for block, _ in self._names))
+        kinds = list(dict.fromkeys(kind for _, kind in self._names))
+        self.block = w.Dropdown(options=blocks, value=blocks[0], description="block")
+        self.kind = w.Dropdown(options=kinds, value=kinds[0], description="target")
+        self.message = w.HTML()
+        self.heatmap = go.FigureWidget()
+        self.spectrum = go.FigureWidget()
+        self.norms = go.FigureWidget(delta_norms_figure(self.deltas))
+        if self.norms.data:
+            self.norms.data[0].on_click(self._norm_clicked)
+        self.block.observe(lambda _: self.update(), names="value")
+        self.kind.observe(lambda _: self.update(), names="value")
+        self.widget = w.VBox([w.HBox([self.block, self.kind]), self.message,
+                              w.HBox([self.heatmap, self.spectrum]), self.norms])
+        self.update()
+
+    @property
+    def selected_name(self) -> str | None:
+        return self._names.get((self.block.value, self.kind.value))
+
+    def select(self, name: str) -> None:
+        block, kind = split_block(name)
+        self.block.value, self.kind.value = block, kind
+
+    def _norm_clicked(self, _trace: Any, points: Any, _state: Any) -> None:
+        if points.xs and points.ys:
+            block, kind = points.ys[0], points.xs[0]
+            self.block.value, self.kind.value = ("" if block == "(no block)" else block), kind
+
+    def update(self) -> None:
+        name = self.selected_name
+        if name is None:
+            self.message.value = f"{self.block.value} has no target {self.kind.value}"
+            return
+        self.message.value = ""
+        delta = self.deltas[name]
+        heat = delta_heatmap(delta, name, max_side=self.max_side)
+        heat.update_layout(width=520, height=480)
+        spectrum = spectra_figure({name: delta}, title=f"{name}: spectrum")
+        spectrum.update_layout(width=560, height=480, showlegend=False)
+        show_figure(self.heatmap, heat)
+        show_figure(self.spectrum, spectrum)
+
+
+class TrainingPanel:
+    """Runs `superlora.train.train` in a background thread with a progress bar, a Stop button and live curves.
+
+    The Stop button calls `StopSignal.request()`; training ends at the next step and reports "stopped".
+    `start()` returns at once; `wait()` blocks until the run ends and returns its TrainResult (re-raising any
+    error). `train_fn` (default `superlora.train.train`) is called with the same arguments as `train`; tests pass
+    a fake that emits a scripted event stream.
+    """
+
+    def __init__(self, model: nn.Module, train_set: Any, val_set: Any, config: SuperLoRAConfig | str,
+                 options: Any = None, *, train_fn: Callable[..., Any] | None = None,
+                 redraw_every_s: float = 0.5) -> None:
+        self.model, self.train_set, self.val_set = model, train_set, val_set
+        self.config = as_config(config)
+        self.options = options
+        self._train_fn = train_fn
+        self.redraw_every_s = redraw_every_s
+        self.events: list[Any] = []
+        self.result: Any = None
+        self.exception: BaseException | None = None
+        self.stop_signal: Any = None
+        self._thread: threading.Thread | None = None
+        self._last_draw = 0.0
+        self._lock = threading.Lock()
+
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="step", bar_style="info",
+                                      layout=w.Layout(width="420px"))
+        self.status = w.HTML("ready")
+        self.start_button = w.Button(description="Train", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.start_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.curves = go.FigureWidget(curves_figure([]))
+        self.confusion = go.FigureWidget()
+        self.widget = w.VBox([w.HBox([self.start_button, self.stop_button, self.progress]), self.status,
+                              self.curves, self.confusion])
+
+    # ------------------------------------------------------------------ control
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start training in a background thread (a second call while running does nothing)."""
+        if self.running:
+            return
+        from superlora.train import StopSignal, train
+
+        train_fn = self._train_fn or train
+        self.events, self.result, self.exception = [], None, None
+        self.stop_signal = StopSignal()
+        self.start_button.disabled, self.stop_button.disabled = True, False
+        self.progress.value, self.progress.bar_style = 0, "info"
+        self.status.value = "starting…"
+        kwargs: dict[str, Any] = dict(callbacks=(self.handle,), stop=self.stop_signal)
+        if self.options is not None:
+            kwargs["options"] = self.options
+
+        def run() -> None:
+            try:
+                self.result = train_fn(self.model, self.train_set, self.val_set, self.config, **kwargs)
+            except BaseException as err:  # noqa: BLE001 - reported in the panel and re-raised by wait()
+                self.exception = err
+                self.status.value = f"<span style='color:#b00'>error: {err}</span>"
+                self.progress.bar_style = "danger"
+            finally:
+                self.start_button.disabled, self.stop_button.disabled = False, True
+                self._redraw()
+
+        self._thread = threading.Thread(target=run, name="superlora-training", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the running training to stop after its current step."""
+        if self.stop_signal is not None:
+            self.stop_signal.request()
+            self.status.value = "stopping…"
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the run ends; return its TrainResult, or raise the error it raised."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.exception is not None:
+            raise self.exception
+        return self.result
+
+    # ------------------------------------------------------------------ events
+    def handle(self, event: Any) -> None:
+        """The training callback: progress, status line, the latest validation confusion matrix and (at most
+        every redraw_every_s, and at every non-step event) the curves."""
+        with self._lock:
+            self.events.append(event)
+        if getattr(event, "total_steps", None):
+            self.progress.max = max(1, int(event.total_steps))
+        if getattr(event, "step", None) is not None:
+            self.progress.value = min(int(event.step), self.progress.max)
+        self.status.value = self.status_text(event)
+        if event.kind in ("done", "stopped", "error"):
+            self.progress.bar_style = {"done": "success", "stopped": "warning", "error": "danger"}[event.kind]
+        details = getattr(event, "details", None) or {}
+        if event.kind == "eval" and details.get("confusion"):
+            figure = confusion_figure(details["confusion"], details["classes"], title=f"Validation at step "
+                                      f"{event.step}: accuracy {100 * event.metrics.get('accuracy', 0):.1f}%")
+            figure.update_layout(width=480, height=420)
+            show_figure(self.confusion, figure)
+        if event.kind != "step" or time.monotonic() - self._last_draw >= self.redraw_every_s:
+            self._redraw()
+
+    @staticmethod
+    def status_text(event: Any) -> str:
+        parts = [event.kind]
+        if getattr(event, "total_steps", None):
+            parts.append(f"step {event.step}/{event.total_steps}")
+        for key, value in (getattr(event, "metrics", None) or {}).items():
+            if isinstance(value, float):
+                parts.append(f"{key} {value:.4g}")
+        if getattr(event, "eta_s", None):
+            parts.append(f"ETA {event.eta_s:.0f} s")
+        if getattr(event, "message", None):
+            parts.append(str(event.message))
+        return " · ".join(parts)
+
+    def _redraw(self) -> None:
+        with self._lock:
+            events = list(self.events)
+        self._last_draw = time.monotonic()
+        show_figure(self.curves, curves_figure(metric_records(events)))

@@ -1,0 +1,208 @@
+"""Widgets driven programmatically: the count label and the figures follow the controls, the training panel
+follows its event stream and its Stop button reaches the run."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from superlora import count_parameters, get_superlora_model, preset
+from superlora.train import TrainEvent
+from superlora.viz import trace_by_key
+from superlora.widgets import ConfigPanel, DeltaExplorer, TrainingPanel, target_choices
+from tests.toy_models import TwoLayerMLP, randomize_trainable, tiny_vit
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_vit()
+
+
+def _shown(panel: ConfigPanel) -> int:
+    """The adapter count the label and the budget figure's marker show (they must agree)."""
+    marker = trace_by_key(panel.figure, "marker")
+    assert f"adapter parameters: {marker.y[0]:,d}" in panel.count_label.value
+    return marker.y[0]
+
+
+def test_target_choices(model):
+    assert target_choices(model) == ["q", "k", "v", "qkv", "proj", "fc1", "fc2"]  # head stays trainable
+    assert target_choices(TwoLayerMLP()) == ["fc1", "fc2"]
+
+
+def test_config_panel_counts_follow_the_controls(model):
+    panel = ConfigPanel(model, "lora")
+    assert panel.config == preset("lora", targets=("q", "v"))
+    assert _shown(panel) == count_parameters(model, panel.config).adapter
+
+    panel.rank.value = 3
+    assert panel.config == preset("lora", rank=3, targets=("q", "v"))
+    assert _shown(panel) == count_parameters(model, preset("lora", rank=3)).adapter
+    assert trace_by_key(panel.figure, "marker").x[0] == 3
+
+    panel.target_boxes["k"].value = True
+    assert panel.config.targets == ("q", "k", "v")
+    assert _shown(panel) == count_parameters(model, preset("lora", rank=3, targets=("q", "k", "v"))).adapter
+    lora_curve = trace_by_key(panel.figure, "lora")
+    assert lora_curve.y[0] == count_parameters(model, preset("lora", rank=1, targets=("q", "k", "v"))).adapter
+
+
+def test_config_panel_preset_switch_and_knobs(model):
+    panel = ConfigPanel(model, "lora")
+    seen = []
+    panel.on_change(lambda config, count: seen.append((config, count.adapter)))
+    panel.preset.value = "lorta"
+    assert panel.config == preset("lorta", targets=("q", "v"))  # the preset's own settings, rank kept at 1
+    assert not panel.order.disabled and panel.splits.value == 1
+    panel.order.value = 4
+    panel.groups.value = 2
+    panel.shuffle.value = True
+    panel.ratio.value = 0.1
+    expected = preset("lorta", order=4, groups=2, shuffle=True, ratio=0.1, projection="fastfood")
+    assert panel.config == expected
+    assert _shown(panel) == count_parameters(model, expected).adapter
+    assert seen[-1] == (expected, count_parameters(model, expected).adapter)
+    panel.preset.value = "lokr"
+    assert panel.splits.disabled and panel.order.disabled and panel.ratio.disabled
+    assert panel.config == preset("lokr", targets=("q", "v"))
+
+
+def test_config_panel_shows_errors_and_keeps_the_last_figure(model):
+    panel = ConfigPanel(model, "superlora-2d")
+    before = _shown(panel)
+    panel.grouping.value = "layer"
+    panel.groups.value = 5  # 4 targets cannot fill 5 layer groups
+    assert panel.error and "groups=5" in panel.error
+    assert "groups=5" in panel.message.value and "—" in panel.count_label.value
+    assert trace_by_key(panel.figure, "marker").y[0] == before
+    panel.groups.value = 2
+    assert panel.error is None and panel.message.value == ""
+    assert _shown(panel) == count_parameters(model, preset("superlora-2d", grouping="layer", groups=2)).adapter
+
+
+def test_config_panel_on_a_meta_vit_b():
+    from superlora.models import create_meta_model
+
+    panel = ConfigPanel(create_meta_model("vit_base_patch16_224"), "superlora-2d")
+    assert _shown(panel) == 7_526  # METHOD.md's worked check
+    panel.preset.value = "lora"
+    assert _shown(panel) == 36_864
+
+
+@pytest.fixture(scope="module")
+def deltas():
+    wrapped = get_superlora_model(tiny_vit(), preset("superlora-2d", rank=2, groups=2, targets=("q", "k", "v")))
+    randomize_trainable(wrapped)
+    return wrapped.delta_weights()
+
+
+def test_delta_explorer_shows_the_selected_update(deltas):
+    explorer = DeltaExplorer(deltas)
+    assert explorer.selected_name == "blocks.0.attn.qkv.q"
+    explorer.block.value = "blocks.1"
+    explorer.kind.value = "attn.qkv.v"
+    name = "blocks.1.attn.qkv.v"
+    assert explorer.selected_name == name
+    assert np.array_equal(np.asarray(explorer.heatmap.data[0].z), deltas[name].numpy())
+    np.testing.assert_allclose(trace_by_key(explorer.spectrum, name).y, torch.linalg.svdvals(deltas[name]).numpy(),
+                               rtol=1e-6)
+    norms = explorer.norms.data[0]
+    assert norms.z[1][2] == pytest.approx(torch.linalg.matrix_norm(deltas[name]).item(), rel=1e-6)
+    # A click on the norm map (as the front end reports it) selects that cell.
+    explorer._norm_clicked(norms, SimpleNamespace(xs=["attn.qkv.k"], ys=["blocks.0"]), None)
+    assert explorer.selected_name == "blocks.0.attn.qkv.k"
+    assert np.array_equal(np.asarray(explorer.heatmap.data[0].z), deltas["blocks.0.attn.qkv.k"].numpy())
+
+
+def _event(kind, step, metrics=None, **extra):
+    return TrainEvent(kind=kind, step=step, total_steps=4, epoch=1, metrics=metrics or {}, **extra)
+
+
+def fake_train(reached: threading.Event | None = None, gate: threading.Event | None = None):
+    """A stand-in for superlora.train.train that emits a scripted stream and honours the stop signal; with
+    `reached` and `gate` it signals after step 2 and waits for the gate before step 3."""
+
+    def run(model, train_set, val_set, config, options=None, *, callbacks=(), stop=None):
+        def emit(event):
+            for callback in callbacks:
+                callback(event)
+
+        emit(_event("start", 0, message="training"))
+        for step in range(1, 5):
+            if gate is not None and step == 3:
+                reached.set()
+                gate.wait(5)
+            if stop is not None and stop.requested:
+                emit(_event("stopped", step - 1))
+                return SimpleNamespace(stopped=True, steps=step - 1, config=config)
+            emit(_event("step", step, {"loss": 1.0 / step, "lr": 1e-3}, eta_s=4.0 - step))
+            if step == 2:
+                emit(_event("eval", step, {"accuracy": 0.5, "loss": 0.8},
+                            details={"confusion": [[1, 1], [0, 2]], "classes": ["a", "b"]}))
+        emit(_event("eval", 4, {"accuracy": 0.75, "loss": 0.6},
+                    details={"confusion": [[2, 0], [1, 1]], "classes": ["a", "b"]}))
+        emit(_event("done", 4, {"best_accuracy": 0.75}))
+        return SimpleNamespace(stopped=False, steps=4, config=config)
+
+    return run
+
+
+def test_training_panel_follows_the_events():
+    panel = TrainingPanel("model", "train", "val", "lora", train_fn=fake_train(), redraw_every_s=0.0)
+    panel.start()
+    result = panel.wait(10)
+    assert not result.stopped and result.config == preset("lora")
+    assert panel.progress.max == 4 and panel.progress.value == 4 and panel.progress.bar_style == "success"
+    assert "done" in panel.status.value and "best_accuracy 0.75" in panel.status.value
+    curves = {trace.meta["metric"]: (list(trace.x), list(trace.y)) for trace in panel.curves.data}
+    assert curves["loss"] == ([1, 2, 3, 4], [1.0, 0.5, 1 / 3, 0.25])
+    assert curves["val_accuracy"] == ([2, 4], [0.5, 0.75])
+    assert np.array_equal(np.asarray(panel.confusion.data[0].z), [[2, 0], [1, 1]])
+    assert not panel.start_button.disabled and panel.stop_button.disabled
+
+
+def test_training_panel_stop_button_stops_the_run():
+    reached, gate = threading.Event(), threading.Event()
+    panel = TrainingPanel("model", "train", "val", "lora", train_fn=fake_train(reached, gate))
+    panel.start()
+    assert reached.wait(5)
+    assert panel.running and panel.start_button.disabled and not panel.stop_button.disabled
+    panel.stop_button.click()
+    assert panel.stop_signal.requested
+    gate.set()
+    result = panel.wait(10)
+    assert result.stopped and result.steps == 2
+    assert panel.progress.bar_style == "warning" and panel.status.value.startswith("stopped")
+
+
+def test_training_panel_reports_errors():
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    panel = TrainingPanel("model", "train", "val", "lora", train_fn=broken)
+    panel.start()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        panel.wait(10)
+    assert "out of memory" in panel.status.value and panel.progress.bar_style == "danger"
+
+
+def test_training_panel_with_the_real_train():
+    from superlora.train import TrainOptions
+    from tests.train_helpers import colour_split, tiny_vit as trainable_vit
+
+    train_set, val_set = colour_split(per_class=8)
+    panel = TrainingPanel(trainable_vit(), train_set, val_set, preset("lora", rank=2),
+                          TrainOptions(steps=6, batch_size=8, device="cpu"), redraw_every_s=0.0)
+    panel.start()
+    result = panel.wait(120)
+    kinds = [event.kind for event in panel.events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == 6
+    assert panel.progress.value == panel.progress.max == 6
+    losses = [event.metrics["loss"] for event in panel.events if event.kind == "step"]
+    curve = next(trace for trace in panel.curves.data if trace.meta["metric"] == "loss")
+    assert list(curve.y) == pytest.approx(losses)
+    assert np.array_equal(np.asarray(panel.confusion.data[0].z), np.asarray(result.confusion))
