@@ -1,0 +1,39 @@
+"""Training: the one `train()` that the CLI, the app and the notebooks call, and what it talks in.
+
+    from superlora.train import train, TrainOptions, StopSignal
+    result = train("superlora-default", train_set, val_set, preset("lora", rank=4),
+                   TrainOptions(epochs=3, output_dir="runs/my-run"), callbacks=[print])
+    result.model            # SuperLoRAModel with the best adapter
+    result.best_accuracy    # validation accuracy of that adapter
+
+Modules: `options` (TrainOptions, TrainEvent, TrainResult, StopSignal, errors), `loop` (train), `sampling`
+(deterministic batches and augmentation), `metrics` (accuracy, confusion), `checkpoint` (resumable state),
+`callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`; predictions in `superlora.inference`.
+"""
+
+from superlora.inference import predict
+from superlora.train.callbacks import EventLog, TqdmProgress
+from superlora.train.loop import train
+from superlora.train.options import (
+    Callback,
+    NonFiniteLossError,
+    StopSignal,
+    TrainEvent,
+    TrainingError,
+    TrainOptions,
+    TrainResult,
+)
+
+__all__ = [
+    "Callback",
+    "EventLog",
+    "NonFiniteLossError",
+    "StopSignal",
+    "TqdmProgress",
+    "TrainEvent",
+    "TrainOptions",
+    "TrainResult",
+    "TrainingError",
+    "predict",
+    "train",
+]

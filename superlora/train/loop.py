@@ -1,0 +1,656 @@
+"""`train`: the one training path the CLI, the app and the notebooks call.
+
+One run: AdamW (separate learning rates for adapter and head) with linear warm-up and cosine decay, gradient
+clipping, optional label smoothing, autocast on GPUs, fixed seeds; validation after each epoch; the best adapter
+(by validation accuracy) kept. Progress goes out as `TrainEvent`s; a `StopSignal` ends the run within one step.
+
+It runs under Hugging Face Accelerate: alone it is an ordinary single-process loop, under `accelerate launch` it
+is DDP on several processes, with the same global batch and the same numbers. Only the main process writes files
+and calls the callbacks. With `output_dir` set, everything goes to a run folder (see `superlora.runs`) and the
+run can be resumed from its checkpoint with identical results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from superlora.config import SuperLoRAConfig, as_config
+from superlora.data import ImageClassificationDataset, ImageSet, build_transforms
+from superlora.errors import CheckpointError, ConfigError, DataError
+from superlora.inference import input_config, jsonable_data_config
+from superlora.model import SuperLoRAModel, get_superlora_model
+from superlora.runs import RunFolder
+from superlora.train.checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
+from superlora.train.metrics import Evaluation, evaluate
+from superlora.train.options import (
+    RESULT_OPTIONS,
+    Callback,
+    NonFiniteLossError,
+    StopSignal,
+    TrainEvent,
+    TrainingError,
+    TrainOptions,
+    TrainResult,
+)
+from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay towards 0 at `total`.
+
+    A class rather than a lambda so that LambdaLR's state_dict (saved in checkpoints) holds plain numbers.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_precision(precision: str, on_gpu: bool) -> str:
+    """Accelerate's mixed_precision value ("no", "bf16", "fp16") for an option value."""
+    if precision == "auto":
+        if not on_gpu:
+            return "no"
+        from_launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        if from_launcher:
+            return from_launcher
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and not on_gpu:
+        raise ConfigError("precision='fp16' needs a GPU; use precision='bf16' or 'fp32' on a CPU")
+    return "no" if precision == "fp32" else precision
+
+
+def make_accelerator(device: str, precision: str) -> Any:
+    """An `accelerate.Accelerator` for this run (single process, or one process of `accelerate launch`)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'")
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    kwargs = dict(
+        cpu=not on_gpu,
+        mixed_precision=resolve_precision(precision, on_gpu),
+        # Buffers never change here (frozen base, norms kept in eval mode, fixed maps regenerated from the seed on
+        # every process), and the fixed projection maps can be large: do not broadcast them on every forward.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError:
+        # Accelerate keeps one process-wide state; a later run in the same process (the app) with another
+        # device or precision must reset it, which is safe only when no process group exists.
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(**kwargs)
+
+
+def _fit_head(model: nn.Module, num_classes: int) -> None:
+    """Give a plain model a classifier with `num_classes` outputs (timm's reset_classifier)."""
+    if getattr(model, "num_classes", None) == num_classes:
+        return
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+        return
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear) or head.out_features != num_classes:
+        raise ConfigError(f"the model's classifier does not have {num_classes} outputs and the model has no "
+                          "reset_classifier(); pass a timm model or a model whose `head` fits the classes")
+
+
+def prepare_model(model: nn.Module | str | os.PathLike, config: SuperLoRAConfig | dict | str | None,
+                  num_classes: int) -> tuple[str | None, SuperLoRAModel]:
+    """(name, SuperLoRAModel) from a registry name or path, a plain model, or an already adapted model.
+
+    The name is the one `superlora.models.load_model` can load again, so it is None for model objects.
+    """
+    if isinstance(model, SuperLoRAModel):
+        if config is not None and as_config(config) != model.config:
+            raise ConfigError("the model already carries a different adapter config; pass config=None to keep it, "
+                              "or pass the plain base model")
+        head = getattr(model.base_model, "num_classes", None)
+        if head is not None and head != num_classes:
+            raise ConfigError(f"the adapted model predicts {head} classes but the data has {num_classes}")
+        return None, model
+    if config is None:
+        raise ConfigError("train() needs an adapter config: a SuperLoRAConfig, a dict of fields, or a preset name "
+                          "such as 'lora'")
+    config = as_config(config)
+    if isinstance(model, (str, os.PathLike)):
+        from superlora.models import load_model
+
+        name = os.fspath(model)
+        base = load_model(name, num_classes=num_classes)
+    elif isinstance(model, nn.Module):
+        name = None
+        base = model
+        _fit_head(base, num_classes)
+    else:
+        raise ConfigError(f"model must be a model name, a path or an nn.Module, not {type(model).__name__}")
+    return name, get_superlora_model(base, config)
+
+
+def _model_name(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture")
+
+
+def _keep_frozen_norms_eval(model: nn.Module) -> None:
+    """Norm layers with frozen weights must not re-estimate running statistics in train mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and not any(
+                p.requires_grad for p in module.parameters(recurse=False)):
+            module.eval()
+
+
+def _check_sets(train_set: ImageSet, val_set: ImageSet | None) -> None:
+    if len(train_set) == 0:
+        raise DataError("the training set is empty; add images")
+    if len(train_set.classes) < 2:
+        raise DataError(f"training needs at least 2 classes, the data has {len(train_set.classes)}")
+    if val_set is not None and list(val_set.classes) != list(train_set.classes):
+        raise DataError("the training and validation sets have different class lists; split one ImageSet "
+                        "with superlora.data.train_val_split")
+
+
+def _clone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    import superlora
+
+    return {"superlora": superlora.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+class _Run:
+    """The state of one call to `train` (a class so that the loop, checkpoints and resume share it plainly)."""
+
+    def __init__(self, model, train_set: ImageSet, val_set: ImageSet | None, config, options: TrainOptions,
+                 callbacks: Iterable[Callback], stop: StopSignal, resume: bool,
+                 run_info: Mapping[str, Any] | None) -> None:
+        self.started = time.monotonic()
+        self.options, self.stop, self.callbacks = options, stop, list(callbacks)
+        self.train_set, self.val_set = train_set, val_set
+        self.classes = list(train_set.classes)
+        self.accelerator = acc = make_accelerator(options.device, options.precision)
+        self.is_main, self.world, self.rank = acc.is_main_process, acc.num_processes, acc.process_index
+
+        seed_everything(options.seed)
+        self.model_name, self.model = prepare_model(model, config, len(self.classes))
+        self.model_label = self.model_name or _model_name(self.model.base_model) or type(self.model.base_model).__name__
+        self.config = self.model.config
+        self.data_config = input_config(self.model)
+
+        # Data: step t always sees the same images with the same augmentation (superlora.train.sampling).
+        train_transform = build_transforms(self.data_config, train=True, hflip=train_set.hflip_safe)
+        self.train_data = AugmentedImages(train_set, train_transform, options.seed)
+        self.steps_per_epoch = steps_per_epoch(len(train_set), options.batch_size, self.world)
+        self.total_steps = options.total_steps(self.steps_per_epoch)
+        if val_set is not None and len(val_set):
+            shard = list(range(self.rank, len(val_set), self.world))
+            self.val_data = torch.utils.data.Subset(
+                ImageClassificationDataset(val_set, build_transforms(self.data_config, train=False)), shard)
+        else:
+            self.val_data = None
+
+        # Optimizer: adapter factors at lr, head at head_lr; no weight decay on biases.
+        adapter_params = list(self.model.adapter.parameters())
+        head_params = [p for name in self.model.trainable_names
+                       for p in self.model.base_model.get_submodule(name).parameters()]
+        groups = [
+            dict(params=adapter_params, lr=options.lr, weight_decay=options.weight_decay),
+            dict(params=[p for p in head_params if p.ndim >= 2], lr=options.head_lr, weight_decay=options.weight_decay),
+            dict(params=[p for p in head_params if p.ndim < 2], lr=options.head_lr, weight_decay=0.0),
+        ]
+        self.trainable_params = adapter_params + head_params
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        self.scheduler = LambdaLR(optimizer, WarmupCosine(options.warmup_steps(self.total_steps), self.total_steps))
+        with warnings.catch_warnings():
+            # torch deprecates broadcast_buffers in favour of a flag accelerate cannot pass yet; ours is still right
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            self.ddp_model, self.optimizer = acc.prepare(self.model, optimizer)
+
+        self.parameters = {
+            "adapter": self.model.num_trainable_parameters(include_trainable_modules=False),
+            "head": sum(p.numel() for p in head_params),
+            "base_model": sum(p.numel() for p in self.model.base_model.parameters()),
+        }
+        self.fingerprint = {
+            "model": self.model_label,
+            "adapter": self.config.to_dict(),
+            "classes": self.classes,
+            "train_size": len(train_set),
+            "val_size": len(val_set) if val_set is not None else 0,
+            "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
+        }
+
+        # Progress (all of it goes into checkpoints, so that a resumed run continues with identical numbers).
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"accuracy": None, "step": None, "epoch": None, "evaluation": None}
+        self.best_state: dict[str, Tensor] | None = None
+        self.epoch_loss = [0.0, 0]  # sum of per-image losses and image count since the epoch began
+        self.elapsed_before = 0.0  # seconds spent before a resume
+        self.last_checkpoint_step: int | None = None
+        self.last_lr = options.lr
+        self.last_good: tuple[int, dict[str, Tensor]] = (0, _clone(self.model.trainable_state_dict()))
+        self.status = "running"
+
+        self.run = self._open_run_folder(resume, run_info)
+        if resume:
+            self._resume()
+        if self.run is not None:  # only now: a refused resume must not overwrite the run's config
+            self.run.write_config(self.run_config)
+
+    # ------------------------------------------------------------------ run folder and resume
+    def _open_run_folder(self, resume: bool, run_info: Mapping[str, Any] | None) -> RunFolder | None:
+        out = self.options.output_dir
+        if out is None:
+            if resume:
+                raise ConfigError("resume=True needs options.output_dir: the run folder to continue")
+            return None
+        folder = RunFolder(out)
+        if resume and not folder.checkpoint_path.is_file():
+            raise CheckpointError(f"cannot resume: {folder.checkpoint_path} does not exist (the run was stopped "
+                                  "before its first checkpoint); start it again without --resume")
+        if not resume and RunFolder.holds_run(out):
+            raise TrainingError(f"{out} already holds a run; continue it with resume=True (--resume {out}) or "
+                                "choose a new output folder")
+        self.accelerator.wait_for_everyone()  # every process checked before the main one writes anything
+        if not self.is_main:
+            return None
+        self.run_config = {
+            "model": self.model_name or self.model_label,
+            "model_loadable": self.model_name is not None,  # False: a model object, `--config` cannot rebuild it
+            "adapter": self.config.to_dict(),
+            "options": self.options.to_dict(),
+            "classes": self.classes,
+            "data": {"train_size": len(self.train_set),
+                     "val_size": len(self.val_set) if self.val_set is not None else 0},
+            "data_config": jsonable_data_config(self.data_config),
+            "num_processes": self.world,
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        for key, value in (run_info or {}).items():
+            if isinstance(value, Mapping) and isinstance(self.run_config.get(key), dict):
+                self.run_config[key] = {**self.run_config[key], **value}
+            else:
+                self.run_config[key] = value
+        if resume:
+            from superlora.runs import CONFIG_FILE, read_json
+
+            previous = folder.path / CONFIG_FILE
+            if previous.is_file():
+                self.run_config["created"] = read_json(previous).get("created", self.run_config["created"])
+        return folder
+
+    def _resume(self) -> None:
+        state = load_checkpoint(RunFolder(self.options.output_dir).checkpoint_path)
+        for key, value in self.fingerprint.items():
+            saved = state.fingerprint.get(key)
+            if key == "options":
+                changed = [k for k in value if saved is None or saved.get(k) != value[k]]
+                if changed:
+                    k = changed[0]
+                    raise CheckpointError(
+                        f"cannot resume: the checkpoint was trained with {k}={saved.get(k) if saved else None!r} "
+                        f"but {k}={value[k]!r} was given; resume with the run's own config "
+                        f"(superlora train --resume {self.options.output_dir})")
+            elif saved != value:
+                raise CheckpointError(f"cannot resume: the run's {key} differs from the checkpoint's "
+                                      f"({saved!r} there, {value!r} now); resume with the same model, data and "
+                                      "adapter config")
+        self.model.load_trainable_state_dict(state.trainable)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        restore_rng(state.rng["tensors"], state.rng["info"])
+        progress = state.progress
+        self.step = state.step
+        self.history = progress["history"]
+        self.best = progress["best"]
+        if self.best["evaluation"] is not None:
+            self.best["evaluation"] = Evaluation.from_dict(self.best["evaluation"])
+        self.best_state = state.best
+        self.epoch_loss = progress["epoch_loss"]
+        self.elapsed_before = progress["elapsed_s"]
+        self.last_checkpoint_step = self.step
+        self.last_good = (self.step, _clone(state.trainable))
+
+    def _checkpoint(self) -> None:
+        """Write the resumable state (main process) and remember it as the last good state (every process)."""
+        trainable = self.model.trainable_state_dict()
+        self.last_good = (self.step, _clone(trainable))
+        self.last_checkpoint_step = self.step
+        if self.run is None:
+            return
+        best = dict(self.best, evaluation=self.best["evaluation"].to_dict() if self.best["evaluation"] else None)
+        save_checkpoint(self.run.checkpoint_path, TrainingState(
+            step=self.step,
+            trainable=trainable,
+            best=self.best_state,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            rng={},
+            progress={"history": self.history, "best": best, "epoch_loss": self.epoch_loss,
+                      "elapsed_s": self.elapsed()},
+            fingerprint=self.fingerprint,
+        ))
+        self.emit("checkpoint", message=f"checkpoint at step {self.step}: {self.run.checkpoint_path}",
+                  details={"path": str(self.run.checkpoint_path)})
+
+    def _checkpoint_due(self) -> bool:
+        if self.options.output_dir is None:
+            return False
+        every = self.options.checkpoint_every
+        if every is not None:
+            return self.step % every == 0
+        return self.step % self.steps_per_epoch == 0
+
+    # ------------------------------------------------------------------ events
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    @property
+    def epoch(self) -> int:
+        """1-based epoch of the step being (or just) taken."""
+        return min(self.step, self.total_steps - 1) // self.steps_per_epoch + 1 if self.total_steps else 1
+
+    def emit(self, kind: str, metrics: Mapping[str, float] | None = None, message: str = "",
+             eta_s: float | None = None, details: Mapping[str, Any] | None = None, epoch: int | None = None) -> None:
+        if not self.is_main or not self.callbacks:
+            return
+        event = TrainEvent(kind=kind, step=self.step, total_steps=self.total_steps,
+                           epoch=epoch if epoch is not None else self.epoch, metrics=dict(metrics or {}),
+                           message=message, eta_s=eta_s, elapsed_s=self.elapsed(), details=dict(details or {}))
+        for callback in self.callbacks:
+            callback(event)
+
+    def _record(self, message: str = "") -> dict[str, Any]:
+        evaluation: Evaluation | None = self.best["evaluation"]
+        return {
+            "status": self.status,
+            "message": message,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "elapsed_s": self.elapsed(),
+            "best_accuracy": self.best["accuracy"],
+            "best_step": self.best["step"],
+            "best_epoch": self.best["epoch"],
+            "metrics": evaluation.as_metrics(self.classes) if evaluation else {},
+            "per_class_accuracy": evaluation.per_class(self.classes) if evaluation else {},
+            "confusion": evaluation.confusion if evaluation else [],
+            "classes": self.classes,
+            "parameters": {**self.parameters, "total_trainable": self.parameters["adapter"] + self.parameters["head"]},
+            "history": self.history,
+        }
+
+    def _write_record(self, message: str = "", summary: bool = False) -> None:
+        if self.run is None:
+            return
+        record = self._record(message)
+        self.run.write_metrics(record)
+        if summary:
+            self.run.write_summary(self.run_config, record)
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self) -> Evaluation | None:
+        if self.val_data is None:
+            return None
+        acc = self.accelerator
+        loader = torch.utils.data.DataLoader(self.val_data, batch_size=self.options.batch_size,
+                                             num_workers=self.options.num_workers)
+
+        def gather(rows: Tensor) -> Tensor:
+            return acc.gather(acc.pad_across_processes(rows, dim=0, pad_index=-1))
+
+        return evaluate(self.model, loader, len(self.classes), acc.device,
+                        gather=gather if self.world > 1 else None,
+                        should_abort=lambda: self.world == 1 and self.stop.requested,
+                        autocast=acc.autocast)
+
+    def _end_epoch(self) -> bool:
+        """Epoch bookkeeping and validation. False when a stop request interrupted the evaluation."""
+        epoch = (self.step - 1) // self.steps_per_epoch + 1
+        loss_sum, count = self.epoch_loss
+        train_loss = loss_sum / count if count else float("nan")
+        self.epoch_loss = [0.0, 0]
+        lr = self.last_lr
+        self.emit("epoch_end", {"train_loss": train_loss}, f"epoch {epoch} done, train loss {train_loss:.4f}",
+                  epoch=epoch)
+        row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": train_loss, "lr": lr,
+                               "val_loss": None, "val_accuracy": None}
+        if self.options.eval_every_epoch or self.step == self.total_steps:
+            evaluation = self._evaluate()
+            if evaluation is None and self.val_data is not None:
+                return False
+            if evaluation is not None:
+                row.update(val_loss=evaluation.loss, val_accuracy=evaluation.accuracy)
+                if self.best["accuracy"] is None or evaluation.accuracy > self.best["accuracy"]:
+                    self.best = {"accuracy": evaluation.accuracy, "step": self.step, "epoch": epoch,
+                                 "evaluation": evaluation}
+                    self.best_state = _clone(self.model.trainable_state_dict())
+                metrics = {**evaluation.as_metrics(self.classes), "best_accuracy": self.best["accuracy"]}
+                if self.run is not None:
+                    self.run.log_scalars(self.step, evaluation.as_metrics(self.classes), "val")
+                self.emit("eval", metrics,
+                          f"epoch {epoch}: validation accuracy {evaluation.accuracy:.2%} (best "
+                          f"{self.best['accuracy']:.2%}), loss {evaluation.loss:.4f}",
+                          details={"confusion": evaluation.confusion, "classes": self.classes}, epoch=epoch)
+        row["elapsed_s"] = round(self.elapsed(), 3)
+        self.history.append(row)
+        if self.run is not None:
+            self.run.log_scalars(self.step, {"loss_epoch": train_loss}, "train")
+            self.run.flush()
+        self._write_record()
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self) -> TrainResult:
+        try:
+            if self.run is not None:
+                self.run.open_tensorboard(purge_step=self.step if self.step else None)
+            stopped = self._train()
+            return self._finish(stopped)
+        except NonFiniteLossError:
+            raise
+        except BaseException as err:
+            self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            message = str(err) or type(err).__name__
+            try:
+                self._write_record(message, summary=True)
+                self.emit("error", message=message)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
+        finally:
+            if self.run is not None:
+                self.run.close()
+
+    def _train(self) -> bool:
+        acc, options = self.accelerator, self.options
+        where = f"{self.world} processes" if self.world > 1 else str(acc.device)
+        self.emit("start", {"trainable_parameters": float(self.parameters["adapter"] + self.parameters["head"])},
+                  f"training {self.parameters['adapter']:,} adapter + {self.parameters['head']:,} head parameters "
+                  f"for {self.total_steps} steps ({self.steps_per_epoch} per epoch) on {where}"
+                  + (f", resuming at step {self.step}" if self.step else ""),
+                  details={"run_dir": str(self.run.path) if self.run else None, "classes": self.classes})
+        sampler = StepBatches(len(self.train_set), options.batch_size, options.seed, self.total_steps,
+                              start_step=self.step, rank=self.rank, world_size=self.world)
+        loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=sampler, num_workers=options.num_workers,
+                                             pin_memory=acc.device.type == "cuda")
+        self.ddp_model.train()
+        _keep_frozen_norms_eval(self.model)
+        session_start, session_steps = time.monotonic(), 0
+        for images, labels in loader:
+            images, labels = images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)
+            with acc.autocast():
+                logits = self.ddp_model(images)
+            loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum",
+                                       label_smoothing=options.label_smoothing)
+            count = sampler.global_count(self.step)
+            # One collective per step carries the global loss, a stop request (main process) and a bad loss (any).
+            flags = torch.stack([loss_sum.detach().double(),
+                                 torch.tensor(float(self.is_main and self.stop.requested), dtype=torch.float64,
+                                              device=acc.device),
+                                 (~torch.isfinite(loss_sum.detach())).double()])
+            if self.world > 1:
+                flags = acc.reduce(flags, reduction="sum")
+            if flags[1] > 0:
+                return True
+            if flags[2] > 0:
+                self._non_finite(float(flags[0] / count))
+            # Each process holds a share of the global batch; DDP averages over processes, so scale by N / count.
+            acc.backward(loss_sum * (self.world / count))
+            grad_norm = None
+            if options.grad_clip:
+                grad_norm = acc.clip_grad_norm_(self.trainable_params, options.grad_clip)
+            lrs = [group["lr"] for group in self.optimizer.param_groups]  # the rates this step uses
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+            loss = float(flags[0]) / count
+            self.step += 1
+            session_steps += 1
+            self.epoch_loss = [self.epoch_loss[0] + loss * count, self.epoch_loss[1] + count]
+            self.last_lr = lrs[0]
+            metrics = {"loss": loss, "lr": lrs[0], "head_lr": lrs[-1]}
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            if self.run is not None:
+                self.run.log_scalars(self.step, metrics, "train")
+            rate = (time.monotonic() - session_start) / session_steps
+            self.emit("step", metrics, eta_s=rate * (self.total_steps - self.step))
+
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                if not self._end_epoch():
+                    return True
+            if self._checkpoint_due():
+                self._checkpoint()
+        return False
+
+    def _non_finite(self, value: float) -> None:
+        """Stop on a NaN/inf loss: keep the last good checkpoint, put the last good weights back, explain."""
+        good_step, good_state = self.last_good
+        self.model.load_trainable_state_dict(self.best_state if self.best_state is not None else good_state)
+        where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.run.checkpoint_path}"
+                 if self.run is not None and self.last_checkpoint_step is not None else
+                 f"the model keeps its weights from step {good_step}")
+        clipping = "" if self.options.grad_clip else " and turn gradient clipping on (grad_clip=1.0)"
+        message = (f"training stopped: the loss became {value} at step {self.step + 1} (epoch {self.epoch}); "
+                   f"{where}. Lower the learning rate (now lr={self.options.lr}, head_lr={self.options.head_lr})"
+                   f"{clipping}, then train again")
+        self.status = "failed"
+        self._write_record(message, summary=True)
+        if self.run is not None:
+            self._save_adapter()
+        self.emit("error", message=message)
+        raise NonFiniteLossError(message)
+
+    def _save_adapter(self) -> None:
+        """The model's current trainable state as the run's adapter (main process)."""
+        metadata = {"base_model": self.model_name, "architecture": _model_name(self.model.base_model),
+                    "classes": self.classes,
+                    "data_config": jsonable_data_config(self.data_config),
+                    "best_accuracy": self.best["accuracy"], "step": self.step}
+        self.model.save_pretrained(self.run.adapter_path, metadata=metadata)
+
+    def _finish(self, stopped: bool) -> TrainResult:
+        if self.run is not None and self.last_checkpoint_step != self.step:
+            self._checkpoint()
+        if self.best_state is not None:
+            self.model.load_trainable_state_dict(self.best_state)
+        self.status = "stopped" if stopped else "done"
+        best = self.best["accuracy"]
+        outcome = f"stopped at step {self.step} of {self.total_steps}" if stopped else \
+            f"finished {self.total_steps} steps"
+        message = outcome + (f"; best validation accuracy {best:.2%} at step {self.best['step']}"
+                             if best is not None else "")
+        if self.run is not None:
+            self._save_adapter()
+            self._write_record(message, summary=True)
+        self.accelerator.wait_for_everyone()
+        evaluation: Evaluation | None = self.best["evaluation"]
+        self.emit("stopped" if stopped else "done", {"best_accuracy": best} if best is not None else {}, message,
+                  details={"run_dir": str(self.run.path) if self.run else None})
+        return TrainResult(
+            model=self.model,
+            best_accuracy=best,
+            metrics=evaluation.as_metrics(self.classes) if evaluation else {},
+            per_class_accuracy=evaluation.per_class(self.classes) if evaluation else {},
+            confusion=evaluation.confusion if evaluation else [],
+            classes=self.classes,
+            history=self.history,
+            run_dir=Path(self.options.output_dir) if self.options.output_dir else None,
+            stopped=stopped,
+            best_step=self.best["step"],
+            steps=self.step,
+        )
+
+
+def train(
+    model: nn.Module | str,
+    train_set: ImageSet,
+    val_set: ImageSet | None,
+    config: SuperLoRAConfig | dict | str | None,
+    options: TrainOptions | None = None,
+    *,
+    callbacks: Iterable[Callback] = (),
+    stop: StopSignal | None = None,
+    resume: bool = False,
+    run_info: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Fine-tune `model` with a SuperLoRA adapter on `train_set`, validating on `val_set`.
+
+    model: a model name or path (`superlora.models.load_model`), a timm-style nn.Module with a `head` (adapted in
+        place; its head is resized to the classes), or a SuperLoRAModel (then `config` may be None).
+    config: the adapter: a SuperLoRAConfig, a dict of its fields, or a preset name ("lora").
+    callbacks: functions called with every `TrainEvent` (main process only).
+    stop: `StopSignal`; after `request()` the run ends within one step, writes its checkpoint and adapter and
+        returns with `stopped=True`.
+    resume: continue the run in `options.output_dir` from its checkpoint (same config, data and options).
+    run_info: extra JSON fields for the run's config.json (the CLI records the data source there).
+    Returns a `TrainResult` whose model holds the best adapter. Raises `NonFiniteLossError` on a NaN/inf loss,
+    `ConfigError`/`DataError`/`CheckpointError` for unusable inputs.
+    """
+    options = options if options is not None else TrainOptions()
+    options.validate()
+    _check_sets(train_set, val_set)
+    return _Run(model, train_set, val_set, config, options, callbacks, stop or StopSignal(), resume,
+                run_info).execute()
