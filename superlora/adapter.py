@@ -84,9 +84,16 @@ class SuperLoRAAdapter(nn.Module):
                 self.register_buffer(f"_gauss{g}", projection, persistent=False)
         if config.shuffle:
             perm = proj.shuffle_permutation(layout.total, config.seed)
-            # delta = d[inverse]: gathering is cheaper than scattering and has a cheap backward.
+            # delta = d[inverse] is a gather; its gradient is the gather by the permutation itself.
             self.register_buffer("_unshuffle", proj.inverse_permutation(perm).int(), persistent=False)
+            self.register_buffer("_shuffle", perm.int(), persistent=False)
         self._spans = [layout.target_spans(t) for t in range(len(layout.target_shapes))]
+        # Each group's output cut at target boundaries: one split per group instead of one slice per target,
+        # since every slice's backward would allocate a zero gradient the size of the whole group.
+        self._cuts: list[list[int]] = [[] for _ in layout.groups]
+        for t, spans in enumerate(self._spans):
+            for g, lo, hi in spans:
+                self._cuts[g].append(hi - lo)
 
     def _make_projection(self, plan: GroupPlan) -> dict[str, Tensor] | Tensor | None:
         if not plan.projected:
@@ -109,7 +116,7 @@ class SuperLoRAAdapter(nn.Module):
             return None
         if self.config.projection == "gaussian":
             return getattr(self, f"_gauss{group}")
-        return {key: getattr(self, f"_ff{group}_{key}") for key in ("signs", "perm", "gauss", "scale")}
+        return {key: getattr(self, f"_ff{group}_{key}") for key in ("signs", "perm", "unperm", "gauss", "scale")}
 
     def fingerprint(self) -> str:
         """Checksum of the regenerated fixed maps; equal across runs when the generator is unchanged."""
@@ -164,18 +171,25 @@ class SuperLoRAAdapter(nn.Module):
             wanted = [t for t in wanted if t not in self._direct]
         if not wanted:
             return result
-        shapes, offsets = self.layout.target_shapes, self.layout.offsets
+        shapes = self.layout.target_shapes
         if self.config.shuffle:
             vector = torch.cat([self.group_vector(g) for g in range(len(self.groups))])
-            delta = vector.index_select(0, self._unshuffle)
+            delta = proj.permute(vector, self._unshuffle, self._shuffle)
+            pieces = delta.split([rows * cols for rows, cols in shapes])
             for t in wanted:
-                rows, cols = shapes[t]
-                result[t] = delta[offsets[t] : offsets[t] + rows * cols].view(rows, cols)
+                result[t] = pieces[t].view(shapes[t])
             return result
+        # Every target's spans, in order, from the groups it draws on (targets may straddle contiguous groups).
         needed = sorted({g for t in wanted for g, _, _ in self._spans[t]})
-        vectors = {g: self.group_vector(g) for g in needed}
-        for t in wanted:
-            pieces = [vectors[g][lo:hi] for g, lo, hi in self._spans[t]]
-            flat = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-            result[t] = flat.view(shapes[t])
+        chunks = {g: list(self.group_vector(g).split(self._cuts[g])) for g in needed}
+        position = {g: 0 for g in needed}
+        for t in range(len(shapes)):
+            parts = []
+            for g, _, _ in self._spans[t]:
+                if g in chunks:
+                    parts.append(chunks[g][position[g]])
+                    position[g] += 1
+            if t in wanted:
+                flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+                result[t] = flat.view(shapes[t])
         return result

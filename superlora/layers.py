@@ -52,6 +52,37 @@ class AdapterRuntime:
         return self._pass_cache
 
 
+class _LinearWithRowUpdates(torch.autograd.Function):
+    """F.linear(x, W + s·ΔW) for a frozen W whose row blocks `rows` get the updates ΔW.
+
+    Autograd on the merged weight would compute the gradient of every row of W; only the adapted rows need one
+    (for q and v of a fused qkv layer that saves a third of the weight-gradient matmul).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, rows, *deltas):  # type: ignore[override]
+        merged = weight.detach().clone()
+        for (start, stop), delta in zip(rows, deltas):
+            merged[start:stop].add_(delta.detach().to(merged.dtype), alpha=scale)
+        ctx.save_for_backward(x, merged)
+        ctx.scale, ctx.rows, ctx.delta_dtypes = scale, rows, [d.dtype for d in deltas]
+        return F.linear(x, merged, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, merged = ctx.saved_tensors
+        # Under autocast the output (and so its gradient) may be in a lower precision than the saved tensors.
+        dtype = grad_out.dtype
+        grad_x = grad_out @ merged.to(dtype) if ctx.needs_input_grad[0] else None
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+        flat_x = x.reshape(-1, x.shape[-1]).to(dtype)
+        grad_deltas = [
+            (flat_grad[:, start:stop].transpose(0, 1) @ flat_x).mul_(ctx.scale).to(delta_dtype)
+            for (start, stop), delta_dtype in zip(ctx.rows, ctx.delta_dtypes)
+        ]
+        return (grad_x, None, None, None, None, *grad_deltas)
+
+
 class AdaptedLinear(nn.Module):
     """A Linear layer plus s * ΔW on some of its row blocks. `parts` are (target index, (row start, row stop))."""
 
@@ -100,21 +131,28 @@ class AdaptedLinear(nn.Module):
         if not runtime.enabled or runtime.merged:
             return self.base_layer(x)
         scale = runtime.scaling
-        weight = self.base_layer.weight
-        if self._dense:
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        if not self._dense:
+            out = F.linear(x, weight, bias)
+        elif weight.requires_grad or (bias is not None and bias.requires_grad):
+            # The base layer itself is being trained: let autograd handle the merged weight.
             deltas = runtime.deltas()
             pieces = [
                 (rows, torch.add(weight[rows[0] : rows[1]], deltas[t].to(weight.dtype), alpha=scale))
                 for t, rows in self._dense
             ]
-            weight = self._row_blocks(pieces, weight, 0)
-        out = F.linear(x, weight, self.base_layer.bias)
+            out = F.linear(x, self._row_blocks(pieces, weight, 0), bias)
+        else:
+            deltas = runtime.deltas()
+            rows = [rows for _, rows in self._dense]
+            out = _LinearWithRowUpdates.apply(x, weight, bias, scale, rows, *(deltas[t] for t, _ in self._dense))
         if self._direct:
             adapter = runtime.adapter
             pieces = []
             for t, rows in self._direct:
                 left, right = adapter.direct_factors(t)  # type: ignore[misc]
-                pieces.append((rows, (x.to(right.dtype) @ right) @ left.transpose(0, 1) * scale))
+                # Scale the rank-r intermediate, not the full-width output.
+                pieces.append((rows, ((x.to(right.dtype) @ right) * scale) @ left.transpose(0, 1)))
             update = self._row_blocks(pieces, out.new_zeros(()).expand(out.shape), -1)
             out = out + update.to(out.dtype)
         return out

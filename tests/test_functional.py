@@ -69,14 +69,14 @@ def test_fwht_equals_sylvester_matrix(n):
 def _dense_fastfood(params, in_size, out_size):
     """The explicit matrix S H G Pi H B of every block, stacked: the reference the fast path must equal."""
     signs, gauss, scale = params["signs"].double(), params["gauss"].double(), params["scale"].double()
-    blocks, n = signs.shape
+    blocks, n = gauss.shape
     hadamard = proj.hadamard_matrix(n, torch.float64)
-    perm = params["perm"].long().view(blocks, n) - (torch.arange(blocks) * n).unsqueeze(1)
+    perm = params["perm"].long().view(blocks, n)
     rows = []
     for b in range(blocks):
         permutation = torch.zeros(n, n, dtype=torch.float64)
         permutation[torch.arange(n), perm[b]] = 1.0
-        block = torch.diag(scale[b]) @ hadamard @ torch.diag(gauss[b]) @ permutation @ hadamard @ torch.diag(signs[b])
+        block = torch.diag(scale[b]) @ hadamard @ torch.diag(gauss[b]) @ permutation @ hadamard @ torch.diag(signs)
         rows.append(block[:, :in_size])
     return torch.cat(rows)[:out_size]
 
@@ -88,6 +88,27 @@ def test_fastfood_equals_its_dense_matrix(in_size, out_size):
     x = torch.randn(in_size, dtype=torch.float64)
     fast = proj.fastfood(x, {k: v.double() if v.is_floating_point() else v for k, v in params.items()}, out_size)
     torch.testing.assert_close(fast, dense @ x)
+
+
+def test_fastfood_gradient_equals_transposed_dense_matrix():
+    params = proj.fastfood_params(20, 150, seed=2)
+    params = {k: v.double() if v.is_floating_point() else v for k, v in params.items()}
+    dense = _dense_fastfood(params, 20, 150)
+    x = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(150, dtype=torch.float64)
+    proj.fastfood(x, params, 150).backward(upstream)
+    torch.testing.assert_close(x.grad, dense.T @ upstream)
+
+
+def test_permute_gathers_and_its_gradient_is_the_inverse_gather():
+    perm = proj.shuffle_permutation(50, seed=1)
+    x = torch.randn(50, requires_grad=True)
+    y = proj.permute(x, perm, proj.inverse_permutation(perm))
+    assert torch.equal(y, x.detach()[perm])
+    upstream = torch.randn(50)
+    y.backward(upstream)
+    expected = torch.zeros(50).index_add_(0, perm, upstream)
+    assert torch.equal(x.grad, expected)
 
 
 def test_projection_is_fixed_by_its_seed():

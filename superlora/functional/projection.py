@@ -6,8 +6,9 @@ N(0, 1/D) entries, so E ||F x||^2 = ||x||^2 — the update vector has the norm o
 
 Fastfood (Le, Sarlós, Smola, ICML 2013) replaces the dense matrix by blocks V = S H G Pi H B of size n = 2^k >= P:
 B random signs, H the (unnormalised) Walsh-Hadamard transform, Pi a permutation, G Gaussian diagonal, S a
-diagonal that gives each row the chi-distributed norm of a Gaussian row. ceil(D / n) independent blocks are
-stacked and the first D outputs kept. Cost O(D log n), memory O(D).
+diagonal that gives each row the chi-distributed norm of a Gaussian row. ceil(D / n) blocks are stacked and the
+first D outputs kept; the blocks share B (so H B x is computed once) and have their own Pi, G and S.
+Cost O(D log n), memory O(D).
 """
 
 from __future__ import annotations
@@ -50,6 +51,35 @@ def inverse_permutation(perm: Tensor) -> Tensor:
 @functools.lru_cache(maxsize=64)
 def _cached_hadamard(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return hadamard_matrix(size, dtype).to(device)
+
+
+class _Gather(torch.autograd.Function):
+    """y = x[index] where `index` holds `blocks` permutations of range(len(x)), one after another.
+
+    The gradient is gathered by the inverse permutations and summed over blocks. Autograd's default backward
+    for index_select is a scatter-add into a zero tensor, several times slower on CPUs for millions of random
+    indices.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor, blocks: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inverse)
+        ctx.blocks = blocks
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        (inverse,) = ctx.saved_tensors
+        gathered = grad.index_select(0, inverse)
+        if ctx.blocks > 1:
+            gathered = gathered.view(ctx.blocks, -1).sum(0)
+        return gathered, None, None, None
+
+
+def permute(x: Tensor, index: Tensor, inverse: Tensor, blocks: int = 1) -> Tensor:
+    """x[index] for a 1-D x, where `index` is `blocks` permutations of range(len(x)) concatenated and
+    `inverse` their inverses, each offset by its block's position in the output."""
+    return _Gather.apply(x, index, inverse, blocks)
 
 
 def hadamard_matrix(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -106,24 +136,26 @@ def fastfood_params(in_size: int, out_size: int, seed: int) -> dict[str, Tensor]
     n = fastfood_block_size(in_size)
     blocks = math.ceil(out_size / n)
     gen = generator(seed, "fastfood", in_size, out_size)
-    signs = torch.randint(0, 2, (blocks, n), generator=gen).mul_(2).sub_(1).float()
+    signs = torch.randint(0, 2, (n,), generator=gen).mul_(2).sub_(1).float()
     perm = torch.stack([torch.randperm(n, generator=gen) for _ in range(blocks)])
     gauss = torch.randn(blocks, n, generator=gen)
     # chi_n row norms via the normal approximation chi_n ~ N(sqrt(n - 1/2), 1/2), accurate for the n used here.
     chi = (math.sqrt(max(n - 0.5, 0.5)) + math.sqrt(0.5) * torch.randn(blocks, n, generator=gen)).clamp_min(0)
     scale = chi / (gauss.norm(dim=1, keepdim=True) * math.sqrt(n * out_size))
-    flat_perm = perm + (torch.arange(blocks) * n).unsqueeze(1)
-    # int32 indices halve the buffer's memory; index_select accepts them.
-    return {"signs": signs, "perm": flat_perm.reshape(-1).int(), "gauss": gauss, "scale": scale}
+    offsets = (torch.arange(blocks) * n).unsqueeze(1)
+    inverse = torch.stack([inverse_permutation(p) for p in perm]) + offsets
+    # int32 indices halve the buffers' memory; index_select accepts them.
+    return {"signs": signs, "perm": perm.reshape(-1).int(), "unperm": inverse.reshape(-1).int(), "gauss": gauss,
+            "scale": scale}
 
 
 def fastfood(x: Tensor, params: dict[str, Tensor], out_size: int) -> Tensor:
     """Apply the Fastfood map to a vector x of length in_size."""
-    signs = params["signs"]
-    blocks, n = signs.shape
+    blocks, n = params["gauss"].shape
     padded = torch.nn.functional.pad(x, (0, n - x.shape[-1]))
-    h = fwht(padded * signs)
-    h = h.reshape(-1).index_select(0, params["perm"]).view(blocks, n) * params["gauss"]
+    # H B x is shared by all blocks; they differ in Pi, G and S.
+    shared = fwht(padded * params["signs"])
+    h = permute(shared, params["perm"], params["unperm"], blocks).view(blocks, n) * params["gauss"]
     h = fwht(h) * params["scale"]
     return h.reshape(-1)[:out_size]
 
