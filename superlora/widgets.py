@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, as_config, preset
 from superlora.counting import ParameterCount, count_parameters
-from superlora.errors import SuperLoRAError
+from superlora.errors import ConfigError, SuperLoRAError
 from superlora.targets import resolve_targets, trainable_modules
 from superlora.viz import budget_figure, confusion_figure, curves_figure, delta_heatmap, delta_norms_figure, \
     metric_records, spectra_figure, split_block
@@ -64,7 +64,11 @@ def _preset_label(key: str) -> str:
 
 class ConfigPanel:
     """Preset, rank, groups, order, splits, ratio, shuffle and targets, with a live parameter count and the
-    budget figure. `on_change(fn)` calls fn(config, count) after every valid change."""
+    budget figure. `on_change(fn)` calls fn(config, count) after every valid change.
+
+    config: a preset name or a config made by `preset(...)`; the controls start at its values, and the fields
+    without a control (fold, factoring, alpha, ...) are the preset's.
+    """
 
     def __init__(self, model: nn.Module, config: SuperLoRAConfig | str = "lora",
                  trainable: Sequence[str] = ("head",), max_rank: int = 16, max_groups: int = 32) -> None:
@@ -72,7 +76,10 @@ class ConfigPanel:
         self.trainable = tuple(trainable)
         self.max_rank = max_rank
         start = as_config(config)
-        key = start.name if start.name in PRESETS else "superlora-2d"
+        if start.name not in PRESETS:
+            raise ConfigError(f"ConfigPanel starts from a preset, but this config is {start.name!r}; pass a preset "
+                              f"name or preset(name, ...) with one of {', '.join(PRESETS)}")
+        key = start.name
         self._seed = start.seed
         self._callbacks: list[Callable[[SuperLoRAConfig, ParameterCount], None]] = []
         self._quiet = False

@@ -14,10 +14,12 @@ from superlora.adapter import SuperLoRAAdapter
 from superlora.viz import (
     REFERENCE_PRESETS,
     budget_figure,
+    budget_map_figure,
     confusion_figure,
     curves_figure,
     delta_heatmap,
     delta_norms_figure,
+    describe_config,
     effective_rank,
     entry_groups,
     layout_figure,
@@ -75,6 +77,25 @@ def test_budget_reproduces_the_worked_vit_b_numbers():
     assert trace_by_key(figure, "lora").y[0] == 36_864  # METHOD.md: LoRA r=1 on q, v of ViT-B/16
     assert trace_by_key(figure, "superlora-2d").y[0] == 7_526
     assert trace_by_key(figure, "lorta").y[3] == 2_968  # LoRTA M=3, G=1, r=4
+
+
+def test_budget_map_places_each_config_at_its_count():
+    model = TwoLayerMLP()
+    families = {
+        "LoRA": [preset("lora", rank=r, targets=("fc1", "fc2")) for r in (1, 2)],
+        "LoTR": [preset("lotr", targets=("fc1", "fc2"))],  # does not fit: two shapes
+        "LoRTA": [preset("lorta", rank=r, targets=("fc1", "fc2")) for r in (1, 3)],
+    }
+    figure = budget_map_figure(_shapes(model, families["LoRA"][0]), families)
+    for family, configs in families.items():
+        trace = trace_by_key(figure, family)
+        fitting = [c for c in configs if family != "LoTR"]
+        assert list(trace.x) == [count_parameters(model, c).adapter for c in fitting]
+        assert list(trace.customdata) == [describe_config(c) for c in fitting]
+    assert trace_by_key(figure, "LoTR").meta["skipped"] == 1
+    assert figure.layout.shapes[0].x0 == count_parameters(model, families["LoRA"][0]).lora_r1
+    assert describe_config(preset("lorta", rank=2, ratio=0.1, projection="fastfood", shuffle=True)) == \
+        "r=2 G=1 M=3 K=1 ρ=0.1 shuffle"
 
 
 # ---------------------------------------------------------------------------------------------- layout

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from superlora import count_parameters, get_superlora_model, preset
+from superlora import ConfigError, SuperLoRAConfig, count_parameters, get_superlora_model, preset
 from superlora.train import TrainEvent
 from superlora.viz import trace_by_key
 from superlora.widgets import ConfigPanel, DeltaExplorer, TrainingPanel, target_choices
@@ -82,6 +82,13 @@ def test_config_panel_shows_errors_and_keeps_the_last_figure(model):
     panel.groups.value = 2
     assert panel.error is None and panel.message.value == ""
     assert _shown(panel) == count_parameters(model, preset("superlora-2d", grouping="layer", groups=2)).adapter
+
+
+def test_config_panel_starts_from_a_preset(model):
+    panel = ConfigPanel(model, preset("lorta", rank=3, groups=2, shuffle=True))
+    assert panel.config == preset("lorta", rank=3, groups=2, shuffle=True)
+    with pytest.raises(ConfigError, match="starts from a preset"):
+        ConfigPanel(model, SuperLoRAConfig(rank=2))
 
 
 def test_config_panel_on_a_meta_vit_b():

@@ -4,14 +4,15 @@ Each function takes what the library already produces (target shapes and a confi
 `delta_weights()` tensors, training metrics) and returns a `plotly.graph_objects.Figure`; the notebooks, the
 widgets and the app all draw with these, so a picture means the same thing everywhere.
 
-- budget:   `budget_figure(target_shapes, config)`: adapter parameters vs rank, presets and the current config
+- budget:   `budget_figure(target_shapes, config)`: adapter parameters vs rank, presets and the current config;
+            `budget_map_figure(target_shapes, families)`: the budgets many configs reach, against LoRA's minimum
 - layout:   `layout_figure(layout, targets, seed)`: which group produces each update entry, before/after shuffle
 - deltas:   `delta_heatmap(delta)`, `delta_norms_figure(deltas)`, `spectra_figure(deltas)`
 - training: `curves_figure(run_or_runs)`, `confusion_figure(confusion, classes)`
 """
 
 from superlora.viz.budget import REFERENCE_PRESETS, BudgetCurve, adapter_parameters, budget_curves, budget_figure, \
-    trace_by_key
+    budget_map_figure, describe_config, trace_by_key
 from superlora.viz.deltas import DeltaSummary, delta_heatmap, delta_norms_figure, effective_rank, norm_grid, \
     numerical_rank, spectra_figure, split_block, summarize_deltas
 from superlora.viz.layout import TargetStrip, entry_groups, group_table, layout_figure, model_layout, target_strips
@@ -25,10 +26,12 @@ __all__ = [
     "adapter_parameters",
     "budget_curves",
     "budget_figure",
+    "budget_map_figure",
     "confusion_figure",
     "curves_figure",
     "delta_heatmap",
     "delta_norms_figure",
+    "describe_config",
     "effective_rank",
     "entry_groups",
     "group_table",

@@ -7,7 +7,7 @@ adapter module read, so the curves are exact for the targets given (not a formul
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -144,3 +144,50 @@ def trace_by_key(figure: go.Figure, key: str) -> go.BaseTraceType:
         if isinstance(trace.meta, dict) and trace.meta.get("key") == key:
             return trace
     raise KeyError(f"no trace with key {key!r}; keys: {[getattr(t, 'meta', {}).get('key') for t in figure.data]}")
+
+
+def describe_config(config: SuperLoRAConfig) -> str:
+    """A short one-line summary of the knobs that set the budget, e.g. 'r=4 G=2 M=3 K=1 ρ=0.1 shuffle'."""
+    parts = [f"r={config.rank}", f"G={config.groups}", f"M={config.fold_order}", f"K={config.splits}"]
+    if config.ratio < 1:
+        parts.append(f"ρ={config.ratio:g}")
+    if config.shuffle:
+        parts.append("shuffle")
+    return " ".join(parts)
+
+
+def budget_map_figure(
+    target_shapes: TargetShapes,
+    families: Mapping[str, Sequence[SuperLoRAConfig]],
+    title: str | None = None,
+) -> go.Figure:
+    """Every config of every family as a point on a log axis of adapter parameters, one row per family, with
+    LoRA's rank-1 budget as a vertical line: points left of it are budgets no per-layer LoRA reaches.
+
+    Trace meta: {"key": family}, with `customdata` holding each point's config summary. Configs that do not
+    fit the targets are left out (their count is in meta["skipped"]).
+    """
+    figure = new_figure(title or "Which budgets each method reaches on these targets")
+    for index, (family, configs) in enumerate(families.items()):
+        counts, labels, skipped = [], [], 0
+        for config in configs:
+            try:
+                counts.append(adapter_parameters(target_shapes, config))
+            except ConfigError:
+                skipped += 1
+                continue
+            labels.append(describe_config(config))
+        figure.add_trace(go.Scatter(
+            x=counts, y=[family] * len(counts), mode="markers", name=family, customdata=labels,
+            marker=dict(size=9, color=GROUP_PALETTE[index % len(GROUP_PALETTE)], opacity=0.7,
+                        line=dict(color="white", width=0.5)),
+            meta=dict(key=family, skipped=skipped),
+            hovertemplate=f"{family}<br>%{{customdata}}<br>%{{x:,}} parameters<extra></extra>",
+        ))
+    lora_floor = sum(m + n for m, n in target_shapes)
+    figure.add_vline(x=lora_floor, line=dict(color="grey", dash="dash"),
+                     annotation=dict(text=f"LoRA r = 1: {fmt_count(lora_floor)}", font=dict(color="grey")))
+    figure.update_xaxes(type="log", title="adapter parameters (log scale)")
+    figure.update_yaxes(autorange="reversed")
+    figure.update_layout(showlegend=False, height=120 + 45 * len(families))
+    return figure

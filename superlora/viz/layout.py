@@ -107,7 +107,8 @@ def _strip_heatmap(strips: Sequence[TargetStrip], num_groups: int, show_scale: b
 
 
 def group_table(layout: Layout, targets: Sequence[Target]) -> go.Table:
-    """One row per group: its span of the update vector, targets, D_g, P_g, fold shape, pieces, parameters."""
+    """One row per group: its span of the update vector, targets, D_g, P_g (and whether a fixed projection lifts
+    P_g entries to D_g), fold shape, pieces, parameters."""
     counts = count_from_layout(layout, targets)
 
     def covered(names: Sequence[str]) -> str:
@@ -119,6 +120,7 @@ def group_table(layout: Layout, targets: Sequence[Target]) -> go.Table:
         "targets (unshuffled)": [covered(g.targets) for g in counts],
         "D_g": [fmt_count(g.size) for g in counts],
         "P_g": [fmt_count(g.input_size) for g in counts],
+        "P_g → D_g": ["fixed projection" if p.projected else "—" for p in layout.groups],
         "folded shape": [shape_text(g.shape) for g in counts],
         "pieces": [" ⊗ ".join(g.pieces) for g in counts],
         "parameters": [fmt_count(g.parameters) for g in counts],
@@ -126,7 +128,7 @@ def group_table(layout: Layout, targets: Sequence[Target]) -> go.Table:
     return go.Table(
         header=dict(values=[f"<b>{name}</b>" for name in columns], align="left", font=dict(size=11)),
         cells=dict(values=list(columns.values()), align="left", font=dict(size=11), height=24),
-        columnwidth=[0.5, 1.6, 2.6, 0.9, 0.9, 1, 2, 0.9],
+        columnwidth=[0.5, 1.6, 2.6, 0.9, 0.9, 1.1, 1, 2, 0.9],
     )
 
 
