@@ -125,7 +125,8 @@ def delta_norms_figure(deltas: Mapping[str, Tensor], title: str | None = None) -
     figure = new_figure(title or "‖ΔW‖_F per block and target")
     figure.add_trace(go.Heatmap(
         z=grid, y=[b or "(no block)" for b in blocks], x=kinds, colorscale="Viridis",
-        colorbar=dict(title="‖ΔW‖_F"), texttemplate="%{z:.3g}", hovertemplate="%{y} %{x}: ‖ΔW‖_F = %{z:.4g}<extra></extra>",
+        colorbar=dict(title="‖ΔW‖_F"), texttemplate="%{z:.3g}",
+        hovertemplate="%{y} %{x}: ‖ΔW‖_F = %{z:.4g}<extra></extra>",
     ))
     figure.update_yaxes(title="block", autorange="reversed")
     figure.update_xaxes(title="target")
