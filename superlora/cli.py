@@ -208,23 +208,23 @@ def _load_data(source: str, val_fraction: float, split_seed: int, labels: str) -
         image_set = sample_dataset(source[len(SAMPLE_PREFIX):])
     else:
         image_set = load_dataset(source, labels=labels)
-    print(f"data: {len(image_set)} images in {len(image_set.classes)} classes "
-          f"({', '.join(f'{k} {v}' for k, v in image_set.class_counts().items())})"
-          + (f"; {len(image_set.rejected)} files skipped" if image_set.rejected else ""), file=sys.stderr)
-    for warning in image_set.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if _is_main_process():
+        print(f"data: {len(image_set)} images in {len(image_set.classes)} classes "
+              f"({', '.join(f'{k} {v}' for k, v in image_set.class_counts().items())})"
+              + (f"; {len(image_set.rejected)} files skipped" if image_set.rejected else ""), file=sys.stderr)
+        for warning in image_set.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     return train_val_split(image_set, val_fraction=val_fraction, seed=split_seed)
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    """False in the other processes of `accelerate launch` / `torchrun`, which must not print."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from superlora.runs import CONFIG_FILE, default_run_name, read_json
+    from superlora.runs import CONFIG_FILE, RunFolder, default_run_name, read_json
     from superlora.train import StopSignal, TqdmProgress, TrainOptions, train
 
     saved: dict[str, Any] = {}
@@ -264,6 +264,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         output = Path(args.runs_dir) / default_run_name(model_name, config.to_dict())
     option_values["output_dir"] = str(output)
     options = TrainOptions.from_dict(option_values)
+    if not args.resume and RunFolder.holds_run(output):  # say so before spending time on loading the data
+        _fail(f"{output} already holds a run; continue it with --resume {output} or choose another --output")
 
     val_fraction = args.val_fraction if args.val_fraction is not None else data_saved.get("val_fraction", 0.2)
     split_seed = args.split_seed if args.split_seed is not None else data_saved.get("split_seed", 0)

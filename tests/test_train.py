@@ -192,6 +192,7 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
         train(tiny_vit(), train_set, val_set, LORA, TrainOptions(epochs=3, batch_size=8, lr=1e6, head_lr=1e6))
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_mid_epoch_is_bit_exact(tmp_path):
     """Kill a training process right after its step-6 checkpoint (mid-epoch 2 of 4), resume it in a new process,
     and compare with an uninterrupted run: history, best accuracy and every adapter bit must match."""

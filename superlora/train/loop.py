@@ -256,6 +256,8 @@ class _Run:
             "train_size": len(train_set),
             "val_size": len(val_set) if val_set is not None else 0,
             "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
+            # differs only if a last partial batch fits one number of processes and not another
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
         # Progress (all of it goes into checkpoints, so that a resumed run continues with identical numbers).

@@ -1,0 +1,136 @@
+"""The `superlora` command line: errors a user can make (one line, no traceback, non-zero exit), `count` without
+weights, and a whole session: train on a folder, list runs, predict, export, re-run a saved config, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from superlora.cli import main
+
+from train_helpers import colour_images
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A folder of class folders of PNGs and a small local model folder (the bundled default's architecture)."""
+    from superlora.models import build_hybrid_vit, save_model
+
+    root = tmp_path_factory.mktemp("cli")
+    image_set = colour_images(per_class=8)
+    for index, (image, label) in enumerate(zip(image_set.images, image_set.labels)):
+        folder = root / "data" / image_set.classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:03d}.png")
+    save_model(build_hybrid_vit(img_size=32, embed_dim=32, depth=1, num_heads=2, num_classes=3), root / "model")
+    return root
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_missing_data_path_is_one_line_and_a_failing_exit_status(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "superlora", "train", str(tmp_path / "no-such-folder"),
+                           "--model", "vit_base_patch16_224"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == f"superlora: error: {tmp_path / 'no-such-folder'} does not exist"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "DATA", "--model", "vit_nonexistent_model"], "superlora: error: unknown model 'vit_nonexistent_model'"),
+    (["train", "DATA", "--model", "MODEL", "--rank", "0"], "superlora: error: rank=0: must be a positive integer"),
+    (["train", "DATA", "--model", "MODEL", "--preset", "lorax"], "superlora: error: preset 'lorax' is unknown"),
+    (["train", "DATA", "--model", "MODEL", "--lr", "-1"], "superlora: error: lr=-1.0: must be a positive number"),
+    (["train", "--resume", "NOWHERE"], "superlora: error: NOWHERE/config.json not found"),
+    (["count", "--model", "vit_base_patch16_224", "--preset", "lorta", "--factoring", "lora"],
+     "superlora: error: factoring='lora': 'lora' builds a matrix but the fold has order 3"),
+    (["predict", "NOWHERE", "x.png"], "superlora: error: NOWHERE is neither a run folder nor an adapter folder"),
+])
+def test_user_errors_print_one_clear_line(capsys, workspace, argv, expected):
+    replace = {"DATA": workspace / "data", "MODEL": workspace / "model", "NOWHERE": workspace / "nowhere"}
+    code, _, err = run_cli(capsys, *[replace.get(a, a) for a in argv])
+    assert code == 1
+    line = one_error_line(err)
+    assert line.startswith(expected.replace("NOWHERE", str(workspace / "nowhere"))), line
+
+
+def test_a_malformed_command_line_is_one_line_with_exit_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "three"])
+    assert exit_info.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("superlora train: error: argument --epochs: invalid int value: 'three'")
+
+
+def test_count_prints_the_lora_table_for_vit_base_from_shapes_alone(capsys):
+    code, out, _ = run_cli(capsys, "count", "--model", "vit_base_patch16_224", "--preset", "lora", "--rank", "1")
+    assert code == 0
+    lines = out.splitlines()
+    adapter_line = next(line for line in lines if line.startswith("adapter parameters"))
+    assert adapter_line.split()[2] == "36,864"
+    assert sum(1 for line in lines if "lora 768x768 r=1" in line) == 24  # q and v of 12 blocks
+    assert any(line.startswith("head (trainable)") and "769,000" in line for line in lines)
+    code, out, _ = run_cli(capsys, "count", "--model", "vit_base_patch16_224", "--preset", "lorta", "--order", "3",
+                           "--rank", "4", "--json")
+    assert json.loads(out)["adapter"] == 2968  # the worked example of docs/method.md
+
+
+def test_train_runs_predict_export_rerun_and_resume(capsys, workspace, tmp_path):
+    run = tmp_path / "runs" / "first"
+    code, out, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model", "--preset", "lora",
+                             "--rank", "2", "--epochs", "2", "--batch-size", "8", "--lr", "0.01", "--output", run)
+    assert code == 0, err
+    assert "validation accuracy" in err and "train: 100%" in err  # evaluation lines and the tqdm bar
+    assert f"run folder: {run}" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == str(workspace / "model") and config["data"]["source"] == str(workspace / "data")
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "done" and record["step"] == 2 * 3  # 18 training images, batch 8
+
+    code, out, _ = run_cli(capsys, "runs", tmp_path / "runs")
+    assert code == 0
+    header, rule, row = out.splitlines()
+    assert header.split()[:4] == ["run", "status", "model", "adapter"]
+    assert row.startswith("first") and " done " in row and "lora r=2" in row
+    assert f"{record['parameters']['adapter']:,}" in row and f"{100 * record['best_accuracy']:.1f} %" in row
+
+    image = workspace / "data" / "red" / "000.png"
+    code, out, _ = run_cli(capsys, "predict", run, image, "--top-k", "2")
+    assert code == 0
+    name, ranking = out.strip().split(": ")
+    assert name == str(image) and len(ranking.split(", ")) == 2
+
+    code, out, err = run_cli(capsys, "export", run, "--output", tmp_path / "exported")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["adapter", "merged", "model.onnx"]
+    assert "max |ONNX - PyTorch|" in out
+
+    # Re-run from the saved config with one flag changed: a new folder, the same adapter and data.
+    second = tmp_path / "runs" / "second"
+    code, _, err = run_cli(capsys, "train", "--config", run / "config.json", "--epochs", "1", "--output", second)
+    assert code == 0, err
+    again = json.loads((second / "config.json").read_text())
+    assert again["adapter"] == config["adapter"] and again["data"] == config["data"]
+    assert again["options"]["epochs"] == 1 and again["options"]["lr"] == 0.01
+
+    # Resuming a finished run changes nothing and says so; an existing run is never overwritten.
+    code, out, _ = run_cli(capsys, "train", "--resume", run)
+    assert code == 0 and json.loads((run / "metrics.json").read_text())["step"] == 6
+    code, _, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model", "--output", run)
+    assert code == 1 and "already holds a run" in one_error_line(err)
