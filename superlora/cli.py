@@ -191,9 +191,9 @@ def adapter_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
 
 def _check_model_name(name: str) -> None:
     """Unknown names fail here, before any data is loaded."""
-    from superlora.models import _looks_like_path, create_meta_model
+    from superlora.models import create_meta_model
 
-    if _looks_like_path(name):
+    if os.path.exists(name) or os.sep in name or name.lower().endswith((".safetensors", ".pth", ".pt", ".bin")):
         if not Path(name).exists():
             _fail(f"model path {name} does not exist; give a folder or weights file, or a model name "
                   "(see `superlora models`)")

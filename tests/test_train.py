@@ -300,3 +300,19 @@ def test_predict_returns_sorted_top_k_probabilities():
         assert len(row) == 2 and row[0][1] >= row[1][1] and {c for c, _ in row} <= set(train_set.classes)
     full = predict(model, train_set.images[:1], None, train_set.classes, top_k=10)[0]
     assert len(full) == 3 and sum(p for _, p in full) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_frozen_batch_norm_statistics_do_not_move_during_training():
+    """The bundled default's architecture has BatchNorm in its convolutional stem; adapter training must leave
+    the frozen base model's running statistics alone, also after evaluations switch modes back and forth."""
+    from superlora.models import build_hybrid_vit
+
+    torch.manual_seed(0)
+    model = build_hybrid_vit(img_size=32, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert before
+    train_set, val_set = colour_split(per_class=4)
+    result = train(model, train_set, val_set, LORA, TrainOptions(epochs=2, **FAST))
+    assert result.steps == 4
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

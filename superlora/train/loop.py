@@ -441,10 +441,12 @@ class _Run:
         def gather(rows: Tensor) -> Tensor:
             return acc.gather(acc.pad_across_processes(rows, dim=0, pad_index=-1))
 
-        return evaluate(self.model, loader, len(self.classes), acc.device,
-                        gather=gather if self.world > 1 else None,
-                        should_abort=lambda: self.world == 1 and self.stop.requested,
-                        autocast=acc.autocast)
+        evaluation = evaluate(self.model, loader, len(self.classes), acc.device,
+                              gather=gather if self.world > 1 else None,
+                              should_abort=lambda: self.world == 1 and self.stop.requested,
+                              autocast=acc.autocast)
+        _keep_frozen_norms_eval(self.model)  # evaluate() put the whole model back in train mode
+        return evaluation
 
     def _end_epoch(self) -> bool:
         """Epoch bookkeeping and validation. False when a stop request interrupted the evaluation."""
