@@ -70,7 +70,7 @@ def comparable_history(history: list[dict]) -> list[dict]:
 
 
 def train_stripes(output: str | None, *, resume: bool = False, callbacks=(), epochs: int = 4,
-                  batch_size: int = 8, checkpoint_every: int | None = 3, per_class: int = 16):
+                  batch_size: int = 8, checkpoint_every: int | None = 3, per_class: int = 16, config=None):
     """The reference run of the resume and distributed tests (identical in every process that calls it)."""
     from superlora import preset
     from superlora.train import TrainOptions, train
@@ -78,7 +78,8 @@ def train_stripes(output: str | None, *, resume: bool = False, callbacks=(), epo
     train_set, val_set = train_val_split(stripe_images(per_class), val_fraction=0.25, seed=0)
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=1e-2, head_lr=1e-2,
                            checkpoint_every=checkpoint_every, output_dir=output)
-    return train(tiny_vit(), train_set, val_set, preset("lora", rank=2), options, callbacks=callbacks, resume=resume)
+    config = config if config is not None else preset("lora", rank=2)
+    return train(tiny_vit(), train_set, val_set, config, options, callbacks=callbacks, resume=resume)
 
 
 def result_summary(result) -> dict:
@@ -97,6 +98,7 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("output")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--pause-at", type=int, default=None, help="sleep after the checkpoint of this step")
+    parser.add_argument("--config", default=None, help="adapter config as JSON (default: LoRA rank 2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the same thread count in every run: float sums must not change order
 
@@ -105,7 +107,10 @@ def _main(argv: list[str]) -> None:
         if event.kind == "checkpoint" and event.step == args.pause_at:
             time.sleep(120)  # the test kills this process here, mid-epoch, right after a checkpoint
 
-    result = train_stripes(args.output, resume=args.resume, callbacks=[report])
+    from superlora import SuperLoRAConfig
+
+    config = SuperLoRAConfig.from_json(args.config) if args.config else None
+    result = train_stripes(args.output, resume=args.resume, callbacks=[report], config=config)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
