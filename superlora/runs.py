@@ -117,7 +117,7 @@ class RunFolder:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return False
-        # purge_step drops events a killed run logged after its last checkpoint, so a resumed run has no doubles
+        # purge_step: TensorBoard hides earlier events at steps >= purge_step, so a resumed run has no doubles
         self._writer = SummaryWriter(str(self.path / TENSORBOARD_DIR), purge_step=purge_step or None)
         return True
 

@@ -227,6 +227,13 @@ def test_resume_after_a_real_kill_mid_epoch_is_bit_exact(tmp_path):
     assert resumed_summary == json.loads(json.dumps(uninterrupted))
     assert resumed_summary["steps"] == 20 and len(resumed_summary["history"]) == 4
 
+    # TensorBoard shows every step once: what the killed process logged after its checkpoint is purged.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "killed" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 21))
+
 
 def test_resume_checks_the_run_and_new_runs_never_overwrite_old_ones(tmp_path):
     train_set, val_set = colour_split()

@@ -488,7 +488,8 @@ class _Run:
     def execute(self) -> TrainResult:
         try:
             if self.run is not None:
-                self.run.open_tensorboard(purge_step=self.step if self.step else None)
+                # a resumed run drops what the interrupted one logged after its checkpoint (step + 1 onwards)
+                self.run.open_tensorboard(purge_step=self.step + 1 if self.step else None)
             stopped = self._train()
             return self._finish(stopped)
         except NonFiniteLossError:
