@@ -3,8 +3,8 @@ the main process prints and writes, and it reaches the single-process result for
 
 Tolerance: each process sums the gradient of its half batch and DDP adds the halves, so the two runs differ only
 in float rounding (measured on this CPU: identical accuracies and best step, validation and training losses
-within 4e-8, adapter entries within 9e-8). The test allows one validation image of accuracy difference, 1e-5 in validation loss and 1e-4 in
-every adapter entry.
+within 4e-8, adapter entries within 9e-8). The test allows one validation image of accuracy difference, 1e-5
+in validation loss and 1e-4 in every adapter entry.
 """
 
 from __future__ import annotations
