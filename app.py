@@ -21,13 +21,15 @@ def main() -> None:
     parser.add_argument("--max-training-jobs", type=int, default=1,
                         help="training runs allowed at once across all users; others wait in a queue (default 1)")
     parser.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload in MB (default 200)")
+    parser.add_argument("--model", action="append", default=[], metavar="FOLDER",
+                        help="offer a local model folder (config.json + model.safetensors) first; repeatable")
     args = parser.parse_args()
 
     from superlora.studio import launch
 
     print(f"SuperLoRA studio on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
     launch(host=args.host, port=args.port, share=args.share, max_training_jobs=args.max_training_jobs,
-           max_upload_mb=args.max_upload_mb)
+           max_upload_mb=args.max_upload_mb, extra_models=tuple(args.model))
 
 
 if __name__ == "__main__":

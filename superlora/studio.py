@@ -27,7 +27,6 @@ from typing import Any
 
 import gradio as gr
 import plotly.graph_objects as go
-import torch
 from torch import nn
 
 from superlora import viz
@@ -89,9 +88,10 @@ def close_session(value: Session | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def model_choices() -> list[tuple[str, str]]:
-    """(label, value) pairs: the bundled default first, then the timm names (marked when not cached)."""
-    choices = []
+def model_choices(extra_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(label, value) pairs: local model folders given at start-up, the bundled default, then the timm names
+    (marked when their weights are not cached), then the upload option."""
+    choices = [(f"{Path(path).name} (local folder)", str(path)) for path in extra_models]
     for info in list_models():
         note = "bundled" if info.source == "bundled" else ("cached" if info.available_offline else "needs download")
         choices.append((f"{info.name} ({note})", info.name))
@@ -499,10 +499,15 @@ Fine-tune a vision transformer on your own images with a handful of trainable pa
 **5** try it on new images · **6** download the result."""
 
 
-def build_app(max_training_jobs: int = 1) -> gr.Blocks:
-    """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions."""
-    models = model_choices()
-    default_model = DEFAULT_MODEL if any(v == DEFAULT_MODEL for _, v in models) else models[0][1]
+def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = ()) -> gr.Blocks:
+    """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions;
+    `extra_models` are local model folders (written by `superlora.models.save_model`) to offer first."""
+    for path in extra_models:
+        load_model(path)  # fail at start-up, with the loader's message, rather than on first use
+    models = model_choices(tuple(str(p) for p in extra_models))
+    default_model = next((v for _, v in models if v == DEFAULT_MODEL), models[0][1])
+    if extra_models:
+        default_model = str(extra_models[0])
     with gr.Blocks(title="SuperLoRA studio") as app:
         session = gr.State(None, delete_callback=close_session)
         gr.Markdown(INTRO)
@@ -640,10 +645,10 @@ def build_app(max_training_jobs: int = 1) -> gr.Blocks:
 
 
 def launch(host: str = "127.0.0.1", port: int | None = None, share: bool = False, max_training_jobs: int = 1,
-           max_upload_mb: int = 200, prevent_thread_lock: bool = False, quiet: bool = False) -> gr.Blocks:
+           max_upload_mb: int = 200, extra_models: tuple[str, ...] = (), prevent_thread_lock: bool = False,
+           quiet: bool = False) -> gr.Blocks:
     """Build and start the studio. Binds to 127.0.0.1 unless told otherwise; sharing is off by default."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    app = build_app(max_training_jobs=max_training_jobs)
+    app = build_app(max_training_jobs=max_training_jobs, extra_models=extra_models)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                max_file_size=f"{max_upload_mb}mb", quiet=quiet, show_error=True, footer_links=["api"])
