@@ -245,3 +245,14 @@ def test_row_update_gradients_equal_plain_autograd():
         grads.append([x.grad.clone()] + [p.grad.clone() for p in wrapped.adapter.parameters()])
     for custom, plain in zip(*grads):
         torch.testing.assert_close(custom, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    get_superlora_model(tiny_vit(), preset("lora")).save_pretrained(tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
