@@ -28,6 +28,7 @@ from superlora.targets import resolve_targets, trainable_modules
 from superlora.viz import budget_figure, confusion_figure, curves_figure, delta_heatmap, delta_norms_figure, \
     metric_records, spectra_figure, split_block
 from superlora.viz.common import fmt_count
+from superlora.viz.deltas import NO_BLOCK
 
 
 def show_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
@@ -101,7 +102,7 @@ class ConfigPanel:
         self.groups = w.IntSlider(value=1 if start.groups == PER_TARGET else start.groups, min=1, max=max_groups,
                                   description="groups G", style=style, layout=layout)
         self.grouping = w.ToggleButtons(options=["contiguous", "layer"], value=start.grouping, description="grouping",
-                                        style=dict(description_width="110px", button_width="90px"))
+                                        style=dict(description_width="110px", button_width="100px"))
         self.order = w.IntSlider(value=start.order, min=2, max=6, description="order M", style=style, layout=layout)
         self.splits = w.IntSlider(value=start.splits, min=1, max=4, description="Kronecker K", style=style,
                                   layout=layout)
@@ -233,7 +234,7 @@ class DeltaExplorer:
         self._names = {split_block(name): name for name in self.deltas}
         blocks = list(dict.fromkeys(block for block, _ in self._names))
         kinds = list(dict.fromkeys(kind for _, kind in self._names))
-        self.block = w.Dropdown(options=blocks, value=blocks[0], description="block")
+        self.block = w.Dropdown(options=[(b or NO_BLOCK, b) for b in blocks], value=blocks[0], description="block")
         self.kind = w.Dropdown(options=kinds, value=kinds[0], description="target")
         self.message = w.HTML()
         self.heatmap = go.FigureWidget()
@@ -258,7 +259,7 @@ class DeltaExplorer:
     def _norm_clicked(self, _trace: Any, points: Any, _state: Any) -> None:
         if points.xs and points.ys:
             block, kind = points.ys[0], points.xs[0]
-            self.block.value, self.kind.value = ("" if block == "(no block)" else block), kind
+            self.block.value, self.kind.value = ("" if block == NO_BLOCK else block), kind
 
     def update(self) -> None:
         name = self.selected_name

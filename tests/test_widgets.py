@@ -125,6 +125,15 @@ def test_delta_explorer_shows_the_selected_update(deltas):
     assert np.array_equal(np.asarray(explorer.heatmap.data[0].z), deltas["blocks.0.attn.qkv.k"].numpy())
 
 
+def test_delta_explorer_on_targets_outside_blocks():
+    wrapped = get_superlora_model(TwoLayerMLP(), preset("lora", rank=2, targets=("fc1", "fc2")))
+    randomize_trainable(wrapped)
+    explorer = DeltaExplorer(wrapped)
+    assert explorer.block.options == (("(no block)", ""),) and explorer.kind.options == ("fc1", "fc2")
+    explorer.kind.value = "fc2"
+    assert np.array_equal(np.asarray(explorer.heatmap.data[0].z), wrapped.delta_weights()["fc2"].numpy())
+
+
 def _event(kind, step, metrics=None, **extra):
     return TrainEvent(kind=kind, step=step, total_steps=4, epoch=1, metrics=metrics or {}, **extra)
 

@@ -6,7 +6,6 @@ adapter module read, so the curves are exact for the targets given (not a formul
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -106,6 +105,8 @@ def budget_figure(
     total = sum(m * n for m, n in target_shapes)
     figure = new_figure(title or f"Trainable adapter parameters vs rank "
                                   f"({len(target_shapes)} targets, D = {fmt_count(total)} update entries)")
+    figure.update_layout(title_subtitle_text="dashed: LoRA at rank 1, its smallest budget; below it, only sharing "
+                                            "across weights reaches", margin_t=80)
     for index, curve in enumerate(curves):
         is_current = curve.name == CURRENT
         fits = any(count is not None for count in curve.parameters)
@@ -130,8 +131,6 @@ def budget_figure(
         line=dict(color="grey", dash="dash", width=1), meta=dict(key=LORA_FLOOR, error=None),
         hovertemplate="LoRA at rank 1: %{y:,} parameters, its smallest budget<extra></extra>", legendrank=2,
     ))
-    figure.add_annotation(x=ranks[-1], y=math.log10(lora_floor), xanchor="right", yanchor="top", showarrow=False,
-                          text="below the dashed line: budgets LoRA cannot reach", font=dict(color="grey", size=11))
     figure.update_xaxes(title="rank r", dtick=1 if len(ranks) <= 16 else None)
     figure.update_yaxes(title="adapter parameters (log scale)", type="log")
     figure.update_layout(legend=dict(title="method"))

@@ -21,6 +21,7 @@ from torch import Tensor
 from superlora.viz.common import TEMPLATE, new_figure, shape_text
 
 _BLOCK = re.compile(r"^(.*?\.\d+)\.(.+)$")
+NO_BLOCK = "(no block)"  # the row label of targets outside any numbered block
 DEFAULT_MAX_SIDE = 256
 
 
@@ -124,7 +125,7 @@ def delta_norms_figure(deltas: Mapping[str, Tensor], title: str | None = None) -
     blocks, kinds, grid = norm_grid(summarize_deltas(deltas))
     figure = new_figure(title or "‖ΔW‖_F per block and target")
     figure.add_trace(go.Heatmap(
-        z=grid, y=[b or "(no block)" for b in blocks], x=kinds, colorscale="Viridis",
+        z=grid, y=[b or NO_BLOCK for b in blocks], x=kinds, colorscale="Viridis",
         colorbar=dict(title="‖ΔW‖_F"), texttemplate="%{z:.3g}",
         hovertemplate="%{y} %{x}: ‖ΔW‖_F = %{z:.4g}<extra></extra>",
     ))

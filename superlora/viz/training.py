@@ -136,17 +136,18 @@ def curves_figure(runs: Run | Mapping[str, Run], title: str | None = None) -> go
     figure = make_subplots(rows=1, cols=2, subplot_titles=[label for _, label in PANELS], horizontal_spacing=0.1)
     dashes = ("solid", "dot", "dash", "dashdot", "longdash")
     for run_index, (run_name, run) in enumerate(named.items()):
-        colour_offset = run_index if len(named) > 1 else 0
         series = metric_series(metric_records(run))
         for col, (needle, _) in enumerate(PANELS, start=1):
             chosen = [label for label in series if _on_panel(label, needle)]
             for line_index, label in enumerate(chosen):
                 xs, ys = series[label]
-                colour = GROUP_PALETTE[(colour_offset if len(named) > 1 else line_index) % len(GROUP_PALETTE)]
+                # One run: a colour per metric (the same in both panels). Several: a colour per run, a dash per metric.
+                colour_index = run_index if len(named) > 1 else list(series).index(label)
                 figure.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
                     name=f"{run_name}: {label}" if run_name else label,
-                    line=dict(color=colour, dash=dashes[line_index % len(dashes)] if len(named) > 1 else "solid"),
+                    line=dict(color=GROUP_PALETTE[colour_index % len(GROUP_PALETTE)],
+                              dash=dashes[line_index % len(dashes)] if len(named) > 1 else "solid"),
                     meta=dict(run=run_name, metric=label),
                 ), row=1, col=col)
     figure.update_xaxes(title="step")
