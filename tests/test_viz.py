@@ -283,3 +283,17 @@ def test_confusion_figure():
     normalized = np.asarray(confusion_figure(confusion, ["a", "b", "c"], normalize=True).data[0].z)
     np.testing.assert_allclose(normalized.sum(axis=1), 1.0)
     assert normalized[1, 0] == pytest.approx(2 / 8)
+
+
+def test_curves_from_a_real_run_folder_match_its_history(tmp_path):
+    from superlora.train import TrainOptions, train
+    from tests.train_helpers import colour_split, tiny_vit as trainable_vit
+
+    train_set, val_set = colour_split(per_class=8)
+    result = train(trainable_vit(), train_set, val_set, preset("lora", rank=2),
+                   TrainOptions(epochs=2, batch_size=8, device="cpu", output_dir=str(tmp_path / "run")))
+    from_folder = _curves(curves_figure(tmp_path / "run"))
+    assert from_folder == _curves(curves_figure(result.history))
+    assert from_folder["val_accuracy"] == ([row["step"] for row in result.history],
+                                           [row["val_accuracy"] for row in result.history])
+    assert _curves(curves_figure(tmp_path / "run" / "metrics.csv")) == from_folder
