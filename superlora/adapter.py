@@ -73,10 +73,8 @@ class SuperLoRAAdapter(nn.Module):
         gen = proj.generator(config.seed, "init")
         self.groups = nn.ModuleList(GroupFactors(plan, gen, dtype) for plan in layout.groups)
         self._direct = layout.direct_groups()
-        self._projections: list[dict[str, Tensor] | Tensor | None] = []
-        for plan in layout.groups:
-            self._projections.append(self._make_projection(plan))
-        for g, projection in enumerate(self._projections):
+        for g, plan in enumerate(layout.groups):
+            projection = self._make_projection(plan)
             if isinstance(projection, dict):
                 for key, value in projection.items():
                     self.register_buffer(f"_ff{g}_{key}", value, persistent=False)
