@@ -1,20 +1,24 @@
 """Start the SuperLoRA studio in the browser: `python app.py` (see `--help`).
 
-Binds to 127.0.0.1 unless --host says otherwise; nothing is shared publicly unless --share is given.
+Binds to 127.0.0.1 unless --host says otherwise; nothing is shared publicly unless --share is given. Works
+offline: Gradio's usage analytics are off and model hubs are not contacted unless a hub model is trained.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="SuperLoRA studio: fine-tune a ViT on your images in the browser.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
@@ -23,14 +27,40 @@ def main() -> None:
     parser.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload in MB (default 200)")
     parser.add_argument("--model", action="append", default=[], metavar="FOLDER",
                         help="offer a local model folder (config.json + model.safetensors) first; repeatable")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.max_training_jobs < 1:
+        parser.error("--max-training-jobs must be at least 1")
+    if args.max_upload_mb < 1:
+        parser.error("--max-upload-mb must be at least 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    args = parse_args(argv)
+    from superlora.errors import SuperLoRAError
     from superlora.studio import launch
 
-    print(f"SuperLoRA studio on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    launch(host=args.host, port=args.port, share=args.share, max_training_jobs=args.max_training_jobs,
-           max_upload_mb=args.max_upload_mb, extra_models=tuple(args.model))
+    try:
+        app = launch(host=args.host, port=args.port, share=args.share, max_training_jobs=args.max_training_jobs,
+                     max_upload_mb=args.max_upload_mb, extra_models=tuple(args.model), prevent_thread_lock=True,
+                     quiet=True)
+    except SuperLoRAError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # Gradio reports a busy port as OSError
+        print(f"error: cannot serve on {args.host}:{args.port} ({err}); pick another --port", file=sys.stderr)
+        return 2
+    print(f"SuperLoRA studio on {app.local_url} (ready in {time.monotonic() - started:.1f} s; Ctrl+C to stop)",
+          flush=True)
+    if app.share_url:
+        print(f"Public link (anyone with it can use this studio): {app.share_url}", flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,38 +4,51 @@ A thin shell over the library: every number, figure, training run, prediction an
 functions the CLI and notebooks call (`count_parameters`, `superlora.viz`, `superlora.data`, `train`,
 `predict`, `export`). This module only turns widget values into those calls and their results into widgets.
 
-Each browser session owns a `Session` (its data, its trained model, its temporary folder); nothing is shared
-between sessions except read-only caches of model skeletons for counting. Named API endpoints
-(`count_parameters`, `use_sample`, `load_data`, `train`, `stop`, `predict`, `export`, ...) let `gradio_client`
-drive the same functions.
+Sessions: each browser tab (or `gradio_client.Client`) is one Gradio session, identified by its session hash,
+and owns one `Session` (its data, trained model and a private temporary folder). Nothing is shared between
+sessions except read-only caches of model skeletons for counting. When the tab closes (Gradio's heartbeat ends)
+the session's training is stopped and its folder deleted at once; idle sessions that never say goodbye (raw
+HTTP callers) are dropped after `SESSION_IDLE_S`.
+
+Named API endpoints (see docs/studio.md): `count_parameters`, `use_sample`, `load_data`, `upload_checkpoint`,
+`train`, `stop`, `inspect`, `predict`, `export`, `save_config`, `load_config`.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import functools
 import json
+import logging
+import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import plotly.graph_objects as go
+from PIL import Image
 from torch import nn
 
 from superlora import viz
-from superlora.config import PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, preset
+from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, preset
 from superlora.counting import ParameterCount, count_parameters
-from superlora.data import SAMPLES, ImageSet, load_dataset, sample_dataset, train_val_split
-from superlora.errors import SuperLoRAError
-from superlora.models import DEFAULT_MODEL, create_meta_model, list_models, load_model
-from superlora.targets import resolve_targets
+from superlora.data import SAMPLES, ImageSet, decode_image, load_dataset, sample_dataset, train_val_split
+from superlora.data.decode import ImageRejected
+from superlora.errors import ConfigError, SuperLoRAError
+from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, create_meta_model, list_models, \
+    load_model
+
+log = logging.getLogger(__name__)
 
 # What the target checkboxes mean on a timm ViT (q/k/v are the row blocks of the fused qkv layer).
 TARGET_CHOICES = {"q": "q", "k": "k", "v": "v", "proj": "attn.proj", "mlp": "mlp"}
@@ -43,10 +56,23 @@ FACTORING_CHOICES = {"lora": "lora", "tucker": "tucker", "hadamard": "hadamard",
                      "full ⊗ lora": ("full", "lora")}
 FOLD_CHOICES = ("native", "stack", "auto")
 PROJECTION_CHOICES = ("none", "fastfood", "gaussian")
+LABEL_CHOICES = ("auto", "folders", "prefix", "csv")
+EXPORT_CHOICES = ("adapter", "merged", "onnx")
 UPLOADED = "uploaded checkpoint"
-DEFAULT_NUM_CLASSES = 4
-THUMBNAILS_PER_CLASS = 6
+PER_TARGET_GROUPS = 0  # the groups slider's "one group per target weight"
+DEFAULT_NUM_CLASSES = 4  # the classifier head counted before any data is loaded
+THUMBNAILS_PER_CLASS = 6  # one gallery row per class
+THUMBNAIL_SIDE = 96
+VALIDATION_PICKS_PER_CLASS = 2
+LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
+SESSION_IDLE_S = 6 * 3600
 STUDIO_CONFIG_VERSION = 1
+
+# The control each config field is set with, so an error message can say where to look.
+FIELD_LABELS = {"targets": "Adapt these weights", "rank": "Rank r", "alpha": "α", "groups": "Groups G",
+                "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
+                "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ",
+                "shuffle": "Shuffle", "uncompressed_modes": "Method (preset)"}
 
 
 class StudioError(SuperLoRAError):
@@ -56,123 +82,323 @@ class StudioError(SuperLoRAError):
 # ---------------------------------------------------------------------------------------------- sessions
 @dataclass
 class Session:
-    """Everything one browser session owns. Its folder is deleted when the session ends."""
+    """Everything one browser session owns. Its folder is created on first use and deleted by `close`."""
 
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="superlora-studio-")))
+    folder: Path
     checkpoint: Path | None = None  # an uploaded base model file
-    checkpoint_arch: str = ""  # its architecture (a timm name or the bundled default's)
+    checkpoint_arch: str = ""  # its architecture: a model name, or a local model folder of the same shapes
     data: ImageSet | None = None
     data_source: str = ""
     train_set: ImageSet | None = None
     val_set: ImageSet | None = None
-    result: Any = None  # TrainResult of the last run
+    result: Any = None  # TrainResult of the last finished run
     trained_model_source: str = ""
     events: list[Any] = field(default_factory=list)
-    stop: Any = None
-    training: bool = False
+    stop: Any = None  # StopSignal of the queued or running training job
+    phase: str = "idle"  # "idle", "queued" (waiting for a training slot) or "training"
+    last_used: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+    @property
+    def workdir(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder
 
     def close(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.closed = True
+        if self.stop is not None:
+            self.stop.request()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _session(value: Session | None) -> Session:
-    return value if isinstance(value, Session) else Session()
+class SessionStore:
+    """The sessions of one app, keyed by Gradio's session hash; their folders live under one temporary root."""
+
+    def __init__(self, idle_s: float = SESSION_IDLE_S, extra_models: tuple[str, ...] = ()):
+        self.root = Path(tempfile.mkdtemp(prefix="superlora-studio-"))
+        self.extra_models = extra_models  # local model folders the app offers
+        self.idle_s = idle_s
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        atexit.register(self.close_all)
+
+    def get(self, request: gr.Request | None) -> Session:
+        key = getattr(request, "session_hash", None) or "no-session"
+        now = time.monotonic()
+        with self._lock:
+            self._drop_idle(now)
+            session = self._sessions.get(key)
+            if session is None:
+                # The folder name is ours, never the client-chosen hash, so no hash can point outside the root.
+                session = self._sessions[key] = Session(folder=self.root / uuid.uuid4().hex[:16])
+            session.last_used = now
+            return session
+
+    def peek(self, session_hash: str) -> Session | None:
+        """The session of this hash if it exists (for tests and clean-up), without creating one."""
+        with self._lock:
+            return self._sessions.get(session_hash)
+
+    def end(self, request: gr.Request | None) -> None:
+        """Called when a browser tab or client disconnects: stop its training, delete its files."""
+        key = getattr(request, "session_hash", None)
+        with self._lock:
+            session = self._sessions.pop(key, None) if key else None
+        if session is not None:
+            session.close()
+
+    def _drop_idle(self, now: float) -> None:
+        for key, session in list(self._sessions.items()):
+            if now - session.last_used > self.idle_s and session.phase == "idle":
+                self._sessions.pop(key).close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
 
-def close_session(value: Session | None) -> None:
-    if isinstance(value, Session):
-        if value.stop is not None:
-            value.stop.request()
-        value.close()
+# ---------------------------------------------------------------------------------------------- messages
+def _friendly_message(err: Exception) -> str:
+    """A library error in the words of the studio: the control to look at first, then the library's message."""
+    text = str(err)
+    match = re.match(r"^(\w+)=", text)
+    if isinstance(err, ConfigError) and match and match.group(1) in FIELD_LABELS:
+        return f"{FIELD_LABELS[match.group(1)]}: {text}"
+    return text
+
+
+def _unexpected(err: Exception) -> gr.Error:
+    # Gradio prints this error's traceback (with its cause) to the server console; the user sees one line.
+    return gr.Error(f"Something went wrong that the studio did not expect ({type(err).__name__}: {err}). "
+                    "Your session is still usable; if it happens again, please report it with this message.",
+                    print_exception=True)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Show a library error as its message (a gr.Error), and anything unexpected as one line, never a traceback."""
+    if _is_generator(fn):
+        @functools.wraps(fn)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except SuperLoRAError as err:
+                raise gr.Error(_friendly_message(err), print_exception=False) from err
+            except Exception as err:  # noqa: BLE001 - the user gets one line; the log keeps the traceback
+                raise _unexpected(err) from err
+        return generator
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except SuperLoRAError as err:
+            raise gr.Error(_friendly_message(err), print_exception=False) from err
+        except Exception as err:  # noqa: BLE001
+            raise _unexpected(err) from err
+    return wrapper
+
+
+def _is_generator(fn: Callable) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
+
+def session_endpoint(fn: Callable, sessions: SessionStore) -> Callable:
+    """`fn` as Gradio should see it: its parameters minus `sessions` (filled in with this app's store), with the
+    real type hints (Gradio injects `gr.Request`, `gr.SelectData` and `gr.Progress` by annotation or default), and
+    errors shown as messages (`user_errors`)."""
+    import inspect
+    import typing
+
+    wrapped = user_errors(fn)
+    signature = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+    parameters = [p.replace(annotation=hints.get(name, p.annotation))
+                  for name, p in signature.parameters.items() if name != "sessions"]
+    names = [p.name for p in parameters]
+
+    def arguments(args: tuple, kwargs: dict) -> dict:
+        return {**dict(zip(names, args)), **kwargs, "sessions": sessions}
+
+    if _is_generator(fn):
+        def endpoint(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            yield from wrapped(**arguments(args, kwargs))
+    else:
+        def endpoint(*args: Any, **kwargs: Any) -> Any:
+            return wrapped(**arguments(args, kwargs))
+    endpoint.__name__, endpoint.__qualname__, endpoint.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    endpoint.__signature__ = signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty)
+    endpoint.__annotations__ = {name: hint for name, hint in hints.items() if name in names}
+    return endpoint
+
+
+def with_parameters(fn: Callable, names: tuple[str, ...], sessions: SessionStore) -> Callable:
+    """`fn(values, sessions, request)` as Gradio should see it: one positional parameter per name (the API's
+    parameter names), then the request, with errors shown as messages."""
+    import inspect
+
+    wrapped = user_errors(fn)
+
+    def endpoint(*args: Any) -> Any:
+        *values, request = args
+        return wrapped(dict(zip(names, values)), sessions, request)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    endpoint.__signature__ = inspect.Signature([*(inspect.Parameter(name, kind) for name in names),
+                                                inspect.Parameter("request", kind, annotation=gr.Request)])
+    endpoint.__annotations__ = {"request": gr.Request}
+    endpoint.__name__ = endpoint.__qualname__ = fn.__name__
+    endpoint.__doc__ = fn.__doc__
+    return endpoint
 
 
 # ---------------------------------------------------------------------------------------------- models
 def model_choices(extra_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(label, value) pairs: local model folders given at start-up, the bundled default, then the timm names
-    (marked when their weights are not cached), then the upload option."""
+    """(label, value) pairs: local model folders given at start-up, the bundled default (when its files are
+    there), the curated timm names, then the upload option. Reads no weights and builds no model."""
     choices = [(f"{Path(path).name} (local folder)", str(path)) for path in extra_models]
-    for info in list_models():
-        note = "bundled" if info.source == "bundled" else ("cached" if info.available_offline else "needs download")
-        choices.append((f"{info.name} ({note})", info.name))
-    return choices + [(UPLOADED, UPLOADED)]
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        choices.append((f"{DEFAULT_MODEL} (bundled, 64 px)", DEFAULT_MODEL))
+    choices += [(f"{name} · {description.split(',')[0]}", name) for name, description in HUB_MODELS.items()]
+    return choices + [(f"{UPLOADED} (upload a file below)", UPLOADED)]
 
 
-@functools.lru_cache(maxsize=16)
+def architecture_choices(extra_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(label, value) of the architectures an uploaded weights file may have: the local folders' (same shapes as
+    that folder's model), the bundled default's and the curated timm names."""
+    return [*((f"same as {Path(path).name} (local folder)", path) for path in extra_models),
+            (DEFAULT_MODEL, DEFAULT_MODEL), *((name, name) for name in HUB_MODELS)]
+
+
+@functools.cache
+def _model_infos() -> dict[str, Any]:
+    # list_models builds a meta model per hub name (about a second): done once, in the background at start-up.
+    return {info.name: info for info in list_models()}
+
+
+@functools.lru_cache(maxsize=32)
 def _skeleton(name: str, num_classes: int) -> nn.Module:
-    """The model's architecture on the meta device: counting needs shapes only, so ViT-H costs nothing."""
+    """The model's architecture on the meta device: counting needs shapes only, so ViT-L costs nothing."""
     return create_meta_model(name, num_classes=num_classes)
 
 
+def _warm_up(model_name: str) -> None:
+    """Build what the first page load needs, after the server is already answering."""
+    try:
+        _skeleton(model_name, DEFAULT_NUM_CLASSES)
+        _model_infos()
+    except Exception:  # noqa: BLE001 - only a cache; the request that needs it reports the error
+        log.debug("studio warm-up failed", exc_info=True)
+
+
+def _load_checkpoint(path: Path, arch: str) -> nn.Module:
+    """An uploaded weights file as a model. `arch` is a model name, or a local model folder whose config.json
+    (copied next to the file by `upload_checkpoint`) describes the architecture."""
+    return load_model(str(path)) if Path(arch).is_dir() else load_model(str(path), arch=arch)
+
+
 def _base_model(model_name: str, session: Session) -> str | nn.Module:
-    """What `train` gets: a registry name, or a freshly loaded uploaded checkpoint (train adapts it in place)."""
+    """What `train` gets: a registry name or folder, or a freshly loaded uploaded checkpoint."""
     if model_name == UPLOADED:
         if session.checkpoint is None:
-            raise StudioError("upload a model file first (Model & adapter tab), or pick a model from the list")
-        return load_model(str(session.checkpoint), arch=session.checkpoint_arch)
+            raise StudioError("Base model: upload a model file first (Model & adapter tab), or pick a model "
+                              "from the list")
+        return _load_checkpoint(session.checkpoint, session.checkpoint_arch)
     return model_name
 
 
-def _counting_model(model_name: str, session: Session, num_classes: int) -> nn.Module:
+def _counting_model(model_name: str, session: Session) -> nn.Module:
+    num_classes = len(session.data.classes) if session.data is not None else DEFAULT_NUM_CLASSES
     if model_name == UPLOADED:
         if session.checkpoint is None:
-            raise StudioError("upload a model file first, or pick a model from the list")
-        # Counting needs shapes only: the uploaded file's architecture, built on the meta device.
+            raise StudioError("Base model: upload a model file below first, or pick a model from the list")
         return _skeleton(session.checkpoint_arch, num_classes)
+    if not model_name:
+        raise StudioError("Base model: pick a model from the list")
     return _skeleton(model_name, num_classes)
 
 
-def _num_classes(session: Session) -> int:
-    return len(session.data.classes) if session.data is not None else DEFAULT_NUM_CLASSES
+def describe_model(model_name: str, sessions: SessionStore, request: gr.Request | None) -> str:
+    """One line under the model picker: what the model is and whether it can be trained offline."""
+    session = sessions.get(request)
+    if model_name == UPLOADED:
+        if session.checkpoint is None:
+            return "Upload a weights file in the box below and say which architecture it is."
+        return f"Your file **{session.checkpoint.name}** ({Path(session.checkpoint_arch).name})."
+    if model_name and Path(model_name).is_dir():
+        return f"Local model folder `{model_name}`: weights on this machine ✓"
+    info = _model_infos().get(model_name)
+    if info is None:
+        return ""
+    size = f"{info.input_size[-1]} px, {info.params / 1e6:.1f} M parameters"
+    where = "weights on this machine ✓" if info.available_offline else (
+        "⚠️ weights not on this machine: counts and figures work, training downloads them once (needs "
+        "internet), or upload the weights file below")
+    return f"{info.description}; {size}. {where}"
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def config_from_controls(preset_name: str, rank: int, alpha: float | None, groups: int, grouping: str, fold: str,
-                         order: int, splits: int, factoring: str, projection: str, ratio: float, shuffle: bool,
-                         targets: list[str], seed: int = 0) -> SuperLoRAConfig:
-    """The SuperLoRAConfig the controls describe (ConfigError names the control that is wrong)."""
-    patterns = tuple(TARGET_CHOICES[t] for t in (targets or []) if t in TARGET_CHOICES)
+def config_from_controls(preset_name: str, rank: float, alpha: float | None, groups: float, grouping: str,
+                         fold: str, order: float, splits: float, factoring: str, projection: str, ratio: float,
+                         shuffle: bool, targets: list[str] | None, seed: int = 0) -> SuperLoRAConfig:
+    """The SuperLoRAConfig the controls describe. groups=0 means one group per target weight; alpha empty or 0
+    means alpha = rank. Raises ConfigError, whose message names the field (see FIELD_LABELS)."""
+    targets = list(targets or [])
+    unknown = [t for t in targets if t not in TARGET_CHOICES]
+    if unknown:
+        raise ConfigError(f"targets={unknown}: not a target the studio knows; choose from "
+                          f"{', '.join(TARGET_CHOICES)}")
+    patterns = tuple(TARGET_CHOICES[t] for t in targets)
     if not patterns:
-        raise StudioError("tick at least one target (q, k, v, proj or mlp)")
+        raise ConfigError("targets=(): tick at least one of q, k, v, proj or mlp")
+    if preset_name not in PRESETS:
+        raise ConfigError(f"preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    if factoring not in FACTORING_CHOICES:
+        raise ConfigError(f"factoring={factoring!r}: not a factoring; choose one of {', '.join(FACTORING_CHOICES)}")
+    chosen_factoring = FACTORING_CHOICES[factoring]
+    overrides: dict[str, Any] = {}
+    if "tucker" not in (chosen_factoring if isinstance(chosen_factoring, tuple) else (chosen_factoring,)):
+        overrides["uncompressed_modes"] = ()  # LoTR's identity mode belongs to its Tucker factoring only
     return preset(
         preset_name,
         targets=patterns,
         rank=int(rank),
         alpha=float(alpha) if alpha else None,
-        groups=int(groups),
+        groups=PER_TARGET if int(groups) == PER_TARGET_GROUPS else int(groups),
         grouping=grouping,
         fold=fold,
         order=int(order),
         splits=int(splits),
-        factoring=FACTORING_CHOICES.get(factoring, factoring),
+        factoring=chosen_factoring,
         projection=projection,
-        ratio=float(ratio) if projection != "none" else 1.0,
+        ratio=float(ratio),
         shuffle=bool(shuffle),
         seed=int(seed),
+        **overrides,
     )
 
 
-def preset_controls(preset_name: str, model_name: str, targets: list[str], session: Session | None) -> tuple:
-    """Control values that reproduce a preset on the chosen model (groups = number of targets when per-target)."""
-    session = _session(session)
+def preset_controls(preset_name: str) -> tuple:
+    """Control values that reproduce a preset (rank and targets stay as the user set them)."""
     settings = PRESETS[preset_name]
     base = SuperLoRAConfig(**{**settings, "targets": ("q", "v")})
-    try:
-        count = _count(model_name, preset_name, targets, session)
-        num_targets = len(count.targets)
-    except SuperLoRAError:
-        num_targets = 24
-    groups = num_targets if settings.get("groups") == "per-target" else base.groups
+    groups = PER_TARGET_GROUPS if settings.get("groups") == PER_TARGET else base.groups
     factoring = next((label for label, value in FACTORING_CHOICES.items() if value == base.factoring), "lora")
-    return (gr.update(value=groups, maximum=max(num_targets, 1)), base.grouping, base.fold,
-            base.fold_order, base.splits, factoring, "none", 1.0, False, PRESET_DESCRIPTIONS[preset_name])
+    return (groups, base.grouping, base.fold if isinstance(base.fold, str) else "auto", base.fold_order,
+            base.splits, factoring, "none", 1.0, False, _preset_note(preset_name))
 
 
-def _count(model_name: str, preset_name: str, targets: list[str], session: Session) -> ParameterCount:
-    """LoRA-style count used only to learn the number of targets for the groups slider."""
-    model = _counting_model(model_name, session, _num_classes(session))
-    patterns = tuple(TARGET_CHOICES[t] for t in targets if t in TARGET_CHOICES) or ("q", "v")
-    return count_parameters(model, preset("lora", targets=patterns), trainable=("head",))
+def _preset_note(preset_name: str) -> str:
+    return f"*{PRESET_DESCRIPTIONS.get(preset_name, '')}*"
 
 
 def format_count(count: ParameterCount) -> str:
@@ -180,273 +406,405 @@ def format_count(count: ParameterCount) -> str:
     size = count.adapter_bytes
     size_text = f"{size / 1024:.1f} KiB" if size < 1024**2 else f"{size / 1024**2:.2f} MiB"
     factor = count.factor_vs_lora_r1
-    factor_text = f"{factor:.1f}× fewer than" if factor >= 1 else f"{1 / factor:.1f}× more than"
+    if 0.95 <= factor <= 1.05:
+        factor_text = "about as many parameters as"
+    elif factor > 1:
+        factor_text = f"**{factor:.1f}×** fewer parameters than"
+    else:
+        factor_text = f"**{1 / factor:.1f}×** more parameters than"
     return "\n".join([
-        "| | parameters |",
+        "| trainable parameters | |",
         "|---|---:|",
-        f"| **adapter (trainable)** | **{count.adapter:,}** |",
-        f"| classifier head (trainable) | {count.trainable_modules:,} |",
-        f"| total trainable | {count.total_trainable:,} |",
-        f"| share of the model | {count.percent_of_model:.3f} % |",
-        f"| LoRA r=1 on the same targets | {count.lora_r1:,} ({factor_text} it) |",
+        f"| **adapter** | **{count.adapter:,}** |",
+        f"| classifier head | {count.trainable_modules:,} |",
+        f"| total | {count.total_trainable:,} |",
+        f"| share of the model ({count.base_model:,}) | {count.percent_of_model:.3f} % |",
+        f"| LoRA r=1 on the same targets | {count.lora_r1:,} |",
         f"| adapter file (float32) | {size_text} |",
         "",
-        f"{len(count.targets)} target matrices, {count.update_size:,} update entries, {len(count.groups)} group(s).",
+        f"The adapter has {factor_text} LoRA r=1 on the same {len(count.targets)} target matrices "
+        f"({count.update_size:,} update entries, {len(count.groups)} group(s)).",
     ])
 
 
-def count_panel(model_name: str, preset_name: str, rank: int, alpha: float | None, groups: int, grouping: str,
-                fold: str, order: int, splits: int, factoring: str, projection: str, ratio: float, shuffle: bool,
-                targets: list[str], session: Session | None) -> tuple[str, str, dict]:
-    """(count markdown, error markdown, count as a dict). Never raises for a bad combination: it shows it."""
-    session = _session(session)
+CONTROL_NAMES = ("model_name", "preset_name", "rank", "alpha", "groups", "grouping", "fold", "order", "splits",
+                 "factoring", "projection", "ratio", "shuffle", "targets")
+
+
+def count_for_controls(values: dict[str, Any], session: Session) -> tuple[SuperLoRAConfig, nn.Module, ParameterCount]:
+    """The config the controls describe, the model skeleton, and the exact count (from shapes, no weights)."""
+    config = config_from_controls(*(values[name] for name in CONTROL_NAMES[1:]))
+    skeleton = _counting_model(values["model_name"], session)
+    return config, skeleton, count_parameters(skeleton, config, trainable=("head",))
+
+
+def show_count(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> tuple[Any, str]:
+    """(count panel, error line): a bad combination is shown next to the controls, never raised."""
     try:
-        config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
-                                      projection, ratio, shuffle, targets)
-        model = _counting_model(model_name, session, _num_classes(session))
-        count = count_parameters(model, config, trainable=("head",))
+        _, _, count = count_for_controls(values, sessions.get(request))
     except SuperLoRAError as err:
-        return gr.update(), f"⚠️ {err}", {"error": str(err)}
-    return format_count(count), "", {**count.as_dict(), "config": config.to_dict()}
+        return gr.update(), f"⚠️ {_friendly_message(err)} *(the numbers below are for the last valid settings)*"
+    return format_count(count), ""
 
 
-def figures_panel(model_name: str, preset_name: str, rank: int, alpha: float | None, groups: int, grouping: str,
-                  fold: str, order: int, splits: int, factoring: str, projection: str, ratio: float, shuffle: bool,
-                  targets: list[str], session: Session | None) -> tuple[Any, Any]:
-    """The budget and layout figures for the current controls (unchanged when the combination is invalid)."""
-    session = _session(session)
+def show_figures(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> tuple[Any, Any]:
+    """The budget and layout figures of the controls (left as they are while the combination is invalid)."""
     try:
-        config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
-                                      projection, ratio, shuffle, targets)
-        model = _counting_model(model_name, session, _num_classes(session))
-        found, layout = viz.model_layout(model, config)
+        config, skeleton, _ = count_for_controls(values, sessions.get(request))
+        found, layout = viz.model_layout(skeleton, config)
     except SuperLoRAError:
         return gr.update(), gr.update()
-    shapes = [t.shape for t in found]
-    return viz.budget_figure(shapes, config), viz.layout_figure(layout, found, seed=config.seed)
+    return (viz.budget_figure([t.shape for t in found], config),
+            viz.layout_figure(layout, found, seed=config.seed, max_bins=LAYOUT_BINS))
 
 
-def upload_checkpoint(file: str | None, arch: str, session: Session | None) -> tuple[Session, Any, str]:
-    """Check an uploaded base model file (safetensors, or .pth/.bin read with weights_only) and select it.
-
-    The file must hold weights of `arch`; a mismatch names the first tensor that does not fit.
-    """
-    session = _session(session)
-    if not file:
-        return session, gr.update(), ""
-    source = Path(file)
-    target = session.workdir / "checkpoint" / source.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    try:
-        load_model(str(target), arch=arch)
-    except SuperLoRAError as err:
-        target.unlink(missing_ok=True)
-        return session, gr.update(), f"⚠️ {err}"
-    session.checkpoint, session.checkpoint_arch = target, arch
-    return session, gr.update(value=UPLOADED), f"Using {source.name} ({arch})."
+def count_endpoint(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> dict[str, Any]:
+    """The exact trainable-parameter count of these settings on this model, as a dict (raises on bad settings)."""
+    config, _, count = count_for_controls(values, sessions.get(request))
+    return {**count.as_dict(), "config": config.to_dict()}
 
 
 # ---------------------------------------------------------------------------------------------- data
+def _thumbnail(image: Image.Image) -> Image.Image:
+    thumb = image.copy()
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return thumb
+
+
+def _blank() -> Image.Image:
+    return Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE), (244, 244, 246))
+
+
 def _data_outputs(session: Session) -> tuple:
+    """Summary, class table, thumbnail grid (one row per class), skipped files, validation images to pick."""
     data = session.data
     counts = data.class_counts()
-    train_counts = session.train_set.class_counts() if session.train_set else {}
-    val_counts = session.val_set.class_counts() if session.val_set else {}
-    table = [[name, counts.get(name, 0), train_counts.get(name, 0), val_counts.get(name, 0)] for name in data.classes]
+    train_counts = session.train_set.class_counts()
+    val_counts = session.val_set.class_counts()
+    table = [[name, counts[name], train_counts[name], val_counts[name]] for name in data.classes]
     gallery = []
     for index, name in enumerate(data.classes):
-        shown = 0
-        for image, label in zip(data.images, data.labels):
-            if label == index and shown < THUMBNAILS_PER_CLASS:
-                gallery.append((image, name))
-                shown += 1
-    rejected = [[r.name, r.reason] for r in data.rejected] or [["(none)", ""]]
-    notes = [f"**{len(data.images)} images in {len(data.classes)} classes** from {session.data_source}; "
-             f"{sum(train_counts.values())} for training, {sum(val_counts.values())} for validation."]
-    notes += [f"⚠️ {w}" for w in data.warnings]
+        members = [image for image, label in zip(data.images, data.labels) if label == index]
+        row = [(_thumbnail(image), name) for image in members[:THUMBNAILS_PER_CLASS]]
+        # Pad short classes so that every class keeps its own row of the grid.
+        gallery += row + [(_blank(), "")] * (THUMBNAILS_PER_CLASS - len(row))
+    picks = []
+    for index, name in enumerate(data.classes):
+        members = [image for image, label in zip(session.val_set.images, session.val_set.labels) if label == index]
+        picks += [(_thumbnail(image), name) for image in members[:VALIDATION_PICKS_PER_CLASS]]
+    rejected = [[r.name, r.reason] for r in data.rejected] or [["—", "no file was skipped"]]
+    notes = [f"**{len(data.images)} images in {len(data.classes)} classes** from {session.data_source}: "
+             f"{sum(train_counts.values())} for training, {sum(val_counts.values())} for validation "
+             "(a fixed 80/20 split per class)."]
+    notes += [f"⚠️ {warning}" for warning in dict.fromkeys(session.train_set.warnings)]
     if data.rejected:
-        notes.append(f"{len(data.rejected)} file(s) were skipped; see the list below.")
-    return session, "\n\n".join(notes), table, gallery, rejected
+        notes.append(f"⚠️ {len(data.rejected)} file(s) were skipped; the list below says why.")
+    return notes_text(notes), table, gallery, rejected, picks
+
+
+def notes_text(lines: list[str]) -> str:
+    return "\n\n".join(lines)
 
 
 def _set_data(session: Session, data: ImageSet, source: str) -> tuple:
-    session.data, session.data_source = data, source
-    session.train_set, session.val_set = train_val_split(data, val_fraction=0.2, seed=0)
+    train_set, val_set = train_val_split(data, val_fraction=0.2, seed=0)
+    session.data, session.data_source, session.train_set, session.val_set = data, source, train_set, val_set
     return _data_outputs(session)
 
 
-def use_sample(name: str, session: Session | None) -> tuple:
+def use_sample(name: str, sessions: SessionStore, request: gr.Request | None) -> tuple:
     """Load one of the bundled samples."""
-    session = _session(session)
-    try:
-        return _set_data(session, sample_dataset(name), f"the sample '{name}'")
-    except SuperLoRAError as err:
-        raise gr.Error(str(err)) from err
+    session = sessions.get(request)
+    if name not in SAMPLES:
+        raise StudioError(f"Sample data: unknown sample {name!r}; choose one of {', '.join(SAMPLES)}")
+    return _set_data(session, sample_dataset(name), f"the sample '{name}'")
 
 
-def load_data(files: list[str] | None, csv_file: str | None, labels: str, session: Session | None) -> tuple:
-    """Load uploaded images: one .zip, or many images (labels from folders, filename prefixes or a CSV)."""
-    session = _session(session)
+def load_data(files: list[str] | None, csv_file: str | None, labels: str, sessions: SessionStore,
+              request: gr.Request | None) -> tuple:
+    """Load uploaded images: one .zip (labels from its folders, prefixes or a CSV), or many images (labels from
+    file-name prefixes or a CSV; a browser upload keeps no folder names)."""
+    session = sessions.get(request)
     paths = [Path(f) for f in (files or [])]
     if not paths:
-        raise gr.Error("Upload a .zip or some images first (or press 'Use sample data').")
-    # Copy into the session's folder so the upload cache can be cleaned independently.
+        raise StudioError("Upload a .zip or some images first (or press 'Use sample data').")
+    if labels not in LABEL_CHOICES:
+        raise StudioError(f"Labels from: {labels!r} is not an option; choose one of {', '.join(LABEL_CHOICES)}")
+    csvs = [p for p in paths if p.suffix.lower() == ".csv"]
+    paths = [p for p in paths if p.suffix.lower() != ".csv"]
+    if csvs and csv_file:
+        raise StudioError("Two label CSVs were given; keep one (either in the CSV box or among the files).")
+    if len(csvs) > 1:
+        raise StudioError(f"{len(csvs)} CSV files were uploaded; give one label CSV with rows path,label.")
+    csv_path = csv_file or (str(csvs[0]) if csvs else None)
+    zips = [p for p in paths if p.suffix.lower() == ".zip"]
+    if zips and len(paths) > 1:
+        raise StudioError("Upload either one .zip or image files, not both (put everything into the zip).")
+    if not paths:
+        raise StudioError("Only a CSV was uploaded; add the images (or a .zip of them) too.")
+    if csv_path and labels not in ("auto", "csv"):
+        raise StudioError(f"A label CSV was given but 'Labels from' is '{labels}'; choose 'csv' (or 'auto').")
+    # Copy into the session's folder: the upload cache is Gradio's, the session folder is deleted with the session.
     upload_dir = session.workdir / f"upload-{uuid.uuid4().hex[:6]}"
     upload_dir.mkdir(parents=True)
     copies = []
     for path in paths:
         destination = upload_dir / path.name
+        if destination.exists():
+            destination = upload_dir / f"{path.stem}-{uuid.uuid4().hex[:4]}{path.suffix}"
         shutil.copyfile(path, destination)
         copies.append(destination)
+    if not zips and labels == "folders":
+        raise StudioError("Labels from folders need a .zip: a browser uploads single images without their "
+                          "folders. Zip the class folders and upload the .zip, or name the files "
+                          "class_xxx.png ('prefix'), or add a CSV.")
+    # Messages and the skipped-files list name files as the user knows them, not by their place on the server.
+    hidden_prefix = f"{upload_dir}{os.sep}"
     try:
-        if len(copies) == 1 and copies[0].suffix.lower() == ".zip":
-            data = load_dataset(copies[0], labels=labels)
+        if zips:
+            data = load_dataset(copies[0], labels=labels, csv=csv_path)
         else:
-            data = load_dataset([str(p) for p in copies], labels=labels, csv=csv_file or None)
+            mode = labels if labels != "auto" else ("csv" if csv_path else "prefix")
+            data = load_dataset([str(p) for p in copies], labels=mode, csv=csv_path)
     except SuperLoRAError as err:
-        raise gr.Error(str(err)) from err
-    names = ", ".join(p.name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+        raise type(err)(str(err).replace(hidden_prefix, "")) from err
+    finally:
+        shutil.rmtree(upload_dir, ignore_errors=True)  # the images are decoded into memory
+    data = dataclasses.replace(
+        data, names=[name.replace(hidden_prefix, "") for name in data.names],
+        rejected=[dataclasses.replace(r, name=r.name.replace(hidden_prefix, "")) for r in data.rejected])
+    names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
     return _set_data(session, data, f"your upload ({names})")
 
 
+def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, request: gr.Request | None
+                      ) -> tuple[str, str]:
+    """Check an uploaded base model file (.safetensors, or a .pth/.bin state dict read with weights_only) and
+    select it. The file must hold weights of `arch`; a mismatch names the first tensor that does not fit."""
+    session = sessions.get(request)
+    if not file:
+        raise StudioError("Choose a model weights file to upload.")
+    known = dict((value, label) for label, value in architecture_choices(sessions.extra_models))
+    if arch not in known:
+        raise StudioError(f"Architecture of the file: {arch!r} is not one the studio offers; choose one of "
+                          f"{', '.join(known)}")
+    source = Path(file)
+    folder = session.workdir / f"checkpoint-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    target = folder / source.name
+    shutil.copyfile(source, target)
+    if Path(arch).is_dir():
+        shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
+    try:
+        _load_checkpoint(target, arch)
+    except SuperLoRAError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if session.checkpoint is not None:
+        shutil.rmtree(session.checkpoint.parent, ignore_errors=True)
+    session.checkpoint, session.checkpoint_arch = target, arch
+    return UPLOADED, f"Using your file **{source.name}** ({Path(arch).name})."
+
+
 # ---------------------------------------------------------------------------------------------- training
-def _training_options(steps: int, lr: float, batch_size: int, output_dir: Path) -> Any:
-    from superlora.train import TrainOptions
-
-    return TrainOptions(epochs=None, steps=int(steps), lr=float(lr), batch_size=int(batch_size),
-                        output_dir=str(output_dir), checkpoint_every=max(1, int(steps)))
-
-
 def _progress_text(event: Any) -> str:
+    if event.kind == "start":
+        return event.message[:1].upper() + event.message[1:] + "…"
     parts = [f"step {event.step}/{event.total_steps}"]
     if "loss" in event.metrics and event.kind == "step":
         parts.append(f"loss {event.metrics['loss']:.3f}")
     if event.eta_s is not None and event.kind == "step":
         parts.append(f"about {event.eta_s:.0f} s left")
-    if "best_accuracy" in event.metrics and event.metrics["best_accuracy"] is not None:
-        parts.append(f"best validation accuracy {100 * event.metrics['best_accuracy']:.1f} %")
+    if event.metrics.get("best_accuracy") is not None:
+        parts.append(f"best validation accuracy so far {100 * event.metrics['best_accuracy']:.1f} %")
     return " · ".join(parts)
 
 
-def train_model(model_name: str, preset_name: str, rank: int, alpha: float | None, groups: int, grouping: str,
-                fold: str, order: int, splits: int, factoring: str, projection: str, ratio: float,
-                shuffle: bool, targets: list[str], steps: int, lr: float, batch_size: int,
-                session: Session | None, progress: gr.Progress = gr.Progress()):
-    """Train in a worker thread and stream progress: (session, status, curves, metrics, confusion)."""
-    from superlora.train import StopSignal, train
+def mark_queued(sessions: SessionStore, request: gr.Request | None) -> Any:
+    """Before a training job enters the queue: a fresh stop signal (Stop works while it waits) and a busy button."""
+    from superlora.train import StopSignal
 
-    session = _session(session)
-    if session.train_set is None:
-        raise gr.Error("Load data first: upload images or press 'Use sample data' on the Data tab.")
-    if session.training:
-        raise gr.Error("This session is already training; press Stop or wait for it to finish.")
+    session = sessions.get(request)
+    if session.phase == "idle":
+        session.stop, session.phase = StopSignal(), "queued"
+    return gr.update(interactive=False, value="Training…")
+
+
+def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
+    session = sessions.get(request)
+    if session.phase == "queued":  # the job failed before it started
+        session.phase = "idle"
+    return gr.update(interactive=True, value="Start training")
+
+
+def train_model(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float, grouping: str,
+                fold: str, order: float, splits: float, factoring: str, projection: str, ratio: float,
+                shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float, batch_size: float,
+                sessions: SessionStore, request: gr.Request | None, progress: gr.Progress = gr.Progress()
+                ) -> Iterator[tuple]:
+    """Train in a worker thread and stream (status, curves, per-class accuracy, confusion matrix)."""
+    from superlora.train import StopSignal, TrainOptions, train
+
+    session = sessions.get(request)
+    if session.phase == "training":
+        raise StudioError("This session is already training; press Stop or wait for it to finish.")
+    if session.phase != "queued":  # called through the API, without the button's queued step
+        session.stop = StopSignal()
     try:
+        if session.stop.requested:
+            yield "Stopped before training started.", gr.update(), gr.update(), gr.update()
+            return
+        if session.train_set is None:
+            raise StudioError("Load data first: upload images or press 'Use sample data' on the Data tab.")
         config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
                                       projection, ratio, shuffle, targets)
-        source = _base_model(model_name, session)
-        run_dir = session.workdir / f"run-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        options = _training_options(steps, lr, batch_size, run_dir)
-    except SuperLoRAError as err:
-        raise gr.Error(str(err)) from err
+        options = TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(steps),
+                               lr=float(lr), batch_size=int(batch_size), output_dir=None)
+        session.phase, session.events = "training", []
+        yield from _run_training(session, model_name, config, options, progress, StopSignal, train)
+    finally:
+        session.phase = "idle"
 
+
+def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, options: Any, progress: Any,
+                  stop_type: type, train: Callable) -> Iterator[tuple]:
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
-    session.stop, session.events, session.training = StopSignal(), [], True
+    stop = session.stop
 
     def work() -> None:
         try:
+            source = _base_model(model_name, session)
             outcome["result"] = train(source, session.train_set, session.val_set, config, options,
-                                      callbacks=[events.put], stop=session.stop)
-        except SuperLoRAError as err:
-            outcome["error"] = str(err)
-        except Exception as err:  # noqa: BLE001 - shown to the user instead of a dead progress bar
-            outcome["error"] = f"training failed unexpectedly: {type(err).__name__}: {err}"
+                                      callbacks=[events.put], stop=stop)
+        except Exception as err:  # noqa: BLE001 - handed to the request thread, which shows it
+            outcome["error"] = err
         finally:
             events.put(None)
 
-    worker = threading.Thread(target=work, name=f"train-{session.id}", daemon=True)
+    worker = threading.Thread(target=work, name="studio-train", daemon=True)
     worker.start()
-    status, last_yield = "Starting…", 0.0
-    progress(0.0, desc="starting")
-    while True:
-        event = events.get()
-        if event is None:
-            break
-        session.events.append(event)
-        if event.total_steps:
-            progress((event.step, event.total_steps), desc="training", unit="steps")
-        status = _progress_text(event)
-        # Redraw the curves at most twice a second: the page stays responsive and the socket quiet.
-        if time.monotonic() - last_yield > 0.5 or event.kind in ("eval", "done", "stopped"):
-            last_yield = time.monotonic()
-            yield session, status, viz.curves_figure(session.events), gr.update(), gr.update()
+    if progress is not None:
+        progress(0.0, desc="loading the model")
+    last_draw = 0.0
+    try:
+        while (event := events.get()) is not None:
+            session.events.append(event)
+            if progress is not None and event.total_steps:
+                progress((event.step, event.total_steps), desc="training", unit="steps")
+            # Redraw at most twice a second: the page stays responsive and the socket quiet.
+            if time.monotonic() - last_draw > 0.5 or event.kind in ("start", "eval", "done", "stopped"):
+                last_draw = time.monotonic()
+                yield _progress_text(event), viz.curves_figure(session.events), gr.update(), gr.update()
+    finally:
+        if worker.is_alive():  # the request was abandoned (tab closed): do not leave a run behind
+            stop.request()
     worker.join()
-    session.training = False
     if "error" in outcome:
-        raise gr.Error(outcome["error"])
+        error = outcome["error"]
+        if isinstance(error, (SuperLoRAError, gr.Error)):
+            raise error
+        raise _unexpected(error)
     result = outcome["result"]
     session.result = result
-    session.trained_model_source = model_name if model_name != UPLOADED else str(session.checkpoint)
-    accuracy = "n/a" if result.best_accuracy is None else f"{100 * result.best_accuracy:.1f} %"
-    ending = "Stopped early" if result.stopped else "Done"
-    status = f"**{ending}** after {result.steps} steps · best validation accuracy {accuracy}"
-    per_class = [[name, "n/a" if acc is None else f"{100 * acc:.1f} %"] for name, acc in result.per_class_accuracy.items()]
-    yield (session, status, viz.curves_figure(session.events), per_class,
-           viz.confusion_figure(result.confusion, result.classes))
+    session.trained_model_source = model_name if model_name != UPLOADED else \
+        f"{session.checkpoint.name} ({Path(session.checkpoint_arch).name})"
+    yield _result_outputs(session)
 
 
-def stop_training(session: Session | None) -> str:
-    if isinstance(session, Session) and session.stop is not None and session.training:
+def _result_outputs(session: Session) -> tuple:
+    result = session.result
+    accuracy = "n/a (no validation run)" if result.best_accuracy is None else f"{100 * result.best_accuracy:.1f} %"
+    ending = "Stopped" if result.stopped else "Done"
+    loss = result.metrics.get("loss")
+    details = f" · validation loss {loss:.3f}" if loss is not None else ""
+    best = f" (the adapter of step {result.best_step} is kept)" if result.best_step is not None else ""
+    status = (f"**{ending}** after {result.steps} steps · best validation accuracy **{accuracy}**{details}{best}. "
+              "Next: look at ΔW (tab 4) or try an image (tab 5).")
+    per_class = [[name, "n/a" if acc is None else f"{100 * acc:.1f} %"]
+                 for name, acc in result.per_class_accuracy.items()]
+    confusion = viz.confusion_figure(result.confusion, result.classes) if result.confusion else None
+    return status, viz.curves_figure(session.events), per_class, confusion
+
+
+def stop_training(sessions: SessionStore, request: gr.Request | None) -> str:
+    """Ask this session's queued or running training job to stop (within one step; the result is kept)."""
+    session = sessions.get(request)
+    if session.stop is not None and session.phase in ("queued", "training"):
         session.stop.request()
         return "Stopping after the current step…"
     return "Nothing is training."
 
 
 # ---------------------------------------------------------------------------------------------- inspect / try
-def _trained(session: Session | None) -> Any:
-    if not isinstance(session, Session) or session.result is None:
-        raise gr.Error("Train a model first (Train tab).")
+def _trained(session: Session) -> Any:
+    if session.result is None:
+        raise StudioError("Train a model first (Train tab).")
     return session.result
 
 
-def inspect_deltas(target: str | None, session: Session | None) -> tuple:
+def inspect_deltas(target: str | None, sessions: SessionStore, request: gr.Request | None) -> tuple:
     """Per-layer ΔW figures of the trained adapter: ‖ΔW‖ per block and target, spectra, and one heatmap."""
-    result = _trained(session)
+    result = _trained(sessions.get(request))
     deltas = result.model.delta_weights()
     names = list(deltas)
     chosen = target if target in deltas else names[0]
-    return (gr.update(choices=names, value=chosen), viz.delta_norms_figure(deltas), viz.spectra_figure(deltas),
+    norms = {name: float(delta.norm()) for name, delta in deltas.items()}
+    largest = max(norms, key=norms.get)
+    note = (f"{len(names)} weights were updated; the largest change is in **{largest}** "
+            f"(‖ΔW‖_F = {norms[largest]:.3g}). Pick a target below to see its ΔW entry by entry.")
+    return (note, gr.update(choices=names, value=chosen), viz.delta_norms_figure(deltas), viz.spectra_figure(deltas),
             viz.delta_heatmap(deltas[chosen], chosen))
 
 
-def predict_image(image: Any, top_k: int, session: Session | None) -> dict[str, float]:
-    """Top-k classes with probabilities for one uploaded image (a file path or PIL image)."""
+def _open_image(path: str | Path) -> Image.Image:
+    try:
+        return decode_image(path)
+    except ImageRejected as err:
+        raise StudioError(f"That file cannot be classified: {err.reason}.") from err
+    except OSError as err:
+        raise StudioError(f"That file cannot be read ({err.strerror or err}).") from err
+
+
+def predict_image(image: Any, top_k: float, sessions: SessionStore, request: gr.Request | None
+                  ) -> dict[str, float]:
+    """Top-k classes with probabilities for one image (a file path or a PIL image)."""
     from superlora.inference import input_config, predict
 
-    result = _trained(session)
+    result = _trained(sessions.get(request))
     if image is None:
-        raise gr.Error("Upload an image to classify.")
-    try:
-        (ranked,) = predict(result.model, [image], input_config(result.model), result.classes, top_k=int(top_k))
-    except SuperLoRAError as err:
-        raise gr.Error(str(err)) from err
+        raise StudioError("Upload an image to classify, or pick one of the validation images.")
+    picture = image if isinstance(image, Image.Image) else _open_image(image)
+    (ranked,) = predict(result.model, [picture], input_config(result.model), result.classes, top_k=int(top_k))
     return dict(ranked)
 
 
-def export_model(formats: list[str], session: Session | None) -> list[str]:
+def pick_validation_image(top_k: float, sessions: SessionStore, request: gr.Request | None,
+                          selected: gr.SelectData) -> tuple[Any, dict[str, float]]:
+    """A validation image picked in the gallery: show it and classify it."""
+    session = sessions.get(request)
+    if session.val_set is None:
+        raise StudioError("Load data first (Data tab).")
+    picks = []
+    for index in range(len(session.data.classes)):
+        members = [i for i, label in enumerate(session.val_set.labels) if label == index]
+        picks += members[:VALIDATION_PICKS_PER_CLASS]
+    image = session.val_set.images[picks[selected.index]]
+    return image, predict_image(image, top_k, sessions, request)
+
+
+def export_model(formats: list[str], sessions: SessionStore, request: gr.Request | None) -> list[str]:
     """Write the chosen formats and return downloadable files (folders are zipped)."""
     from superlora.export import export
 
+    session = sessions.get(request)
     result = _trained(session)
+    formats = list(formats or [])
     if not formats:
-        raise gr.Error("Tick at least one format to export.")
+        raise StudioError("Tick at least one format to export.")
     folder = session.workdir / f"export-{uuid.uuid4().hex[:6]}"
-    try:
-        written = export(result.model, folder, formats, classes=result.classes,
-                         metadata={"base_model": session.trained_model_source})
-    except SuperLoRAError as err:
-        raise gr.Error(str(err)) from err
+    written = export(result.model, folder, formats, classes=result.classes,
+                     metadata={"base_model": session.trained_model_source})
     files = []
     for name, item in written.items():
         path = Path(getattr(item, "path", item))
@@ -454,202 +812,308 @@ def export_model(formats: list[str], session: Session | None) -> list[str]:
             archive = folder / f"superlora-{name}.zip"
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
                 for member in sorted(path.rglob("*")):
-                    zf.write(member, member.relative_to(path))
+                    zf.write(member, Path(f"superlora-{name}") / member.relative_to(path))
             files.append(str(archive))
         else:
             files.append(str(path))
     return files
 
 
+def export_help(formats: list[str], sessions: SessionStore, request: gr.Request | None) -> str:
+    """How to use what was just exported, in a few lines of Python."""
+    base = sessions.get(request).trained_model_source
+    lines = ["**Using the files** (unzip them first):"]
+    if "adapter" in (formats or []):
+        lines.append(f"- adapter: `superlora.inference.load_trained('superlora-adapter', model={base!r})"
+                     ".predict(['photo.jpg'])`; it holds only the adapter and the head, so it needs the base model.")
+    if "merged" in (formats or []):
+        lines.append("- merged: the base model with the update merged in, a plain checkpoint: "
+                     "`superlora.models.load_model('superlora-merged')` (or timm, see its config.json).")
+    if "onnx" in (formats or []):
+        lines.append("- onnx: for onnxruntime and other runtimes; input `pixel_values` (normalised as in the model's "
+                     "data config, stored in the file's metadata with the class names), output `logits`.")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- app config
-CONTROL_NAMES = ("model", "preset", "rank", "alpha", "groups", "grouping", "fold", "order", "splits", "factoring",
-                 "projection", "ratio", "shuffle", "targets", "steps", "lr", "batch_size")
+CONFIG_KEYS = ("model_name", "preset_name", "rank", "alpha", "groups", "grouping", "fold", "order", "splits",
+               "factoring", "projection", "ratio", "shuffle", "targets", "steps", "epochs", "lr", "batch_size",
+               "sample", "labels", "top_k", "formats")
 
 
-def save_app_config(*values: Any) -> str:
+def save_app_config(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> str:
     """Write every control's value to a JSON file for download."""
-    *controls, session = values
-    session = _session(session)
-    data = {"studio_config_version": STUDIO_CONFIG_VERSION, **dict(zip(CONTROL_NAMES, controls))}
+    session = sessions.get(request)
+    data = {"studio_config_version": STUDIO_CONFIG_VERSION, **values}
     path = session.workdir / "superlora-studio-config.json"
-    path.write_text(json.dumps(data, indent=2))
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return str(path)
 
 
-def load_app_config(file: str | None) -> list[Any]:
-    """Read a JSON file written by save_app_config and set the controls (unknown keys are an error)."""
+def check_app_config(file: str | None, components: dict[str, Any]) -> list[Any]:
+    """The control values of a JSON file written by save_app_config, checked against each control."""
     if not file:
-        return [gr.update() for _ in CONTROL_NAMES]
+        return [gr.update() for _ in components]
     try:
-        data = json.loads(Path(file).read_text())
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise gr.Error(f"That file is not a studio config (JSON): {err}") from err
+        raise StudioError(f"That file is not a studio settings file (JSON): {err}") from err
     if not isinstance(data, dict) or data.get("studio_config_version") != STUDIO_CONFIG_VERSION:
-        raise gr.Error("That file is not a studio config saved by this app.")
-    unknown = sorted(set(data) - set(CONTROL_NAMES) - {"studio_config_version"})
+        raise StudioError("That file is not a settings file saved by this studio "
+                          f"(no \"studio_config_version\": {STUDIO_CONFIG_VERSION}).")
+    unknown = sorted(set(data) - set(components) - {"studio_config_version"})
     if unknown:
-        raise gr.Error(f"Unknown settings in the file: {', '.join(unknown)}")
-    return [data[name] if name in data else gr.update() for name in CONTROL_NAMES]
+        raise StudioError(f"Unknown settings in the file: {', '.join(unknown)}; known ones are "
+                          f"{', '.join(components)}")
+    values = []
+    for name, component in components.items():
+        if name not in data:
+            values.append(gr.update())
+            continue
+        values.append(_checked_value(name, data[name], component))
+    return values
+
+
+def _checked_value(name: str, value: Any, component: Any) -> Any:
+    problem = None
+    if isinstance(component, gr.Slider):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not component.minimum <= value <= component.maximum:
+            problem = f"must be a number from {component.minimum} to {component.maximum}"
+    elif isinstance(component, (gr.Dropdown, gr.Radio, gr.CheckboxGroup)):
+        allowed = [choice[1] if isinstance(choice, tuple) else choice for choice in component.choices]
+        items = value if isinstance(component, gr.CheckboxGroup) and isinstance(value, list) else [value]
+        if isinstance(component, gr.CheckboxGroup) and not isinstance(value, list):
+            problem = "must be a list"
+        elif any(item not in allowed for item in items):
+            problem = f"must be one of {', '.join(map(str, allowed))}"
+    elif isinstance(component, gr.Checkbox):
+        if not isinstance(value, bool):
+            problem = "must be true or false"
+    elif isinstance(component, gr.Number):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            problem = "must be a number"
+    if problem:
+        raise StudioError(f"Settings file: {name}={value!r} {problem}.")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- layout
 INTRO = """# SuperLoRA studio
-Fine-tune a vision transformer on your own images with a handful of trainable parameters.
-**1** pick a model and an adapter · **2** load images · **3** train · **4** look at what changed ·
-**5** try it on new images · **6** download the result."""
+Fine-tune a vision transformer on your own images by training a few hundred to a few thousand parameters.
+**1** pick a model and an adapter · **2** load images · **3** train · **4** see what changed ·
+**5** try it on an image · **6** download the result."""
+
+CSS = """
+#config-error p { color: #b42318; font-weight: 600; background: #fef3f2; border-left: 4px solid #d92d20;
+                  padding: 8px 12px; border-radius: 4px; margin: 0; }
+#count-panel table { width: 100%; }
+"""
 
 
-def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = ()) -> gr.Blocks:
-    """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions;
-    `extra_models` are local model folders (written by `superlora.models.save_model`) to offer first."""
+def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
+              sessions: SessionStore | None = None) -> gr.Blocks:
+    """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions (others
+    wait in the queue); `extra_models` are local model folders (written by `superlora.models.save_model`) offered
+    first. The returned Blocks carries its `SessionStore` as `.sessions`."""
+    if max_training_jobs < 1:
+        raise ConfigError(f"max_training_jobs={max_training_jobs}: allow at least one training job")
+    extra_models = tuple(str(p) for p in extra_models)
     for path in extra_models:
         load_model(path)  # fail at start-up, with the loader's message, rather than on first use
-    models = model_choices(tuple(str(p) for p in extra_models))
-    default_model = next((v for _, v in models if v == DEFAULT_MODEL), models[0][1])
-    if extra_models:
-        default_model = str(extra_models[0])
-    with gr.Blocks(title="SuperLoRA studio") as app:
-        session = gr.State(None, delete_callback=close_session)
+    sessions = sessions if sessions is not None else SessionStore(extra_models=extra_models)
+    models = model_choices(extra_models)
+    values = [value for _, value in models]
+    default_model = extra_models[0] if extra_models else (DEFAULT_MODEL if DEFAULT_MODEL in values else values[0])
+    threading.Thread(target=_warm_up, args=(default_model,), name="studio-warm-up", daemon=True).start()
+
+    def bind(fn: Callable) -> Callable:
+        return session_endpoint(fn, sessions)
+
+    with gr.Blocks(title="SuperLoRA studio", delete_cache=(1800, 3600)) as app:
         gr.Markdown(INTRO)
-        with gr.Tab("1 · Model & adapter"):
+        with gr.Tab("1 · Model & adapter", id="model"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    model = gr.Dropdown(models, value=default_model, label="Base model")
+                    model = gr.Dropdown(models, value=default_model, label="Base model", elem_id="model")
+                    model_note = gr.Markdown(elem_id="model-note")
                     with gr.Accordion("…or upload your own model file", open=False):
-                        checkpoint_arch = gr.Dropdown([v for _, v in models if v != UPLOADED],
-                                                      value=default_model, label="Architecture of the file")
-                        checkpoint = gr.File(label="Model weights (.safetensors, or .pth/.bin state dict)",
+                        checkpoint_arch = gr.Dropdown(architecture_choices(extra_models), value=DEFAULT_MODEL,
+                                                      label="Architecture of the file")
+                        checkpoint = gr.File(label="Model weights (.safetensors, or a .pth/.bin state dict)",
                                              file_types=[".safetensors", ".pth", ".bin", ".pt"], type="filepath")
-                    checkpoint_note = gr.Markdown()
-                    preset_name = gr.Dropdown([(f"{k} — {PRESET_DESCRIPTIONS[k]}", k) for k in PRESETS],
-                                              value="lorta", label="Method (preset)")
-                    preset_note = gr.Markdown(PRESET_DESCRIPTIONS["lorta"])
-                    targets = gr.CheckboxGroup(list(TARGET_CHOICES), value=["q", "v"], label="Adapt these weights")
-                    rank = gr.Slider(1, 64, value=4, step=1, label="Rank r")
-                    groups = gr.Slider(1, 24, value=1, step=1, label="Groups G")
-                    grouping = gr.Radio(["contiguous", "layer"], value="contiguous", label="Grouping")
+                    preset_name = gr.Dropdown([(f"{k} — {PRESET_DESCRIPTIONS[k].split(':')[0]}", k) for k in PRESETS],
+                                              value="lorta", label="Method (preset)", elem_id="preset")
+                    preset_note = gr.Markdown(_preset_note("lorta"))
+                    targets = gr.CheckboxGroup(list(TARGET_CHOICES), value=["q", "v"],
+                                               label="Adapt these weights (in every block)", elem_id="targets")
+                    rank = gr.Slider(1, 64, value=4, step=1, label="Rank r", elem_id="rank")
+                    with gr.Row():
+                        groups = gr.Slider(0, 64, value=1, step=1, label="Groups G (0 = one per weight)",
+                                           elem_id="groups")
+                        grouping = gr.Radio(["contiguous", "layer"], value="contiguous", label="Grouping",
+                                            elem_id="grouping")
                     with gr.Row():
                         fold = gr.Dropdown(list(FOLD_CHOICES), value="auto", label="Fold")
                         order = gr.Slider(2, 6, value=3, step=1, label="Tensor order M")
                         splits = gr.Slider(1, 4, value=1, step=1, label="Kronecker splits K")
-                    factoring = gr.Dropdown(list(FACTORING_CHOICES), value="tucker", label="Factoring")
                     with gr.Row():
+                        factoring = gr.Dropdown(list(FACTORING_CHOICES), value="tucker", label="Factoring")
                         projection = gr.Dropdown(list(PROJECTION_CHOICES), value="none", label="Projection")
                         ratio = gr.Slider(0.001, 1.0, value=1.0, step=0.001, label="Projection ratio ρ")
-                    shuffle = gr.Checkbox(False, label="Shuffle entries across layers")
-                    alpha = gr.Number(None, label="α (scale numerator; empty = rank)", precision=None)
+                    with gr.Row():
+                        shuffle = gr.Checkbox(False, label="Shuffle entries across layers")
+                        alpha = gr.Number(0, label="α (scale numerator; 0 = same as rank)", minimum=0)
                 with gr.Column(scale=3):
-                    count_md = gr.Markdown(elem_id="count-panel")
                     config_error = gr.Markdown(elem_id="config-error")
+                    count_md = gr.Markdown(elem_id="count-panel")
                     count_json = gr.JSON(visible=False)
-                    budget_plot = gr.Plot(label="Budget: trainable parameters against rank")
-                    layout_plot = gr.Plot(label="Layout: which group produces each update entry")
-            with gr.Row():
-                save_config = gr.Button("Save settings (JSON)")
-                config_file = gr.File(label="Settings file", type="filepath")
-                load_config = gr.UploadButton("Load settings (JSON)", file_types=[".json"], type="filepath")
+                    budget_plot = gr.Plot(label="Budget: adapter parameters against rank", elem_id="budget-plot")
+            layout_plot = gr.Plot(label="Layout: which group produces each update entry", elem_id="layout-plot")
+            with gr.Accordion("Save or load all settings (JSON)", open=False):
+                with gr.Row():
+                    save_config = gr.Button("Save settings")
+                    load_config = gr.UploadButton("Load settings…", file_types=[".json"], type="filepath")
+                    config_file = gr.File(label="Settings file", type="filepath", interactive=False)
 
-        with gr.Tab("2 · Data"):
+        with gr.Tab("2 · Data", id="data"):
             with gr.Row():
-                with gr.Column():
-                    uploads = gr.File(label="A .zip of class folders, or many images", file_count="multiple",
-                                      type="filepath")
-                    csv_file = gr.File(label="Optional CSV (path,label)", file_types=[".csv"], type="filepath")
-                    labels = gr.Radio(["auto", "folders", "prefix", "csv"], value="auto",
-                                      label="Labels from")
+                with gr.Column(scale=3):
+                    uploads = gr.File(label="A .zip of class folders, or many images named class_xxx.png",
+                                      file_count="multiple", type="filepath", elem_id="uploads")
+                    with gr.Row():
+                        csv_file = gr.File(label="Optional label CSV (rows: path,label)", file_types=[".csv"],
+                                           type="filepath")
+                        labels = gr.Radio(list(LABEL_CHOICES), value="auto", label="Labels from",
+                                          info="auto: folders in a zip, else file-name prefixes, or the CSV")
                     load_button = gr.Button("Load my images", variant="primary")
-                with gr.Column():
+                with gr.Column(scale=2):
                     sample = gr.Dropdown([(f"{k}: {v}", k) for k, v in SAMPLES.items()], value="inspection",
-                                         label="Sample data")
-                    sample_button = gr.Button("Use sample data")
-            data_summary = gr.Markdown()
-            class_table = gr.Dataframe(headers=["class", "images", "train", "validation"], label="Classes")
-            gallery = gr.Gallery(label="Examples per class", columns=8, height=260)
-            rejected = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped files")
+                                         label="…or start with sample data")
+                    sample_button = gr.Button("Use sample data", elem_id="use-sample")
+            data_summary = gr.Markdown(elem_id="data-summary")
+            with gr.Row():
+                class_table = gr.Dataframe(headers=["class", "images", "train", "validation"], label="Classes",
+                                           interactive=False, elem_id="class-table")
+                rejected = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped files",
+                                        interactive=False, elem_id="rejected")
+            gallery = gr.Gallery(label="Examples: one row per class", columns=THUMBNAILS_PER_CLASS, height="auto",
+                                 object_fit="contain", allow_preview=True, elem_id="thumbnails")
 
-        with gr.Tab("3 · Train"):
+        with gr.Tab("3 · Train", id="train"):
             with gr.Row():
-                steps = gr.Slider(10, 2000, value=150, step=10, label="Steps")
-                lr = gr.Number(3e-3, label="Learning rate (adapter)")
-                batch_size = gr.Slider(4, 128, value=32, step=4, label="Batch size")
+                steps = gr.Slider(1, 2000, value=150, step=1, label="Steps", elem_id="steps")
+                epochs = gr.Slider(0, 50, value=0, step=1, label="Epochs (0 = use steps)")
+                lr = gr.Number(3e-3, label="Learning rate (adapter)", minimum=0)
+                batch_size = gr.Slider(1, 128, value=32, step=1, label="Batch size", elem_id="batch-size")
             with gr.Row():
-                start = gr.Button("Start training", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-            train_status = gr.Markdown(elem_id="train-status")
-            curves = gr.Plot(label="Loss and accuracy")
+                start = gr.Button("Start training", variant="primary", elem_id="start")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            train_status = gr.Markdown("Load data (tab 2), then press Start.", elem_id="train-status")
+            curves = gr.Plot(label="Loss and accuracy", elem_id="curves")
             with gr.Row():
-                per_class = gr.Dataframe(headers=["class", "validation accuracy"], label="Per class")
-                confusion = gr.Plot(label="Confusion matrix")
+                per_class = gr.Dataframe(headers=["class", "validation accuracy"], label="Per class",
+                                         interactive=False)
+                confusion = gr.Plot(label="Confusion matrix", elem_id="confusion")
 
-        with gr.Tab("4 · Inspect ΔW"):
-            inspect_button = gr.Button("Show the update of every layer")
-            norms_plot = gr.Plot(label="‖ΔW‖ per block and target")
+        with gr.Tab("4 · Inspect ΔW", id="inspect"):
+            inspect_button = gr.Button("Show the update of every layer", elem_id="inspect-button")
+            inspect_note = gr.Markdown(elem_id="inspect-note")
+            norms_plot = gr.Plot(label="‖ΔW‖ per block and target", elem_id="norms-plot")
             spectra_plot = gr.Plot(label="Singular values per target")
             target_pick = gr.Dropdown([], label="Target", allow_custom_value=False)
             heatmap_plot = gr.Plot(label="ΔW of one target")
 
-        with gr.Tab("5 · Try it"):
+        with gr.Tab("5 · Try it", id="try"):
             with gr.Row():
-                image = gr.Image(type="pil", label="An image to classify")
+                with gr.Column():
+                    image = gr.Image(type="filepath", label="An image to classify", elem_id="try-image",
+                                     sources=["upload", "clipboard"], height=280)
+                    picks = gr.Gallery(label="…or pick a validation image (caption: its true class)", columns=4,
+                                       height=300, allow_preview=False, elem_id="picks")
                 with gr.Column():
                     top_k = gr.Slider(1, 10, value=3, step=1, label="Top k")
-                    predict_button = gr.Button("Classify", variant="primary")
-                    prediction = gr.Label(label="Prediction")
+                    predict_button = gr.Button("Classify", variant="primary", elem_id="classify")
+                    prediction = gr.Label(label="Prediction", elem_id="prediction")
+            image_file = gr.File(visible=False, type="filepath")  # the API's input: any file, checked by us
 
-        with gr.Tab("6 · Export"):
-            formats = gr.CheckboxGroup(["adapter", "merged", "onnx"], value=["adapter"],
-                                       label="Formats (adapter: small, needs superlora; merged: plain timm "
-                                             "checkpoint; onnx: for deployment)")
-            export_button = gr.Button("Export", variant="primary")
-            downloads = gr.File(label="Downloads", file_count="multiple")
+        with gr.Tab("6 · Export", id="export"):
+            formats = gr.CheckboxGroup(list(EXPORT_CHOICES), value=["adapter"], label="Formats",
+                                       info="adapter: a few KB, needs superlora and the base model · merged: a "
+                                            "plain timm checkpoint · onnx: for deployment")
+            export_button = gr.Button("Export", variant="primary", elem_id="export-button")
+            downloads = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+            export_note = gr.Markdown(elem_id="export-note")
 
-        controls = [model, preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring, projection,
-                    ratio, shuffle, targets]
-        count_outputs = [count_md, config_error, count_json]
-        for control in controls:
-            # Counts first (fast, from shapes), then the figures.
-            control.change(count_panel, [*controls, session], count_outputs, api_name=False,
-                           show_progress="hidden").then(
-                figures_panel, [*controls, session], [budget_plot, layout_plot], api_name=False,
-                show_progress="hidden")
-        preset_name.change(preset_controls, [preset_name, model, targets, session],
-                           [groups, grouping, fold, order, splits, factoring, projection, ratio, shuffle,
-                            preset_note], api_name=False)
-        app.load(count_panel, [*controls, session], count_outputs, api_name=False).then(
-            figures_panel, [*controls, session], [budget_plot, layout_plot], api_name=False)
-        gr.Button(visible=False).click(count_panel, [*controls, session], count_outputs,
-                                       api_name="count_parameters")
-        checkpoint.upload(upload_checkpoint, [checkpoint, checkpoint_arch, session], [session, model, checkpoint_note],
+        # ------------------------------------------------------------------ events
+        adapter_controls = [preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring, projection,
+                            ratio, shuffle, targets]
+        controls = [model, *adapter_controls]
+
+        counted = with_parameters(show_count, CONTROL_NAMES, sessions)
+        drawn = with_parameters(show_figures, CONTROL_NAMES, sessions)
+
+        # One listener for all controls: while a count runs, only the latest change waits (always_last).
+        gr.on([c.change for c in controls], counted, controls, [count_md, config_error], queue=False,
+              show_progress="hidden", trigger_mode="always_last", api_name=False).then(
+            drawn, controls, [budget_plot, layout_plot], show_progress="hidden", trigger_mode="always_last",
+            api_name=False)
+        preset_name.input(preset_controls, [preset_name],
+                          [groups, grouping, fold, order, splits, factoring, projection, ratio, shuffle, preset_note],
+                          api_name=False, queue=False)
+        model.change(bind(describe_model), [model], [model_note], queue=False, api_name=False)
+        app.load(bind(describe_model), [model], [model_note], api_name=False).then(
+            counted, controls, [count_md, config_error], api_name=False).then(
+            drawn, controls, [budget_plot, layout_plot], api_name=False)
+        gr.Button(visible=False).click(with_parameters(count_endpoint, CONTROL_NAMES, sessions), controls,
+                                       [count_json], api_name="count_parameters")
+        checkpoint.upload(bind(upload_checkpoint), [checkpoint, checkpoint_arch], [model, model_note],
                           api_name="upload_checkpoint")
 
-        data_outputs = [session, data_summary, class_table, gallery, rejected]
-        sample_button.click(use_sample, [sample, session], data_outputs, api_name="use_sample")
-        load_button.click(load_data, [uploads, csv_file, labels, session], data_outputs, api_name="load_data")
+        data_outputs = [data_summary, class_table, gallery, rejected, picks]
+        sample_button.click(bind(use_sample), [sample], data_outputs, api_name="use_sample").then(
+            counted, controls, [count_md, config_error], api_name=False)
+        load_button.click(bind(load_data), [uploads, csv_file, labels], data_outputs, api_name="load_data").then(
+            counted, controls, [count_md, config_error], api_name=False)
 
-        start.click(train_model, [*controls, steps, lr, batch_size, session],
-                    [session, train_status, curves, per_class, confusion], api_name="train",
-                    concurrency_limit=max_training_jobs, concurrency_id="training")
-        stop.click(stop_training, [session], [train_status], api_name="stop", queue=False)
+        train_inputs = [*controls, steps, epochs, lr, batch_size]
+        start.click(bind(mark_queued), None, [start], queue=False, api_name=False).then(
+            bind(train_model), train_inputs, [train_status, curves, per_class, confusion], api_name="train",
+            concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[train_status]).then(
+            bind(mark_done), None, [start], queue=False, api_name=False)
+        stop.click(bind(stop_training), None, [train_status], api_name="stop", queue=False)
 
-        inspect_button.click(inspect_deltas, [target_pick, session],
-                             [target_pick, norms_plot, spectra_plot, heatmap_plot], api_name="inspect")
-        target_pick.input(inspect_deltas, [target_pick, session],
-                          [target_pick, norms_plot, spectra_plot, heatmap_plot], api_name=False)
-        predict_button.click(predict_image, [image, top_k, session], [prediction], api_name="predict")
-        export_button.click(export_model, [formats, session], [downloads], api_name="export")
+        inspect_outputs = [inspect_note, target_pick, norms_plot, spectra_plot, heatmap_plot]
+        inspect_button.click(bind(inspect_deltas), [target_pick], inspect_outputs, api_name="inspect")
+        target_pick.input(bind(inspect_deltas), [target_pick], inspect_outputs, api_name=False)
+        predict_button.click(bind(predict_image), [image, top_k], [prediction], api_name=False)
+        image.upload(bind(predict_image), [image, top_k], [prediction], api_name=False)
+        picks.select(bind(pick_validation_image), [top_k], [image, prediction], api_name=False)
+        gr.Button(visible=False).click(bind(predict_image), [image_file, top_k], [prediction], api_name="predict")
+        export_button.click(bind(export_model), [formats], [downloads], api_name="export").success(
+            bind(export_help), [formats], [export_note], api_name=False)
 
-        all_controls = [*controls, steps, lr, batch_size]
-        save_config.click(save_app_config, [*all_controls, session], [config_file], api_name="save_config")
-        load_config.upload(load_app_config, [load_config], all_controls, api_name="load_config")
+        saved = dict(zip(CONFIG_KEYS, [*controls, steps, epochs, lr, batch_size, sample, labels, top_k, formats]))
+
+        save_config.click(with_parameters(save_app_config, CONFIG_KEYS, sessions), list(saved.values()),
+                          [config_file], api_name="save_config")
+        load_config.upload(user_errors(functools.partial(check_app_config, components=saved)), [load_config],
+                           list(saved.values()), api_name="load_config")
+        app.unload(sessions.end)
+    app.sessions = sessions
     return app
 
 
 def launch(host: str = "127.0.0.1", port: int | None = None, share: bool = False, max_training_jobs: int = 1,
            max_upload_mb: int = 200, extra_models: tuple[str, ...] = (), prevent_thread_lock: bool = False,
            quiet: bool = False) -> gr.Blocks:
-    """Build and start the studio. Binds to 127.0.0.1 unless told otherwise; sharing is off by default."""
+    """Build and start the studio. Binds to 127.0.0.1 unless told otherwise; sharing is off by default.
+
+    Uploads larger than `max_upload_mb` are refused by the server before they reach the studio.
+    """
     app = build_app(max_training_jobs=max_training_jobs, extra_models=extra_models)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
-               max_file_size=f"{max_upload_mb}mb", quiet=quiet, show_error=True, footer_links=["api"])
+               max_file_size=f"{max_upload_mb}mb", quiet=quiet, show_error=True, footer_links=["api"],
+               ssr_mode=False, css=CSS)
     return app

@@ -1,0 +1,166 @@
+"""The studio in headless Chromium, as a new user walks through it: open the page, move the rank slider and see
+the count change, make an impossible combination and read the message next to the controls, use the sample
+data, train a few steps and see the curve, inspect ΔW, classify an image, download the adapter.
+
+Each step saves a screenshot under the test's output folder (printed at the end; keep it with
+`pytest --basetemp=DIR`). Needs Debian's Chromium at /usr/bin/chromium (`.ci/run` installs it) and the
+`playwright` pip package; never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from studio_helpers import studio, tiny_model  # noqa: F401 - fixtures
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "samples" / "inspection" / "scratch"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium. Without it the test is skipped on a developer machine, but fails in CI (`CI` set),
+    where `.ci/run` installs it."""
+    missing = None
+    if not CHROMIUM.exists():
+        missing = "Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium chromium-driver)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "the playwright pip package is missing (pip install -r requirements-dev.txt)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; CI must run the browser test (.ci/run installs Chromium)")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def count_text(page) -> str:
+    return page.locator("#count-panel").inner_text()
+
+
+def adapter_count(page) -> int:
+    match = re.search(r"adapter\s+([\d,]+)", count_text(page))
+    assert match, count_text(page)
+    return int(match.group(1).replace(",", ""))
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def set_slider(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    app, url = studio
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+
+    def shot(name: str) -> None:
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+    # 1. The page opens with the tiny model preselected and a live count.
+    page.goto(url)
+    expect(page.locator("#count-panel")).to_contain_text("adapter", timeout=30_000)
+    expect(page.locator("#layout-plot .js-plotly-plot")).to_be_visible(timeout=30_000)
+    before = adapter_count(page)
+    shot("01-opened")
+
+    # 2. Moving the rank slider changes the count.
+    set_slider(page, "rank", 8)
+    wait_until(lambda: adapter_count(page) != before)
+    assert adapter_count(page) > before
+    shot("02-rank-8")
+
+    # 3. An impossible combination: the ConfigError message shows next to the controls, no traceback.
+    set_slider(page, "groups", 40)
+    page.locator("#grouping").get_by_text("layer").click()  # 40 groups of whole weights, but only 4 weights
+    error = page.locator("#config-error")
+    expect(error).to_contain_text("Groups G", timeout=10_000)
+    assert "Traceback" not in page.content()
+    shot("03-config-error")
+    set_slider(page, "groups", 1)
+    expect(error).not_to_contain_text("Groups G", timeout=10_000)
+    page.locator("#grouping").get_by_text("contiguous").click()
+
+    # 4. Sample data: class counts and one thumbnail row per class.
+    page.get_by_role("tab", name="2 · Data").click()
+    page.locator("#use-sample").click()
+    expect(page.locator("#data-summary")).to_contain_text("320 images in 4 classes", timeout=30_000)
+    expect(page.locator("#class-table")).to_contain_text("scratch")
+    shot("04-sample-data")
+
+    # 5. Train a few steps: the status says done and the curve is drawn.
+    page.get_by_role("tab", name="3 · Train").click()
+    set_slider(page, "steps", 6)
+    set_slider(page, "batch-size", 8)
+    page.locator("#start").click()
+    expect(page.locator("#train-status")).to_contain_text("Done", timeout=120_000)
+    expect(page.locator("#curves .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#confusion .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#start")).to_be_enabled()
+    shot("05-trained")
+
+    # 6. Inspect ΔW.
+    page.get_by_role("tab", name="4 · Inspect ΔW").click()
+    page.locator("#inspect-button").click()
+    expect(page.locator("#inspect-note")).to_contain_text("weights were updated", timeout=30_000)
+    expect(page.locator("#norms-plot .js-plotly-plot")).to_be_visible()
+    shot("06-inspect")
+
+    # 7. Classify an uploaded image.
+    page.get_by_role("tab", name="5 · Try it").click()
+    image = sorted(SAMPLE_IMAGE.glob("*.jpg"))[0]
+    page.locator("#try-image input[type=file]").set_input_files(str(image))
+    expect(page.locator("#prediction")).to_contain_text("%", timeout=30_000)
+    text = page.locator("#prediction").inner_text()
+    assert any(name in text for name in ("crack", "ok", "scratch", "spot")), text
+    shot("07-prediction")
+
+    # 8. Export and download the adapter.
+    page.get_by_role("tab", name="6 · Export").click()
+    page.locator("#export-button").click()
+    link = page.locator("#downloads a").first
+    expect(link).to_be_visible(timeout=60_000)
+    with page.expect_download() as download_info:
+        link.click()
+    target = tmp_path / "adapter.zip"
+    download_info.value.save_as(target)
+    with zipfile.ZipFile(target) as zf:
+        names = zf.namelist()
+    assert any(name.endswith("adapter_config.json") for name in names), names
+    assert any(name.endswith(".safetensors") for name in names), names
+    shot("08-export")
+
+    assert not errors, errors
+    context.close()
+    print(f"\nscreenshots: {shots}")
