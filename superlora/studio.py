@@ -607,7 +607,14 @@ def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, reque
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _progress_text(event: Any) -> str:
+def _progress_text(event: Any, best_accuracy: float | None) -> str:
+    """A progress bar, then one line: step, loss, time left and the best validation accuracy so far."""
+    share = 100 * event.step / event.total_steps if event.total_steps else 0
+    return f'<div class="train-bar"><div style="width: {share:.1f}%"></div></div>\n\n' + \
+        _progress_line(event, best_accuracy)
+
+
+def _progress_line(event: Any, best_accuracy: float | None) -> str:
     if event.kind == "start":
         return event.message[:1].upper() + event.message[1:] + "…"
     parts = [f"step {event.step}/{event.total_steps}"]
@@ -615,8 +622,10 @@ def _progress_text(event: Any) -> str:
         parts.append(f"loss {event.metrics['loss']:.3f}")
     if event.eta_s is not None and event.kind == "step":
         parts.append(f"about {event.eta_s:.0f} s left")
-    if event.metrics.get("best_accuracy") is not None:
-        parts.append(f"best validation accuracy so far {100 * event.metrics['best_accuracy']:.1f} %")
+    if best_accuracy is not None:
+        parts.append(f"best validation accuracy so far {100 * best_accuracy:.1f} %")
+    else:
+        parts.append("validation after each epoch")
     return " · ".join(parts)
 
 
@@ -640,9 +649,9 @@ def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
 def train_model(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float, grouping: str,
                 fold: str, order: float, splits: float, factoring: str, projection: str, ratio: float,
                 shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float, batch_size: float,
-                sessions: SessionStore, request: gr.Request | None, progress: gr.Progress = gr.Progress()
-                ) -> Iterator[tuple]:
-    """Train in a worker thread and stream (status, curves, per-class accuracy, confusion matrix)."""
+                sessions: SessionStore, request: gr.Request | None) -> Iterator[tuple]:
+    """Train in a worker thread and stream (status, curves, per-class accuracy, confusion matrix). The status
+    carries its own progress bar (Gradio's overlay would hide the line under it)."""
     from superlora.train import StopSignal, TrainOptions, train
 
     session = sessions.get(request)
@@ -661,13 +670,13 @@ def train_model(model_name: str, preset_name: str, rank: float, alpha: float | N
         options = TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(steps),
                                lr=float(lr), batch_size=int(batch_size), output_dir=None)
         session.phase, session.events = "training", []
-        yield from _run_training(session, model_name, config, options, progress, StopSignal, train)
+        yield from _run_training(session, model_name, config, options, train)
     finally:
         session.phase = "idle"
 
 
-def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, options: Any, progress: Any,
-                  stop_type: type, train: Callable) -> Iterator[tuple]:
+def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, options: Any, train: Callable
+                  ) -> Iterator[tuple]:
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     stop = session.stop
@@ -684,18 +693,18 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
 
     worker = threading.Thread(target=work, name="studio-train", daemon=True)
     worker.start()
-    if progress is not None:
-        progress(0.0, desc="loading the model")
-    last_draw = 0.0
+    last_draw, best_accuracy = 0.0, None
+    # Clear the previous run's results at once; the model loads before the first event arrives.
+    yield '<div class="train-bar"><div style="width: 0%"></div></div>\n\nLoading the model…', None, [], None
     try:
         while (event := events.get()) is not None:
             session.events.append(event)
-            if progress is not None and event.total_steps:
-                progress((event.step, event.total_steps), desc="training", unit="steps")
+            best_accuracy = event.metrics.get("best_accuracy", best_accuracy)
             # Redraw at most twice a second: the page stays responsive and the socket quiet.
             if time.monotonic() - last_draw > 0.5 or event.kind in ("start", "eval", "done", "stopped"):
                 last_draw = time.monotonic()
-                yield _progress_text(event), viz.curves_figure(session.events), gr.update(), gr.update()
+                yield (_progress_text(event, best_accuracy), viz.curves_figure(session.events), gr.update(),
+                       gr.update())
     finally:
         if worker.is_alive():  # the request was abandoned (tab closed): do not leave a run behind
             stop.request()
@@ -908,6 +917,8 @@ CSS = """
 #config-error p { color: #b42318; font-weight: 600; background: #fef3f2; border-left: 4px solid #d92d20;
                   padding: 8px 12px; border-radius: 4px; margin: 0; }
 #count-panel table { width: 100%; }
+.train-bar { height: 10px; background: #eceef2; border-radius: 5px; overflow: hidden; margin: 2px 0 6px; }
+.train-bar > div { height: 100%; background: #f97316; transition: width 0.4s; }
 """
 
 
@@ -1062,9 +1073,9 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                           [groups, grouping, fold, order, splits, factoring, projection, ratio, shuffle, preset_note],
                           api_name=False, queue=False)
         model.change(bind(describe_model), [model], [model_note], queue=False, api_name=False)
-        app.load(bind(describe_model), [model], [model_note], api_name=False).then(
-            counted, controls, [count_md, config_error], api_name=False).then(
+        app.load(counted, controls, [count_md, config_error], api_name=False).then(
             drawn, controls, [budget_plot, layout_plot], api_name=False)
+        app.load(bind(describe_model), [model], [model_note], api_name=False)  # may wait for list_models once
         gr.Button(visible=False).click(with_parameters(count_endpoint, CONTROL_NAMES, sessions), controls,
                                        [count_json], api_name="count_parameters")
         checkpoint.upload(bind(upload_checkpoint), [checkpoint, checkpoint_arch], [model, model_note],

@@ -1,6 +1,6 @@
 """The studio in headless Chromium, as a new user walks through it: open the page, move the rank slider and see
-the count change, make an impossible combination and read the message next to the controls, use the sample
-data, train a few steps and see the curve, inspect ΔW, classify an image, download the adapter.
+the count change, make an impossible combination and read the message next to the controls, pick a preset, use
+the sample data, train with live curves and stop, inspect ΔW, classify an image, download the adapter.
 
 Each step saves a screenshot under the test's output folder (printed at the end; keep it with
 `pytest --basetemp=DIR`). Needs Debian's Chromium at /usr/bin/chromium (`.ci/run` installs it) and the
@@ -110,43 +110,58 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     shot("03-config-error")
     set_slider(page, "groups", 1)
     expect(error).not_to_contain_text("Groups G", timeout=10_000)
-    page.locator("#grouping").get_by_text("contiguous").click()
 
-    # 4. Sample data: class counts and one thumbnail row per class.
+    # 4. A preset sets the controls: LoRA is one rank-8 pair per weight, 4 x 8 x (32 + 32) on the tiny model.
+    page.locator("#preset input").click()
+    page.get_by_role("option", name=re.compile(r"^lora —")).click()
+    expect(page.locator("#groups input[type=number]")).to_have_value("0", timeout=10_000)
+    wait_until(lambda: adapter_count(page) == 4 * 8 * (32 + 32))
+    expect(error).not_to_contain_text("⚠️")
+    shot("04-preset-lora")
+
+    # 5. Sample data: class counts and one thumbnail row per class.
     page.get_by_role("tab", name="2 · Data").click()
     page.locator("#use-sample").click()
     expect(page.locator("#data-summary")).to_contain_text("320 images in 4 classes", timeout=30_000)
     expect(page.locator("#class-table")).to_contain_text("scratch")
-    shot("04-sample-data")
+    shot("05-sample-data")
 
-    # 5. Train a few steps: the status says done and the curve is drawn.
+    # 6. Train: a status line with the time left and live curves; Stop ends the run and keeps its best adapter.
     page.get_by_role("tab", name="3 · Train").click()
-    set_slider(page, "steps", 6)
+    set_slider(page, "steps", 2000)
     set_slider(page, "batch-size", 8)
     page.locator("#start").click()
-    expect(page.locator("#train-status")).to_contain_text("Done", timeout=120_000)
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("best validation accuracy so far", timeout=120_000)
+    expect(status).to_contain_text("s left")
+    expect(page.locator("#start")).to_be_disabled()
     expect(page.locator("#curves .js-plotly-plot")).to_be_visible()
+    shot("06-training")
+    page.locator("#stop").click()
+    expect(status).to_contain_text("Stopped", timeout=60_000)
+    steps = int(re.search(r"Stopped after (\d+) steps", status.inner_text()).group(1))
+    assert 0 < steps < 2000
     expect(page.locator("#confusion .js-plotly-plot")).to_be_visible()
     expect(page.locator("#start")).to_be_enabled()
-    shot("05-trained")
+    shot("07-stopped")
 
-    # 6. Inspect ΔW.
+    # 8. Inspect ΔW.
     page.get_by_role("tab", name="4 · Inspect ΔW").click()
     page.locator("#inspect-button").click()
     expect(page.locator("#inspect-note")).to_contain_text("weights were updated", timeout=30_000)
     expect(page.locator("#norms-plot .js-plotly-plot")).to_be_visible()
-    shot("06-inspect")
+    shot("08-inspect")
 
-    # 7. Classify an uploaded image.
+    # 9. Classify an uploaded image.
     page.get_by_role("tab", name="5 · Try it").click()
     image = sorted(SAMPLE_IMAGE.glob("*.jpg"))[0]
     page.locator("#try-image input[type=file]").set_input_files(str(image))
     expect(page.locator("#prediction")).to_contain_text("%", timeout=30_000)
     text = page.locator("#prediction").inner_text()
     assert any(name in text for name in ("crack", "ok", "scratch", "spot")), text
-    shot("07-prediction")
+    shot("09-prediction")
 
-    # 8. Export and download the adapter.
+    # 10. Export and download the adapter.
     page.get_by_role("tab", name="6 · Export").click()
     page.locator("#export-button").click()
     link = page.locator("#downloads a").first
@@ -159,7 +174,7 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
         names = zf.namelist()
     assert any(name.endswith("adapter_config.json") for name in names), names
     assert any(name.endswith(".safetensors") for name in names), names
-    shot("08-export")
+    shot("10-export")
 
     assert not errors, errors
     context.close()
