@@ -10,8 +10,8 @@ sessions except read-only caches of model skeletons for counting. When the tab c
 the session's training is stopped and its folder deleted at once; idle sessions that never say goodbye (raw
 HTTP callers) are dropped after `SESSION_IDLE_S`.
 
-Named API endpoints (see docs/studio.md): `count_parameters`, `use_sample`, `load_data`, `upload_checkpoint`,
-`train`, `stop`, `inspect`, `predict`, `export`, `save_config`, `load_config`.
+Named API endpoints (see docs/studio.md): `preset`, `count_parameters`, `use_sample`, `load_data`,
+`upload_checkpoint`, `train`, `stop`, `inspect`, `predict`, `export`, `save_config`, `load_config`.
 """
 
 from __future__ import annotations
@@ -395,6 +395,18 @@ def preset_controls(preset_name: str) -> tuple:
     factoring = next((label for label, value in FACTORING_CHOICES.items() if value == base.factoring), "lora")
     return (groups, base.grouping, base.fold if isinstance(base.fold, str) else "auto", base.fold_order,
             base.splits, factoring, "none", 1.0, False, _preset_note(preset_name))
+
+
+PRESET_CONTROL_NAMES = ("groups", "grouping", "fold", "order", "splits", "factoring", "projection", "ratio",
+                        "shuffle")
+
+
+def preset_settings(preset_name: str) -> dict[str, Any]:
+    """The control values of a preset by name, to pass on to `count_parameters` or `train` (API callers set every
+    control, so a preset name alone does not change the others)."""
+    if preset_name not in PRESETS:
+        raise StudioError(f"Method (preset): {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    return {"preset_name": preset_name, **dict(zip(PRESET_CONTROL_NAMES, preset_controls(preset_name)))}
 
 
 def _preset_note(preset_name: str) -> str:
@@ -936,7 +948,8 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
     models = model_choices(extra_models)
     values = [value for _, value in models]
     default_model = extra_models[0] if extra_models else (DEFAULT_MODEL if DEFAULT_MODEL in values else values[0])
-    threading.Thread(target=_warm_up, args=(default_model,), name="studio-warm-up", daemon=True).start()
+    # Not a daemon: interrupting start-up waits for it instead of killing torch mid-call (an abort).
+    threading.Thread(target=_warm_up, args=(default_model,), name="studio-warm-up").start()
 
     def bind(fn: Callable) -> Callable:
         return session_endpoint(fn, sessions)
@@ -947,7 +960,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
             with gr.Row():
                 with gr.Column(scale=2):
                     model = gr.Dropdown(models, value=default_model, label="Base model", elem_id="model")
-                    model_note = gr.Markdown(elem_id="model-note")
+                    model_note = gr.Markdown(elem_id="model-note", label="About the model")
                     with gr.Accordion("…or upload your own model file", open=False):
                         checkpoint_arch = gr.Dropdown(architecture_choices(extra_models), value=DEFAULT_MODEL,
                                                       label="Architecture of the file")
@@ -978,7 +991,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                 with gr.Column(scale=3):
                     config_error = gr.Markdown(elem_id="config-error")
                     count_md = gr.Markdown(elem_id="count-panel")
-                    count_json = gr.JSON(visible=False)
+                    count_json = gr.JSON(visible=False, label="result")
                     budget_plot = gr.Plot(label="Budget: adapter parameters against rank", elem_id="budget-plot")
             layout_plot = gr.Plot(label="Layout: which group produces each update entry", elem_id="layout-plot")
             with gr.Accordion("Save or load all settings (JSON)", open=False):
@@ -1002,7 +1015,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                     sample = gr.Dropdown([(f"{k}: {v}", k) for k, v in SAMPLES.items()], value="inspection",
                                          label="…or start with sample data")
                     sample_button = gr.Button("Use sample data", elem_id="use-sample")
-            data_summary = gr.Markdown(elem_id="data-summary")
+            data_summary = gr.Markdown(elem_id="data-summary", label="Summary")
             with gr.Row():
                 class_table = gr.Dataframe(headers=["class", "images", "train", "validation"], label="Classes",
                                            interactive=False, elem_id="class-table")
@@ -1020,7 +1033,8 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
-            train_status = gr.Markdown("Load data (tab 2), then press Start.", elem_id="train-status")
+            train_status = gr.Markdown("Load data (tab 2), then press Start.", elem_id="train-status",
+                                       label="Status")
             curves = gr.Plot(label="Loss and accuracy", elem_id="curves")
             with gr.Row():
                 per_class = gr.Dataframe(headers=["class", "validation accuracy"], label="Per class",
@@ -1029,7 +1043,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
 
         with gr.Tab("4 · Inspect ΔW", id="inspect"):
             inspect_button = gr.Button("Show the update of every layer", elem_id="inspect-button")
-            inspect_note = gr.Markdown(elem_id="inspect-note")
+            inspect_note = gr.Markdown(elem_id="inspect-note", label="Summary")
             norms_plot = gr.Plot(label="‖ΔW‖ per block and target", elem_id="norms-plot")
             spectra_plot = gr.Plot(label="Singular values per target")
             target_pick = gr.Dropdown([], label="Target", allow_custom_value=False)
@@ -1072,6 +1086,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
         preset_name.input(preset_controls, [preset_name],
                           [groups, grouping, fold, order, splits, factoring, projection, ratio, shuffle, preset_note],
                           api_name=False, queue=False)
+        gr.Button(visible=False).click(user_errors(preset_settings), [preset_name], [count_json], api_name="preset")
         model.change(bind(describe_model), [model], [model_note], queue=False, api_name=False)
         app.load(counted, controls, [count_md, config_error], api_name=False).then(
             drawn, controls, [budget_plot, layout_plot], api_name=False)

@@ -33,7 +33,7 @@ from studio_helpers import (UPLOAD_LIMIT_MB, class_folder_zip, colour_image, cor
                             prefixed_images, studio, tiny_model)
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMED_ENDPOINTS = ("/count_parameters", "/upload_checkpoint", "/use_sample", "/load_data", "/train", "/stop",
+NAMED_ENDPOINTS = ("/preset", "/count_parameters", "/upload_checkpoint", "/use_sample", "/load_data", "/train", "/stop",
                    "/inspect", "/predict", "/export", "/save_config", "/load_config")
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,10 @@ def test_every_named_endpoint_is_served(client):
 
 
 def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_model):  # noqa: F811
-    lora = client.predict(model_name=str(tiny_model), preset_name="lora", rank=2, groups=0, grouping="layer",
-                          fold="native", order=2, factoring="lora", api_name="/count_parameters")
+    settings = client.predict("lora", api_name="/preset")
+    assert settings == {"preset_name": "lora", "groups": 0, "grouping": "layer", "fold": "native", "order": 2,
+                        "splits": 1, "factoring": "lora", "projection": "none", "ratio": 1.0, "shuffle": False}
+    lora = client.predict(**settings, model_name=str(tiny_model), rank=2, api_name="/count_parameters")
     # 2 blocks x (q, v), each 32 x 32 at rank 2: 4 x 2 x (32 + 32); the head maps 32 features to 4 classes.
     assert lora["adapter"] == 4 * 2 * (32 + 32) == 512
     assert lora["trainable_modules"] == 32 * 4 + 4
@@ -88,6 +90,18 @@ def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_
     assert vit_b["lora_r1"] == 24 * (768 + 768)
     assert vit_b["base_model"] == sum(p.numel() for p in skeleton.parameters())
     assert vit_b["config"]["targets"] == ["q", "v"]
+
+
+@pytest.mark.parametrize("name", ["lora", "loha", "lokr", "lotr", "superlora-2d", "lorta", "lonkr"])
+def test_each_preset_sets_the_controls_to_the_library_preset(name, tiny_model):  # noqa: F811
+    from superlora.studio import config_from_controls, preset_settings
+
+    settings = preset_settings(name)
+    controls = {k: v for k, v in settings.items() if k != "preset_name"}
+    config = config_from_controls(name, rank=4, alpha=0, targets=["q", "v"], **controls)
+    skeleton = create_meta_model(str(tiny_model), num_classes=4)
+    library = preset(name, targets=("q", "v"), rank=4)
+    assert count_parameters(skeleton, config).groups == count_parameters(skeleton, library).groups
 
 
 @pytest.mark.parametrize("settings, message", [
