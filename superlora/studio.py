@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
+import typing
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -44,7 +46,7 @@ from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRA
 from superlora.counting import ParameterCount, count_parameters
 from superlora.data import SAMPLES, ImageSet, decode_image, load_dataset, sample_dataset, train_val_split
 from superlora.data.decode import ImageRejected
-from superlora.errors import ConfigError, SuperLoRAError
+from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
 from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, create_meta_model, list_models, \
     load_model
 
@@ -72,7 +74,8 @@ STUDIO_CONFIG_VERSION = 1
 FIELD_LABELS = {"targets": "Adapt these weights", "rank": "Rank r", "alpha": "α", "groups": "Groups G",
                 "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
                 "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ",
-                "shuffle": "Shuffle", "uncompressed_modes": "Method (preset)"}
+                "shuffle": "Shuffle", "uncompressed_modes": "Method (preset)", "steps": "Steps", "epochs": "Epochs",
+                "lr": "Learning rate", "batch_size": "Batch size"}
 
 
 class StudioError(SuperLoRAError):
@@ -191,7 +194,7 @@ def user_errors(fn: Callable) -> Callable:
                 raise
             except SuperLoRAError as err:
                 raise gr.Error(_friendly_message(err), print_exception=False) from err
-            except Exception as err:  # noqa: BLE001 - the user gets one line; the log keeps the traceback
+            except Exception as err:  # noqa: BLE001 - the user gets one line; the console gets the traceback
                 raise _unexpected(err) from err
         return generator
 
@@ -209,17 +212,13 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def _is_generator(fn: Callable) -> bool:
-    import inspect
-
     return inspect.isgeneratorfunction(fn)
+
 
 def session_endpoint(fn: Callable, sessions: SessionStore) -> Callable:
     """`fn` as Gradio should see it: its parameters minus `sessions` (filled in with this app's store), with the
     real type hints (Gradio injects `gr.Request`, `gr.SelectData` and `gr.Progress` by annotation or default), and
     errors shown as messages (`user_errors`)."""
-    import inspect
-    import typing
-
     wrapped = user_errors(fn)
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
@@ -245,8 +244,6 @@ def session_endpoint(fn: Callable, sessions: SessionStore) -> Callable:
 def with_parameters(fn: Callable, names: tuple[str, ...], sessions: SessionStore) -> Callable:
     """`fn(values, sessions, request)` as Gradio should see it: one positional parameter per name (the API's
     parameter names), then the request, with errors shown as messages."""
-    import inspect
-
     wrapped = user_errors(fn)
 
     def endpoint(*args: Any) -> Any:
@@ -267,7 +264,7 @@ def model_choices(extra_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     there), the curated timm names, then the upload option. Reads no weights and builds no model."""
     choices = [(f"{Path(path).name} (local folder)", str(path)) for path in extra_models]
     if (DEFAULT_MODEL_DIR / "config.json").is_file():
-        choices.append((f"{DEFAULT_MODEL} (bundled, 64 px)", DEFAULT_MODEL))
+        choices.append((f"{DEFAULT_MODEL} (bundled)", DEFAULT_MODEL))
     choices += [(f"{name} · {description.split(',')[0]}", name) for name, description in HUB_MODELS.items()]
     return choices + [(f"{UPLOADED} (upload a file below)", UPLOADED)]
 
@@ -292,7 +289,7 @@ def _skeleton(name: str, num_classes: int) -> nn.Module:
 
 
 def _warm_up(model_name: str) -> None:
-    """Build what the first page load needs, after the server is already answering."""
+    """Build what the first page load needs, in the background while the server starts."""
     try:
         _skeleton(model_name, DEFAULT_NUM_CLASSES)
         _model_infos()
@@ -723,6 +720,8 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
     worker.join()
     if "error" in outcome:
         error = outcome["error"]
+        if isinstance(error, CheckpointError) and model_name in HUB_MODELS:
+            raise StudioError(_missing_weights_message(error)) from error
         if isinstance(error, (SuperLoRAError, gr.Error)):
             raise error
         raise _unexpected(error)
@@ -731,6 +730,13 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
     session.trained_model_source = model_name if model_name != UPLOADED else \
         f"{session.checkpoint.name} ({Path(session.checkpoint_arch).name})"
     yield _result_outputs(session)
+
+
+def _missing_weights_message(error: CheckpointError) -> str:
+    """The library's reason (its advice is for Python users), then what to do in the studio."""
+    reason = str(error).split(". Offline", 1)[0]
+    return (f"{reason}. In the studio: pick {DEFAULT_MODEL} or a local folder in the model list, or upload the "
+            "weights file under '…or upload your own model file' (Model & adapter tab).")
 
 
 def _result_outputs(session: Session) -> tuple:

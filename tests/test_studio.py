@@ -241,6 +241,9 @@ def test_train_predict_inspect_and_export_agree_with_the_library(client, tiny_mo
     load_colours(client, tmp_path / "images", ("red", "green", "blue"))
     with pytest.raises(AppError, match=r"^Groups G: groups=40"):
         train(client, groups=40, grouping="layer")
+    with pytest.raises(AppError, match=r"^Pretrained weights for 'deit_tiny_patch16_224' are not on this machine .*"
+                                       r"In the studio: pick superlora-default or a local folder"):
+        train(client, model_name="deit_tiny_patch16_224")
 
     status, curves, per_class, confusion = train(client)
     assert status.startswith("**Done** after 8 steps · best validation accuracy")
@@ -316,6 +319,42 @@ def test_two_sessions_training_at_once_keep_their_own_data_and_models(studio, tm
     finally:
         first.close()
         second.close()
+
+
+def test_stop_while_queued_cancels_the_run_before_it_starts():
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, mark_queued, stop_training, train_model
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab-1")
+    try:
+        mark_queued(sessions, request)  # the Start button's first step; the run then waits for a slot
+        assert stop_training(sessions, request) == "Stopping after the current step…"
+        outputs = list(train_model("unused", "lorta", 4, 0, 1, "contiguous", "auto", 3, 1, "tucker", "none", 1.0,
+                                   False, ["q", "v"], 10, 0, 3e-3, 8, sessions=sessions, request=request))
+        assert outputs == [("Stopped before training started.", *[outputs[0][1]] * 3)]
+        assert sessions.get(request).phase == "idle"
+    finally:
+        sessions.close_all()
+
+
+def test_idle_sessions_are_closed_and_their_folders_deleted():
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore
+
+    sessions = SessionStore(idle_s=0.05)
+    try:
+        first = sessions.get(SimpleNamespace(session_hash="../../escape"))
+        assert first.workdir.parent == sessions.root  # the folder name never comes from the client
+        (first.workdir / "upload.png").write_bytes(b"x")
+        time.sleep(0.1)
+        second = sessions.get(SimpleNamespace(session_hash="tab-2"))
+        assert first.closed and not first.folder.exists()
+        assert sessions.peek("../../escape") is None and sessions.peek("tab-2") is second
+    finally:
+        sessions.close_all()
+    assert not sessions.root.exists()
 
 
 # ------------------------------------------------------------------------------------------------ model files

@@ -160,6 +160,11 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     text = page.locator("#prediction").inner_text()
     assert any(name in text for name in ("crack", "ok", "scratch", "spot")), text
     shot("09-prediction")
+    uploaded_src = page.locator("#try-image img").first.get_attribute("src")
+    page.locator("#picks button.thumbnail-item").nth(2).click()  # the first 'ok' validation image
+    wait_until(lambda: page.locator("#try-image img").first.get_attribute("src") != uploaded_src, timeout_s=30)
+    expect(page.locator("#prediction")).to_contain_text("%", timeout=30_000)
+    shot("09b-picked")
 
     # 10. Export and download the adapter.
     page.get_by_role("tab", name="6 · Export").click()
