@@ -67,6 +67,7 @@ THUMBNAILS_PER_CLASS = 6  # one gallery row per class
 THUMBNAIL_SIDE = 96
 VALIDATION_PICKS_PER_CLASS = 2
 LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
+FIGURE_DELAY_S = 0.3  # figures wait this long for the controls to settle (the count never waits)
 SESSION_IDLE_S = 6 * 3600
 STUDIO_CONFIG_VERSION = 1
 
@@ -99,6 +100,7 @@ class Session:
     events: list[Any] = field(default_factory=list)
     stop: Any = None  # StopSignal of the queued or running training job
     phase: str = "idle"  # "idle", "queued" (waiting for a training slot) or "training"
+    controls_version: int = 0  # counts control changes, so figures of settings already changed are skipped
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
 
@@ -449,17 +451,28 @@ def count_for_controls(values: dict[str, Any], session: Session) -> tuple[SuperL
 
 def show_count(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> tuple[Any, str]:
     """(count panel, error line): a bad combination is shown next to the controls, never raised."""
+    session = sessions.get(request)
+    session.controls_version += 1
     try:
-        _, _, count = count_for_controls(values, sessions.get(request))
+        _, _, count = count_for_controls(values, session)
     except SuperLoRAError as err:
         return gr.update(), f"⚠️ {_friendly_message(err)} *(the numbers below are for the last valid settings)*"
     return format_count(count), ""
 
 
 def show_figures(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> tuple[Any, Any]:
-    """The budget and layout figures of the controls (left as they are while the combination is invalid)."""
+    """The budget and layout figures of the controls (left as they are while the combination is invalid).
+
+    Drawing them takes far longer than counting (up to a second for ViT-B, on the server and in the browser), so
+    while a slider is still moving they wait FIGURE_DELAY_S and are skipped if the controls changed meanwhile.
+    """
+    session = sessions.get(request)
+    version = session.controls_version
+    time.sleep(FIGURE_DELAY_S)
+    if session.controls_version != version:
+        return gr.update(), gr.update()
     try:
-        config, skeleton, _ = count_for_controls(values, sessions.get(request))
+        config, skeleton, _ = count_for_controls(values, session)
         found, layout = viz.model_layout(skeleton, config)
     except SuperLoRAError:
         return gr.update(), gr.update()

@@ -98,7 +98,10 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     # 2. Moving the rank slider changes the count.
     set_slider(page, "rank", 8)
     wait_until(lambda: adapter_count(page) != before)
-    assert adapter_count(page) > before
+    after = adapter_count(page)
+    assert after > before
+    # The figures follow once the controls settle.
+    expect(page.locator("#layout-plot")).to_contain_text(f"{after:,} adapter parameters", timeout=15_000)
     shot("02-rank-8")
 
     # 3. An impossible combination: the ConfigError message shows next to the controls, no traceback.
