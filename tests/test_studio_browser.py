@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium. Without it the test is skipped on a developer machine, but fails in CI (`CI` set),
-    where `.ci/run` installs it."""
+    """Headless Chromium. Without it the test is skipped on a developer machine, but fails in CI (`CI` or
+    `SUPERLORA_REQUIRE_BROWSER` set; `.ci/run` sets the latter after installing Chromium)."""
     missing = None
     if not CHROMIUM.exists():
         missing = "Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium chromium-driver)"
@@ -40,7 +40,7 @@ def browser():
         except ImportError:
             missing = "the playwright pip package is missing (pip install -r requirements-dev.txt)"
     if missing:
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("SUPERLORA_REQUIRE_BROWSER"):
             pytest.fail(f"{missing}; CI must run the browser test (.ci/run installs Chromium)")
         pytest.skip(missing)
     from playwright.sync_api import sync_playwright
