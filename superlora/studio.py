@@ -772,8 +772,12 @@ def stop_training(sessions: SessionStore, request: gr.Request | None) -> str:
     session = sessions.get(request)
     if session.stop is not None and session.phase in ("queued", "training"):
         session.stop.request()
-        return "Stopping after the current step…"
-    return "Nothing is training."
+        reply = "Stopping after the current step…"
+    else:
+        reply = "Nothing is training."
+    # A toast, not the status line: this reply may arrive after the run's last status and must not replace it.
+    gr.Info(reply, duration=4)
+    return reply
 
 
 # ---------------------------------------------------------------------------------------------- inspect / try
@@ -1054,6 +1058,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             train_status = gr.Markdown("Load data (tab 2), then press Start.", elem_id="train-status",
                                        label="Status")
+            stop_reply = gr.Markdown(visible=False, label="Reply")
             curves = gr.Plot(label="Loss and accuracy", elem_id="curves")
             with gr.Row():
                 per_class = gr.Dataframe(headers=["class", "validation accuracy"], label="Per class",
@@ -1122,11 +1127,14 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
             counted, controls, [count_md, config_error], api_name=False)
 
         train_inputs = [*controls, steps, epochs, lr, batch_size]
-        start.click(bind(mark_queued), None, [start], queue=False, api_name=False).then(
+        training = start.click(bind(mark_queued), None, [start], queue=False, api_name=False).then(
             bind(train_model), train_inputs, [train_status, curves, per_class, confusion], api_name="train",
-            concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[train_status]).then(
-            bind(mark_done), None, [start], queue=False, api_name=False)
-        stop.click(bind(stop_training), None, [train_status], api_name="stop", queue=False)
+            concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[train_status])
+        # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
+        training.then(bind(mark_done), None, [start], queue=False, api_name=False)
+        training.failure(bind(mark_done), None, [start], queue=False, api_name=False)
+        stop.click(bind(stop_training), None, [stop_reply], api_name="stop", concurrency_limit=None,
+                   show_progress="hidden")
 
         inspect_outputs = [inspect_note, target_pick, norms_plot, spectra_plot, heatmap_plot]
         inspect_button.click(bind(inspect_deltas), [target_pick], inspect_outputs, api_name="inspect")

@@ -122,6 +122,15 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     expect(error).not_to_contain_text("⚠️")
     shot("04-preset-lora")
 
+    # A mistake (training before loading data) is a message, and the Start button comes back.
+    page.get_by_role("tab", name="3 · Train").click()
+    page.locator("#start").click()
+    expect(page.get_by_text("Load data first: upload images or press 'Use sample data'")).to_be_visible(
+        timeout=15_000)
+    expect(page.locator("#start")).to_be_enabled(timeout=15_000)
+    assert "Traceback" not in page.content()
+    shot("04b-error-message")
+
     # 5. Sample data: class counts and one thumbnail row per class.
     page.get_by_role("tab", name="2 · Data").click()
     page.locator("#use-sample").click()
