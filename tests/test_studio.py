@@ -269,9 +269,9 @@ def test_train_predict_inspect_and_export_agree_with_the_library(client, tiny_mo
     assert [choice[1] for choice in target["choices"]] == [f"blocks.{b}.attn.qkv.{t}" for b in (0, 1) for t in "qv"]
     assert all(figure["type"] == "plotly" for figure in (norms, spectra, heatmap))
 
-    files = client.predict(["adapter", "merged"], api_name="/export")
+    files = client.predict(["adapter", "merged", "onnx"], api_name="/export")
     names = sorted(Path(f).name for f in files)
-    assert names == ["superlora-adapter.zip", "superlora-merged.zip"]
+    assert names == ["model.onnx", "superlora-adapter.zip", "superlora-merged.zip"]
     adapter_zip = next(Path(f) for f in files if f.endswith("adapter.zip"))
     with zipfile.ZipFile(adapter_zip) as zf:
         zf.extractall(tmp_path / "export")
