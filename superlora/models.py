@@ -422,6 +422,8 @@ def load_model(
 
 
 def _looks_like_path(name: str) -> bool:
+    if name.startswith(("hf-hub:", "hf_hub:")):  # timm's own hub-repo names contain a slash but are not paths
+        return False
     return os.path.exists(name) or os.sep in name or name.lower().endswith((".safetensors", *TORCH_SUFFIXES))
 
 
@@ -514,7 +516,7 @@ def _timm_pretrained(name: str, overlay: dict, num_classes: int | None, display:
 
 
 def _load_hub(name: str, *, pretrained: bool, overlay: dict | None) -> nn.Module:
-    cfg = _pretrained_cfg(name)
+    cfg = {**_pretrained_cfg(name), **(overlay or {})}
     if not pretrained:
         return create_model(name)
     overlay = dict(overlay or {})
@@ -522,22 +524,24 @@ def _load_hub(name: str, *, pretrained: bool, overlay: dict | None) -> nn.Module
         path = Path(overlay["file"])
         state = read_state_dict(path)  # refuses pickles and unreadable files before timm sees them
         if not str(path).endswith(".npz"):
-            overlay.setdefault("custom_load", False)  # AugReg configs default to the .npz loader
+            overlay.setdefault("custom_load", False)  # AugReg configs default to their .npz loader
         rows = _head_rows(state, cfg.get("classifier") or "head")
         if rows is not None:
             overlay.setdefault("num_classes", rows)
         return _timm_pretrained(name, overlay, overlay.get("num_classes"), str(path), state)
+    if overlay.get("state_dict") is not None:
+        return _timm_pretrained(name, overlay, None, name)
     if not (cfg.get("hf_hub_id") or cfg.get("url")):
         raise ConfigError(f"timm has no pretrained weights for '{name}'; use pretrained=False or a local file")
     cached = _cached_hub_file(cfg)
     if cached is not None:
         # Loading from the cache path skips huggingface_hub's freshness check, which would block offline.
-        return _timm_pretrained(name, dict(file=cached, custom_load=False), None, cached)
+        return _timm_pretrained(name, {**overlay, "file": cached, "custom_load": False}, None, cached)
     if _env_flag("HF_HUB_OFFLINE"):
         raise CheckpointError(_offline_message(name, "HF_HUB_OFFLINE=1 forbids downloading them"))
     if not hub_reachable():
         raise CheckpointError(_offline_message(name, "the Hugging Face hub cannot be reached from here"))
-    return _timm_pretrained(name, {}, None, name)
+    return _timm_pretrained(name, overlay, None, name)
 
 
 def create_model(name_or_path: str, *, num_classes: int | None = None, arch: str | None = None) -> nn.Module:
@@ -557,8 +561,10 @@ def create_model(name_or_path: str, *, num_classes: int | None = None, arch: str
         architecture = arch or config["architecture"]
         if architecture in (HYBRID_ARCHITECTURE, DEFAULT_MODEL):
             args = dict(config.get("model_args") or {})
-            return build_hybrid_vit(**args, num_classes=num_classes or config.get("num_classes", 1000))
-        return create_model(architecture, num_classes=num_classes or config.get("num_classes"))
+            classes = num_classes if num_classes is not None else config.get("num_classes", 1000)
+            return build_hybrid_vit(**args, num_classes=classes)
+        return create_model(architecture, num_classes=num_classes if num_classes is not None else
+                            config.get("num_classes"))
     import timm
 
     _pretrained_cfg(name)  # unknown names raise ConfigError
