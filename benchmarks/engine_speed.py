@@ -275,7 +275,7 @@ def main() -> None:
                      "the CPU-time ratio is the steadier figure.")
         report.update(memory=memory, inference=inference, counting=counts)
         report.update(
-            command="python benchmarks/engine_speed.py",
+            command=" ".join(["python benchmarks/engine_speed.py", *sys.argv[1:]]),
             machine=f"{platform.machine()}, {os.cpu_count()} cores",
             torch=torch.__version__,
             threads=torch.get_num_threads(),
