@@ -52,6 +52,9 @@ def atomic_write(path: Path, write: Any) -> None:
         write(tmp)
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
+        # Flush to disk before the rename, so a crash cannot leave a renamed but empty file.
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -184,25 +184,10 @@ def efficientnet_lite0_imagenet() -> nn.Module:
 # Files: reading weights safely, the folder format, atomic writes
 # ----------------------------------------------------------------------------------------------------------
 def _atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary file next to `path`, then rename: readers never see half a file."""
-    import tempfile
+    """Write bytes through `superlora.model.atomic_write` (temporary file, fsync, rename)."""
+    from superlora.model import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
