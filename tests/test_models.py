@@ -47,6 +47,9 @@ def tiny_vit_weights(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- the default
 def test_default_loads_offline_in_under_3_s_with_the_documented_architecture():
+    files = {p.name: p.stat().st_size for p in models.DEFAULT_MODEL_DIR.iterdir()}
+    assert {"model.safetensors", "config.json", "MODEL_CARD.md", "NOTICE"} <= set(files)
+    assert files["model.safetensors"] <= 15_000_000  # the size budget of the bundled weights
     start = time.perf_counter()
     model = load_model(DEFAULT_MODEL)
     assert time.perf_counter() - start < 3.0
