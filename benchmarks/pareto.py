@@ -829,6 +829,20 @@ def claims_markdown(per_task: dict[str, list[Summary]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def completeness_note(summaries: Sequence[Summary], points: Sequence[Point], seeds: Sequence[int]) -> str | None:
+    """None when every point of the grid has a run for every seed at its family's chosen lr; otherwise a warning
+    that says how much is missing (an analysis of a study that is still running, or was stopped)."""
+    have = {(s.method, s.budget): len(s.accuracies) + s.failed for s in summaries}
+    counts = [have.get((p.method, p.budget), 0) for p in points]
+    full = sum(n >= len(seeds) for n in counts)
+    if full == len(points):
+        return None
+    fewer, none = sum(0 < n < len(seeds) for n in counts), sum(n == 0 for n in counts)
+    return (f"**Partial results: {full} of {len(points)} points have all {len(seeds)} seeds, {fewer} have fewer and "
+            f"{none} none yet.** The study had not finished when this was written (`python benchmarks/pareto.py "
+            "run` resumes it); points with fewer seeds are noisier, and every number here can still change.")
+
+
 BEGIN, END = "<!-- pareto-results:begin -->", "<!-- pareto-results:end -->"
 
 
@@ -841,15 +855,17 @@ def replace_between_markers(text: str, body: str) -> str:
 
 
 def analyse(results: Path, docs: Path, figures: Path | None = None, tasks: Sequence[str] | None = None,
-            grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS) -> dict[str, Any]:
+            grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS,
+            points: Sequence[Point] | None = None, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Read `results/pareto_<task>.csv`, write `figures/pareto_<task>.png` and the tables into `docs` between the
-    markers (a new page with only the markers is created if `docs` does not exist). Returns what it wrote."""
+    markers (a new page with only the markers is created if `docs` does not exist). With the study's `points` and
+    `seeds`, a task with runs still missing is marked as partial. Returns what it wrote."""
     figures = Path(figures or results)
     found = sorted(Path(results).glob("pareto_*.csv"))
     names = [p.stem[len("pareto_"):] for p in found if tasks is None or p.stem[len("pareto_"):] in tasks]
     if not names:
         raise SystemExit(f"no pareto_<task>.csv in {results}; run the study first (python benchmarks/pareto.py run)")
-    sections, per_task, written = [], {}, {"figures": [], "docs": Path(docs)}
+    sections, per_task, partial, written = [], {}, [], {"figures": [], "docs": Path(docs)}
     for task in names:
         rows = read_rows(results_path(results, task))
         if len({r["setup"] for r in rows}) > 1:
@@ -860,9 +876,21 @@ def analyse(results: Path, docs: Path, figures: Path | None = None, tasks: Seque
         figure = plot_task(summaries, task, figures / f"pareto_{task}.png", rows[0]["head_params"])
         written["figures"].append(figure)
         link = os.path.relpath(figure, Path(docs).resolve().parent)
-        sections.append(task_markdown(task, rows, summaries, link, grid, max_extensions))
+        section = task_markdown(task, rows, summaries, link, grid, max_extensions)
+        note = completeness_note(summaries, points, seeds) if points and seeds else None
+        if note:
+            section = section.replace(f"### {task}\n\n", f"### {task}\n\n{note}\n\n", 1)
+            partial.append(task)
+        sections.append(section)
         per_task[task] = summaries
-    body = "\n".join([claims_markdown(per_task), *sections])
+    claims = claims_markdown(per_task) if per_task else (
+        "**No results yet**: no family has finished its learning-rate sweep (`python benchmarks/pareto.py run` "
+        "resumes the study).\n")
+    if partial:
+        claims = claims.replace("\n\n", f"\n\n**Partial results ({', '.join(partial)}): the study was still "
+                                "running; see the note under each task.**\n\n", 1)
+    written["partial"] = partial
+    body = "\n".join([claims, *sections])
     docs = Path(docs)
     text = docs.read_text() if docs.is_file() else f"# Pareto study (generated)\n\n{BEGIN}\n{END}\n"
     atomic_write(docs, lambda tmp: Path(tmp).write_text(replace_between_markers(text, body)))
@@ -947,8 +975,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "analyse":
         out = args.out or RESULTS
-        written = analyse(out, args.docs or DOCS, out, list(tasks), grid, extensions)
+        written = analyse(out, args.docs or DOCS, out, list(tasks), grid, extensions, points, args.seeds)
         print("wrote", ", ".join(str(p) for p in [*written["figures"], written["docs"]]))
+        if written["partial"]:
+            print("partial results (runs missing) for:", ", ".join(written["partial"]))
         return 0
 
     if args.quick:
@@ -966,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = Setup(args.model, weights_digest(args.model), steps, batch, args.head_lr, tuple(tasks.items()))
     run_study(points, setup, out, seeds, args.workers, threads, grid, extensions, args.fixed_lr)
     if args.quick:
-        written = analyse(out, args.docs or out / "benchmarks.md", out, list(tasks), grid, extensions)
+        written = analyse(out, args.docs or out / "benchmarks.md", out, list(tasks), grid, extensions, points, seeds)
         print("wrote", ", ".join(str(p) for p in [*written["figures"], written["docs"]]))
     return 0
 

@@ -161,6 +161,16 @@ def test_summaries_use_only_the_runs_at_the_familys_chosen_lr():
     assert got[("LoRA", "r=8")].accuracies == (0.8,)
 
 
+def test_an_unfinished_study_is_marked_partial_with_what_is_missing():
+    lora_r1, lora_r8, lorta = pareto.quick_grid()
+    done = [summary(lora_r1.method, 10, 0.7, 0.8, 0.9, budget=lora_r1.budget),
+            summary(lora_r8.method, 20, 0.8, budget=lora_r8.budget)]
+    note = pareto.completeness_note(done, [lora_r1, lora_r8, lorta], seeds=(0, 1, 2))
+    assert note.startswith("**Partial results: 1 of 3 points have all 3 seeds, 1 have fewer and 1 none yet.**")
+    failed = pareto.Summary("t", "f", lora_r8.method, lora_r8.budget, 20, 0.004, (0.8, 0.7), 1)  # a diverged run counts
+    assert pareto.completeness_note([done[0], failed], [lora_r1, lora_r8], seeds=(0, 1, 2)) is None
+
+
 def test_the_docs_page_keeps_its_prose_around_the_generated_block():
     text = f"intro\n{pareto.BEGIN}\nold table\n{pareto.END}\noutro\n"
     new = pareto.replace_between_markers(text, "new table")
@@ -243,6 +253,7 @@ def test_quick_run_writes_rows_that_match_count_parameters_and_the_analysis_uses
     assert pareto.BEGIN in page and pareto.END in page
     assert "![inspection: accuracy against adapter parameters](pareto_inspection.png)" in page
     assert "| method | best accuracy, % (params) | ≥ LoRA r=1" in page
+    assert "Partial results" not in page  # every point of the quick grid has its one seed
     for method in expected_methods:
         assert f"| {method} |" in page
 
