@@ -731,11 +731,12 @@ def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: 
 
 
 def task_markdown(task: str, rows: Sequence[dict[str, Any]], summaries: Sequence[Summary], figure: str,
-                  grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS) -> str:
+                  grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS,
+                  note: str | None = None) -> str:
     ok_rows = [r for r in rows if r["task"] == task]
     first = ok_rows[0]
     per_step = [r["seconds_per_step"] for r in ok_rows if not math.isnan(r["seconds_per_step"])]
-    lines = [f"### {task}", ""]
+    lines = [f"### {task}", ""] + ([note, ""] if note else [])
     lines.append(f"{first['num_classes']} classes (chance: {100 / first['num_classes']:.1f} %); "
                  f"{first['train_size']} training / {first['val_size']} validation images; {first['steps']} steps of "
                  f"batch {first['batch_size']}; head learning rate {first['head_lr']}; model `{first['model']}`. "
@@ -797,9 +798,13 @@ def task_markdown(task: str, rows: Sequence[dict[str, Any]], summaries: Sequence
     return "\n".join(lines)
 
 
-def claims_markdown(per_task: dict[str, list[Summary]]) -> str:
-    """What the measured numbers say about the paper's headline, task by task (generated, no hand-typed numbers)."""
+def claims_markdown(per_task: dict[str, list[Summary]], partial: Sequence[str] = ()) -> str:
+    """What the measured numbers say about the paper's headline, task by task (generated, no hand-typed numbers).
+    `partial`: the tasks whose grid is not complete yet, named in a warning on top."""
     lines = ["### The headline against these runs", ""]
+    if partial:
+        lines += [f"**Partial results ({', '.join(partial)}): the study was still running; see the note under each "
+                  "task.**", ""]
     for task, summaries in per_task.items():
         table = efficiency_table(summaries)
         for rank in REFERENCES:
@@ -876,19 +881,14 @@ def analyse(results: Path, docs: Path, figures: Path | None = None, tasks: Seque
         figure = plot_task(summaries, task, figures / f"pareto_{task}.png", rows[0]["head_params"])
         written["figures"].append(figure)
         link = os.path.relpath(figure, Path(docs).resolve().parent)
-        section = task_markdown(task, rows, summaries, link, grid, max_extensions)
         note = completeness_note(summaries, points, seeds) if points and seeds else None
         if note:
-            section = section.replace(f"### {task}\n\n", f"### {task}\n\n{note}\n\n", 1)
             partial.append(task)
-        sections.append(section)
+        sections.append(task_markdown(task, rows, summaries, link, grid, max_extensions, note))
         per_task[task] = summaries
-    claims = claims_markdown(per_task) if per_task else (
+    claims = claims_markdown(per_task, partial) if per_task else (
         "**No results yet**: no family has finished its learning-rate sweep (`python benchmarks/pareto.py run` "
         "resumes the study).\n")
-    if partial:
-        claims = claims.replace("\n\n", f"\n\n**Partial results ({', '.join(partial)}): the study was still "
-                                "running; see the note under each task.**\n\n", 1)
     written["partial"] = partial
     body = "\n".join([claims, *sections])
     docs = Path(docs)
