@@ -212,8 +212,10 @@ def main(argv=None) -> None:
         feature_map.load_state_dict(previous["feature_map"])
         if quadrant_map is not None and "quadrant_map" in previous:
             quadrant_map.load_state_dict(previous["quadrant_map"])
-    heads = [feature_map] + ([quadrant_map] if quadrant_map is not None else [])
-    trainable = [p for p in student.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
+    # The training-only linear maps, by their checkpoint keys (dropped at export).
+    heads = dict(feature_map=feature_map) | ({} if quadrant_map is None else dict(quadrant_map=quadrant_map))
+    trainable = [p for p in student.parameters() if p.requires_grad] + [p for h in heads.values()
+                                                                         for p in h.parameters()]
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=args.weight_decay),
@@ -224,9 +226,8 @@ def main(argv=None) -> None:
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         student.load_state_dict(state["student"])
-        feature_map.load_state_dict(state["feature_map"])
-        if quadrant_map is not None:
-            quadrant_map.load_state_dict(state["quadrant_map"])
+        for name, head in heads.items():
+            head.load_state_dict(state[name])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed_s"]
         log(out, dict(event="resume", step=step, elapsed_min=elapsed / 60, args=vars(args)))
@@ -241,11 +242,9 @@ def main(argv=None) -> None:
         eval_set.append((images, teacher_targets(teacher, images)))
 
     def checkpoint():
-        state = dict(student=student.state_dict(), feature_map=feature_map.state_dict(),
-                     optimizer=optimizer.state_dict(), step=step, elapsed_s=elapsed, args=vars(args))
-        if quadrant_map is not None:
-            state["quadrant_map"] = quadrant_map.state_dict()
-        save_checkpoint(ckpt_path, state)
+        save_checkpoint(ckpt_path, dict(student=student.state_dict(), optimizer=optimizer.state_dict(), step=step,
+                                        elapsed_s=elapsed, args=vars(args),
+                                        **{name: head.state_dict() for name, head in heads.items()}))
 
     student.train()
     session_start = time.perf_counter()
