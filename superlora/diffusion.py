@@ -1,0 +1,155 @@
+"""The diffusion side of the project: a small DDPM UNet, its digit data, its denoising loss and a sampler.
+
+The paper's second experiment adapts the attention projections (`to_q`, `to_k`, `to_v`, `to_out`) of a
+diffusion UNet. This module fixes the architecture of the bundled UNet (`assets/diffusion/`), loads it, gives
+the training loss (predict the added noise, as in DDPM) and a deterministic evaluation loss over fixed
+timesteps and noise draws, and samples images with DDIM. `diffusers` is imported lazily, so the rest of the
+library works without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from superlora.errors import CheckpointError
+
+DIFFUSION_ASSET = Path(__file__).resolve().parent.parent / "assets" / "diffusion"
+IMAGE_SIZE = 32
+# The attention projections of every attention block: the targets the paper adapts.
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out")
+
+# A small UNet sized for a 2-core CPU: attention at 16 and 8 px and in the middle block.
+UNET_CONFIG: dict[str, Any] = {
+    "sample_size": IMAGE_SIZE,
+    "in_channels": 1,
+    "out_channels": 1,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 8,
+    "attention_head_dim": 16,
+}
+SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear"}
+
+
+def build_unet(config: dict[str, Any] | None = None) -> nn.Module:
+    """A randomly initialised `diffusers.UNet2DModel` with the bundled architecture (or `config`)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**(config or UNET_CONFIG))
+
+
+def noise_scheduler():
+    """The DDPM noise schedule the bundled UNet was trained with."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**SCHEDULER_CONFIG)
+
+
+def load_unet(folder: str | Path = DIFFUSION_ASSET) -> nn.Module:
+    """The bundled (or a saved) UNet in eval mode; its config comes from `config.json` beside the weights."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, config_file = folder / "model.safetensors", folder / "config.json"
+    if not weights.is_file() or not config_file.is_file():
+        raise CheckpointError(f"{folder} holds no diffusion model (expected model.safetensors and config.json)")
+    config = json.loads(config_file.read_text())
+    model = build_unet(config["unet"])
+    state = load_file(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise CheckpointError(f"{weights} does not fit the UNet in {config_file} (first mismatch: {first})")
+    return model.eval()
+
+
+def to_model_range(images: Tensor) -> Tensor:
+    """[0, 1] images -> the [-1, 1] range the UNet works in."""
+    return images * 2.0 - 1.0
+
+
+def to_unit_range(samples: Tensor) -> Tensor:
+    return ((samples + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def pad_digits(images: np.ndarray, size: int = IMAGE_SIZE) -> Tensor:
+    """N x H x W arrays in [0, 255] (or [0, 1]) -> N x 1 x size x size float tensors in [0, 1], centred."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if x.max() > 1.5:
+        x = x / 255.0
+    pad_h, pad_w = size - x.shape[-2], size - x.shape[-1]
+    x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return x.unsqueeze(1)
+
+
+def denoising_loss(model: nn.Module, images: Tensor, scheduler, generator: torch.Generator | None = None) -> Tensor:
+    """DDPM's training loss: MSE between the added noise and the UNet's prediction, at random timesteps."""
+    x0 = to_model_range(images)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    steps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
+                          device=x0.device)
+    noisy = scheduler.add_noise(x0, noise, steps)
+    return F.mse_loss(model(noisy, steps).sample, noise)
+
+
+@torch.no_grad()
+def evaluation_loss(model: nn.Module, images: Tensor, scheduler, timesteps: int = 10, draws: int = 2,
+                    seed: int = 0, batch_size: int = 256) -> float:
+    """Held-out denoising loss over a fixed grid of timesteps and fixed noise draws: deterministic for a model.
+
+    Every image is noised at each of `timesteps` evenly spaced timesteps with `draws` noise tensors drawn from
+    `seed`; the loss is the mean MSE over all of them, so two models are compared on identical inputs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    total = scheduler.config.num_train_timesteps
+    grid = torch.linspace(total * 0.05, total * 0.95, timesteps).round().long()
+    x0 = to_model_range(images)
+    losses = []
+    for _ in range(draws):
+        noise_all = torch.randn(x0.shape, generator=gen)
+        for t in grid:
+            for lo in range(0, len(x0), batch_size):
+                chunk, noise = x0[lo:lo + batch_size], noise_all[lo:lo + batch_size]
+                steps = torch.full((len(chunk),), int(t), dtype=torch.long)
+                noisy = scheduler.add_noise(chunk, noise, steps)
+                err = F.mse_loss(model(noisy, steps).sample.float(), noise, reduction="sum")
+                losses.append(float(err))
+    return sum(losses) / (draws * timesteps * x0.numel())
+
+
+@torch.no_grad()
+def sample(model: nn.Module, count: int, seed: int = 0, steps: int = 50) -> Tensor:
+    """`count` images in [0, 1] (count x 1 x H x W) by DDIM with `steps` steps from noise drawn from `seed`."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(seed)
+    config = getattr(model, "config", None) or UNET_CONFIG
+    size, channels = config["sample_size"], config["in_channels"]
+    x = torch.randn((count, channels, size, size), generator=gen)
+    for t in scheduler.timesteps:
+        eps = model(x, t).sample
+        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+    return to_unit_range(x)
+
+
+def image_grid(images: Tensor, columns: int = 8, pad: int = 2) -> np.ndarray:
+    """N x 1 x H x W images in [0, 1] -> one uint8 H' x W' grid (white background lines between tiles)."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top:top + h, left:left + w] = images[i, 0].float().cpu().numpy()
+    return (grid * 255).round().astype(np.uint8)
