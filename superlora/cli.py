@@ -17,6 +17,7 @@ Under `accelerate launch` the same `train` runs on several processes; only the m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from superlora.config import PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, pres
 from superlora.errors import ConfigError, SuperLoRAError
 
 SAMPLE_PREFIX = "sample:"
+SKIPPED_SHOWN = 10  # skipped files listed on the terminal; skipped.csv in the run folder lists all
 DEFAULT_RUNS_DIR = "runs"
 
 
@@ -211,10 +213,19 @@ def _load_data(source: str, val_fraction: float, split_seed: int, labels: str) -
     if _is_main_process():
         print(f"data: {len(image_set)} images in {len(image_set.classes)} classes "
               f"({', '.join(f'{k} {v}' for k, v in image_set.class_counts().items())})"
-              + (f"; {len(image_set.rejected)} files skipped" if image_set.rejected else ""), file=sys.stderr)
+              + (f"; {len(image_set.rejected)} files skipped:" if image_set.rejected else ""), file=sys.stderr)
+        print(skipped_lines(image_set.rejected), end="", file=sys.stderr)
         for warning in image_set.warnings:
             print(f"warning: {warning}", file=sys.stderr)
     return train_val_split(image_set, val_fraction=val_fraction, seed=split_seed)
+
+
+def skipped_lines(rejected: Sequence[Any], limit: int = SKIPPED_SHOWN) -> str:
+    """The first `limit` skipped files with their reasons, one per line, then "and N more" (all are in skipped.csv)."""
+    lines = [f"  skipped {item.name}: {item.reason}\n" for item in rejected[:limit]]
+    if len(rejected) > limit:
+        lines.append(f"  ... and {len(rejected) - limit} more (every one is listed in the run folder's skipped.csv)\n")
+    return "".join(lines)
 
 
 def _is_main_process() -> bool:
@@ -224,7 +235,7 @@ def _is_main_process() -> bool:
 
 # ---------------------------------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from superlora.runs import CONFIG_FILE, RunFolder, default_run_name, read_json
+    from superlora.runs import CONFIG_FILE, RunFolder, default_run_name, read_json, reserve_run_folder
     from superlora.train import StopSignal, TqdmProgress, TrainOptions, train
 
     saved: dict[str, Any] = {}
@@ -261,10 +272,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.output:
         output = Path(args.output)
     else:
-        output = Path(args.runs_dir) / default_run_name(model_name, config.to_dict())
-    option_values["output_dir"] = str(output)
+        output = None  # a new folder under --runs-dir, claimed once the data has loaded
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would claim a folder of its own
+            _fail("a run of several processes needs one shared folder: add --output RUN_DIR")
+    option_values["output_dir"] = str(output or args.runs_dir)
     options = TrainOptions.from_dict(option_values)
-    if not args.resume and RunFolder.holds_run(output):  # say so before spending time on loading the data
+    if output is not None and not args.resume and RunFolder.holds_run(output):  # before loading the data
         _fail(f"{output} already holds a run; continue it with --resume {output} or choose another --output")
 
     val_fraction = args.val_fraction if args.val_fraction is not None else data_saved.get("val_fraction", 0.2)
@@ -273,6 +286,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not source.startswith(SAMPLE_PREFIX) and not args.resume and args.data:
         source = str(Path(source).resolve())
     train_set, val_set = _load_data(source, val_fraction, split_seed, labels)
+    if output is None:
+        output = reserve_run_folder(args.runs_dir, default_run_name(model_name, config.to_dict()))
+        options = dataclasses.replace(options, output_dir=str(output))
     run_info = {"data": {"source": source, "val_fraction": val_fraction, "split_seed": split_seed, "labels": labels}}
 
     stop = StopSignal()

@@ -34,6 +34,7 @@ from superlora.errors import CheckpointError, ConfigError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MAX_CLASSES",
     "HUB_MODELS",
     "ModelInfo",
     "build_hybrid_vit",
@@ -66,6 +67,12 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 HUB_PROBE_TIMEOUT_S = 1.5
+# The most classes a weights file may declare through its head (ImageNet-21k's 21,843 fit). A file claiming more is
+# refused before anything is built, so a tiny hostile file cannot make the loader allocate a huge classifier.
+MAX_CLASSES = 32_768
+# Tensors that timm's checkpoint filters legitimately resize while loading (position embeddings for another image
+# size, a patch embedding for another patch size): their shapes are left to timm.
+_RESIZED_BY_TIMM = ("pos_embed", "patch_embed.proj.weight", "relative_position_bias_table")
 _DATA_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 # The pretrained config of the hybrid ViT: the EfficientNet-Lite (TF) stem expects inputs scaled to [-1, 1].
 _HYBRID_DATA_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=1.0,
@@ -291,6 +298,60 @@ def _head_rows(state: dict[str, torch.Tensor], classifier: str = "head") -> int 
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
+def _checked_classes(classes: int | None, display: str, max_classes: int) -> int | None:
+    """`classes` (taken from a file's head or config), refused when it is not a sane class count."""
+    if classes is None:
+        return None
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0 or classes > max_classes:
+        raise CheckpointError(
+            f"{display} declares {classes!r} classes; at most {max_classes:,} are accepted (max_classes). A head that "
+            "large is almost surely a broken file; if it is real, raise the limit (load_model(..., max_classes=N), "
+            "or the --max-classes flag)")
+    return classes
+
+
+@lru_cache(maxsize=32)
+def _skeleton_shapes(architecture: str, args_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Every tensor shape of `architecture` built with one class on the `meta` device (cached: building costs)."""
+    args = json.loads(args_json)
+    with torch.device("meta"):
+        if architecture == HYBRID_ARCHITECTURE:
+            model = build_hybrid_vit(**args, num_classes=1)
+            _freeze_stem_batchnorm(model)
+        else:
+            model = create_model(architecture, num_classes=1)
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    # Rows of classifier tensors are marked -1: they follow the number of classes.
+    return tuple((name, (-1, *shape[1:]) if name.rsplit(".", 1)[0] in heads else tuple(shape))
+                 for name, shape in ((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+
+
+def expected_shapes(architecture: str, num_classes: int, model_args: dict | None = None) -> dict[str, tuple]:
+    """name -> shape of every tensor `architecture` has with `num_classes` classes, without building it."""
+    cached = _skeleton_shapes(architecture, json.dumps(model_args or {}, sort_keys=True))
+    # Without classes (num_classes=0) timm replaces the classifier by an identity: it has no tensors.
+    return {name: (num_classes, *shape[1:]) if shape[:1] == (-1,) else shape for name, shape in cached
+            if num_classes or shape[:1] != (-1,)}
+
+
+def _precheck_shapes(expected: dict[str, tuple], state: dict[str, torch.Tensor], display: str, architecture: str,
+                     resized: tuple[str, ...] = ()) -> None:
+    """Compare the file's tensors with `expected` (from `expected_shapes`) before a real model is built.
+
+    Tensors whose names end in one of `resized` may differ in shape (timm's loading filters resize them); every
+    other tensor the two share must match exactly, so no file can make the loader allocate what it does not hold.
+    """
+    for name, shape in expected.items():  # model order, so the first mismatch named is the first in the model
+        tensor = state.get(name)
+        if tensor is None or tuple(tensor.shape) == tuple(shape) or name.endswith(resized):
+            continue
+        raise CheckpointError(
+            f"{display} does not fit the architecture '{architecture}': tensor '{name}' has shape "
+            f"{tuple(tensor.shape)} in the file, but the architecture needs {tuple(shape)}. The weights were "
+            "probably saved from a different model; pass the matching arch= or pick another file")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Hub access that never hangs
 # ----------------------------------------------------------------------------------------------------------
@@ -380,6 +441,7 @@ def load_model(
     device: str | torch.device = "cpu",
     arch: str | None = None,
     pretrained_cfg_overlay: dict | None = None,
+    max_classes: int = MAX_CLASSES,
 ) -> nn.Module:
     """Build a model and load its weights: the bundled default, a timm name, or a local file or folder.
 
@@ -388,18 +450,22 @@ def load_model(
     arch: the architecture of a single weights file (a timm name, or 'superlora-default').
     pretrained_cfg_overlay: passed to timm for hub names, e.g. dict(file=PATH) to load a local file through the
         very code path that loads downloaded weights.
+    max_classes: the largest classifier a weights file may declare (`MAX_CLASSES`). Every file is checked against
+        the architecture's shapes on the `meta` device before the real model is built, so a file that claims
+        tensors it does not hold costs no memory.
     Raises `ConfigError` for unknown names and `CheckpointError` for missing, unsafe or mismatched weights.
     """
     name = os.fspath(name_or_path)
     if name == DEFAULT_MODEL:
-        model = _load_folder(DEFAULT_MODEL_DIR, pretrained=pretrained, display=DEFAULT_MODEL)
+        model = _load_folder(DEFAULT_MODEL_DIR, pretrained=pretrained, display=DEFAULT_MODEL,
+                             max_classes=max_classes)
     elif _looks_like_path(name):
         if not pretrained:
             model = create_model(name, arch=arch)
         else:
-            model = _load_local(Path(name), arch)
+            model = _load_local(Path(name), arch, max_classes)
     else:
-        model = _load_hub(name, pretrained=pretrained, overlay=pretrained_cfg_overlay)
+        model = _load_hub(name, pretrained=pretrained, overlay=pretrained_cfg_overlay, max_classes=max_classes)
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
         model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": num_classes}
@@ -412,7 +478,7 @@ def _looks_like_path(name: str) -> bool:
     return os.path.exists(name) or os.sep in name or name.lower().endswith((".safetensors", *TORCH_SUFFIXES))
 
 
-def _load_folder(folder: Path, *, pretrained: bool, display: str) -> nn.Module:
+def _load_folder(folder: Path, *, pretrained: bool, display: str, max_classes: int = MAX_CLASSES) -> nn.Module:
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or (pretrained and not weights_path.is_file()):
         hint = ("the bundled weights ship in assets/default/ of a source checkout (git clone); "
@@ -420,12 +486,13 @@ def _load_folder(folder: Path, *, pretrained: bool, display: str) -> nn.Module:
             f"save_model writes both {WEIGHTS_FILE} and {CONFIG_FILE}"
         raise CheckpointError(f"'{display}': expected {weights_path} and {config_path}; {hint}")
     config = _read_config(config_path)
-    return _build_and_load(config["architecture"], config, weights_path if pretrained else None, display)
+    return _build_and_load(config["architecture"], config, weights_path if pretrained else None, display,
+                           max_classes)
 
 
-def _load_local(path: Path, arch: str | None) -> nn.Module:
+def _load_local(path: Path, arch: str | None, max_classes: int = MAX_CLASSES) -> nn.Module:
     if path.is_dir():
-        return _load_folder(path, pretrained=True, display=str(path))
+        return _load_folder(path, pretrained=True, display=str(path), max_classes=max_classes)
     config = {}
     if arch is None:
         for candidate in (path.with_suffix(".json"), path.parent / CONFIG_FILE):
@@ -438,28 +505,37 @@ def _load_local(path: Path, arch: str | None) -> nn.Module:
                 f"load_model('{path}', arch='vit_small_patch16_224')), or keep the config.json that save_model "
                 "writes next to the weights")
     architecture = arch or config["architecture"]
-    return _build_and_load(architecture, config, path, str(path))
+    return _build_and_load(architecture, config, path, str(path), max_classes)
 
 
-def _build_and_load(architecture: str, config: dict, weights: Path | None, display: str) -> nn.Module:
+def _build_and_load(architecture: str, config: dict, weights: Path | None, display: str,
+                    max_classes: int = MAX_CLASSES) -> nn.Module:
     """The architecture with its file's head size, strictly loaded from `weights` (None: random init)."""
     architecture = HYBRID_ARCHITECTURE if architecture == DEFAULT_MODEL else architecture
     state = read_state_dict(weights) if weights is not None else None
     num_classes = (_head_rows(state) if state is not None else None) or config.get("num_classes")
+    num_classes = _checked_classes(num_classes, display, max_classes)
     if architecture == HYBRID_ARCHITECTURE:
         args = dict(config.get("model_args") or {})
-        model = build_hybrid_vit(**args, **({"num_classes": num_classes} if num_classes is not None else {}))
+
+        def build() -> nn.Module:
+            return build_hybrid_vit(**args, **({"num_classes": num_classes} if num_classes is not None else {}))
+
         if state is None:
-            return model
-        _freeze_stem_batchnorm(model)
+            return build()
         # BatchNorm counters of a stem trained unfrozen have no place in a frozen stem and carry no weights.
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        _check_fits(model.state_dict(), state, display, architecture)
+        classes = num_classes if num_classes is not None else 1000
+        _check_fits(expected_shapes(architecture, classes, args), state, display, architecture)  # before building
+        model = build()
+        _freeze_stem_batchnorm(model)
         model.load_state_dict(state)
         model.pretrained_cfg = {**model.pretrained_cfg, **_tupled(config.get("pretrained_cfg") or {})}
         return model
     if state is None:
         return create_model(architecture, num_classes=num_classes)
+    _precheck_shapes(expected_shapes(architecture, num_classes if num_classes is not None else 1000), state,
+                     display, architecture, _RESIZED_BY_TIMM)
     overlay = dict(file=str(weights), custom_load=False)
     if num_classes is not None:
         overlay["num_classes"] = num_classes
@@ -470,9 +546,9 @@ def _tupled(cfg: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
 
-def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], display: str,
+def _check_fits(expected: dict[str, tuple], state: dict[str, torch.Tensor], display: str,
                 architecture: str) -> None:
-    problem = _first_mismatch({k: v.shape for k, v in expected.items()}, state)
+    problem = _first_mismatch(expected, state)
     if problem:
         raise CheckpointError(
             f"{display} does not fit the architecture '{architecture}': {problem}. The weights were probably "
@@ -500,7 +576,7 @@ def _timm_pretrained(name: str, overlay: dict, num_classes: int | None, display:
         ) from exc
 
 
-def _load_hub(name: str, *, pretrained: bool, overlay: dict | None) -> nn.Module:
+def _load_hub(name: str, *, pretrained: bool, overlay: dict | None, max_classes: int = MAX_CLASSES) -> nn.Module:
     cfg = {**_pretrained_cfg(name), **(overlay or {})}
     if not pretrained:
         return create_model(name)
@@ -510,9 +586,11 @@ def _load_hub(name: str, *, pretrained: bool, overlay: dict | None) -> nn.Module
         state = read_state_dict(path)  # refuses pickles and unreadable files before timm sees them
         if not str(path).endswith(".npz"):
             overlay.setdefault("custom_load", False)  # AugReg configs default to their .npz loader
-        rows = _head_rows(state, cfg.get("classifier") or "head")
+        rows = _checked_classes(_head_rows(state, cfg.get("classifier") or "head"), str(path), max_classes)
         if rows is not None:
             overlay.setdefault("num_classes", rows)
+        classes = overlay.get("num_classes") or cfg.get("num_classes") or 1000
+        _precheck_shapes(expected_shapes(name, classes), state, str(path), name, _RESIZED_BY_TIMM)
         return _timm_pretrained(name, overlay, overlay.get("num_classes"), str(path), state)
     if overlay.get("state_dict") is not None:
         return _timm_pretrained(name, overlay, None, name)

@@ -6,6 +6,7 @@
       summary.md               a short human-readable report
       adapter/                 the best adapter, `SuperLoRAModel.save_pretrained` format
       checkpoint.safetensors   the resumable training state (`--resume`)
+      skipped.csv              every data file that was not used, and why (written only when files were skipped)
       tensorboard/             TensorBoard event files (`tensorboard --logdir runs`)
 
 Every file is written through a temporary file and a rename, so a run killed at any moment leaves readable files.
@@ -31,6 +32,7 @@ CONFIG_FILE = "config.json"
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 SUMMARY_FILE = "summary.md"
+SKIPPED_FILE = "skipped.csv"
 ADAPTER_DIR = "adapter"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_FILE = "checkpoint.safetensors"  # written by superlora.train.checkpoint
@@ -50,6 +52,24 @@ def default_run_name(model: str, adapter: Mapping[str, Any]) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     model_name = Path(str(model)).name.replace(".", "-") or "model"
     return f"{stamp}-{model_name}-{adapter.get('name', 'custom')}-r{_rank_text(adapter.get('rank', 1))}"
+
+
+def reserve_run_folder(root: str | os.PathLike[str], name: str) -> Path:
+    """Create and return a new, empty run folder `root/name`, or `root/name-2`, `-3`, ... if that exists.
+
+    The folder is claimed with an atomic mkdir, so runs started at the same moment (same second, same settings,
+    hence the same default name) never share a folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        path = root / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"{root} already holds 10,000 runs named {name}*; choose another output folder")
 
 
 def _rank_text(rank: Any) -> str:
@@ -107,6 +127,16 @@ class RunFolder:
         writer.writeheader()
         writer.writerows(history)
         _write_text(self.path / METRICS_CSV, buffer.getvalue())
+
+    def write_skipped(self, rejected: Any) -> None:
+        """skipped.csv: every data file that was not used (`file`, `reason`); no file when nothing was skipped."""
+        if not rejected:
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["file", "reason"])
+        writer.writerows([item.name, item.reason] for item in rejected)
+        _write_text(self.path / SKIPPED_FILE, buffer.getvalue())
 
     def write_summary(self, config: Mapping[str, Any], record: Mapping[str, Any]) -> None:
         _write_text(self.path / SUMMARY_FILE, summary_markdown(self.path, config, record))

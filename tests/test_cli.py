@@ -134,3 +134,65 @@ def test_train_runs_predict_export_rerun_and_resume(capsys, workspace, tmp_path)
     assert code == 0 and json.loads((run / "metrics.json").read_text())["step"] == 6
     code, _, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model", "--output", run)
     assert code == 1 and "already holds a run" in one_error_line(err)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(capsys, workspace, tmp_path, monkeypatch):
+    import threading
+    from datetime import datetime
+
+    import superlora.runs as runs
+
+    class FrozenClock(datetime):  # every run "starts" in the same second, so the default names collide
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 1, 12, 0, 0)
+
+    monkeypatch.setattr(runs, "datetime", FrozenClock)
+    argv = ["train", workspace / "data", "--model", workspace / "model", "--preset", "lora", "--steps", "1",
+            "--batch-size", "8", "--runs-dir", tmp_path / "runs"]
+    assert run_cli(capsys, *argv)[0] == 0 and run_cli(capsys, *argv)[0] == 0
+    name = runs.default_run_name(str(workspace / "model"), {"name": "lora", "rank": 1})  # CLI default rank
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [name, f"{name}-2"]
+    assert all(runs.RunFolder.holds_run(p) for p in (tmp_path / "runs").iterdir())
+
+    # The folder is claimed atomically: eight claims at the same instant get eight folders.
+    claimed, start = [], threading.Barrier(8)
+
+    def claim():
+        start.wait()
+        claimed.append(runs.reserve_run_folder(tmp_path / "race", "same-name"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(claimed)) == 8 and all(p.is_dir() and not any(p.iterdir()) for p in claimed)
+
+
+def test_skipped_files_are_listed_with_reasons_and_recorded_in_the_run(capsys, workspace, tmp_path):
+    import csv
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data", data)
+    for index in range(12):  # twelve files that are not images
+        (data / "red" / f"broken-{index:02d}.png").write_bytes(b"not a picture")
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", data, "--model", workspace / "model", "--steps", "1", "--batch-size", "8",
+                           "--output", run)
+    assert code == 0, err
+    listed = [line for line in err.splitlines() if line.startswith("  skipped ")]
+    assert len(listed) == 10 and all(": " in line.split("skipped ", 1)[1] for line in listed)
+    assert "... and 2 more (every one is listed in the run folder's skipped.csv)" in err
+    assert "12 files skipped:" in err
+    rows = list(csv.DictReader((run / "skipped.csv").open()))
+    assert sorted(row["file"] for row in rows) == [f"red/broken-{i:02d}.png" for i in range(12)]
+    assert all(row["reason"] for row in rows)
+    assert not (workspace / "run").exists()
+
+
+def test_a_multi_process_run_without_output_is_refused(capsys, workspace, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model")
+    assert code == 1 and "needs one shared folder: add --output RUN_DIR" in one_error_line(err)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -335,3 +339,44 @@ def test_pickled_objects_are_never_unpickled(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load_model("vit_tiny_patch16_224", pretrained_cfg_overlay=dict(file=str(tmp_path / "evil.pth")))
     assert not _Payload.marker.exists()
+
+
+# ------------------------------------------------------------------------------------------- hostile files
+_PEAK_SCRIPT = """
+import resource, sys, timm
+from superlora.errors import CheckpointError
+from superlora.models import create_meta_model, load_model
+create_meta_model(sys.argv[2])  # imports and caches done: what follows is the file's own cost
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_model(sys.argv[1], arch=sys.argv[2])
+except CheckpointError as err:
+    print("refused:", err)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize("rows, arch, reason", [
+    (1_000_000, DEFAULT_MODEL, "declares 1000000 classes"),
+    (30_000, DEFAULT_MODEL, "'cls_token' .* missing"),
+    (30_000, "vit_tiny_patch16_224", r"'head.weight' has shape \(30000, 0\) in the file.*\(30000, 192\)"),
+])
+def test_a_tiny_file_claiming_a_huge_head_is_refused_before_anything_is_built(tmp_path, rows, arch, reason):
+    path = tmp_path / "head.safetensors"
+    save_file({"head.weight": torch.zeros((rows, 0))}, str(path))
+    assert path.stat().st_size < 100
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path), arch], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    refused, growth_mib = done.stdout.strip().splitlines()
+    assert re.search(reason, refused), refused
+    # Building the default with a 1,000,000-class head cost +705 MiB before the shapes were checked first.
+    assert float(growth_mib) < 50
+
+
+def test_the_class_limit_is_a_parameter(tiny_vit_weights):
+    _, folder = tiny_vit_weights  # a real 7-class file
+    with pytest.raises(CheckpointError, match="declares 7 classes; at most 5"):
+        load_model(folder / "vit_tiny.safetensors", arch="vit_tiny_patch16_224", max_classes=5)
+    assert load_model(folder / "vit_tiny.safetensors", arch="vit_tiny_patch16_224", max_classes=7).num_classes == 7
+    assert models.MAX_CLASSES >= 21_843  # ImageNet-21k heads still load

@@ -277,6 +277,7 @@ class _Run:
             self._resume()
         if self.run is not None:  # only now: a refused resume must not overwrite the run's config
             self.run.write_config(self.run_config)
+            self.run.write_skipped(getattr(self.train_set, "rejected", None))
 
     # ------------------------------------------------------------------ run folder and resume
     def _open_run_folder(self, resume: bool, run_info: Mapping[str, Any] | None) -> RunFolder | None:
