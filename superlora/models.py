@@ -305,8 +305,8 @@ def _checked_classes(classes: int | None, display: str, max_classes: int) -> int
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0 or classes > max_classes:
         raise CheckpointError(
             f"{display} declares {classes!r} classes; at most {max_classes:,} are accepted (max_classes). A head that "
-            "large is almost surely a broken file; if it is real, raise the limit (load_model(..., max_classes=N), "
-            "or the --max-classes flag)")
+            "large is almost surely a broken file; if it is real, raise the limit (load_model(..., max_classes=N); "
+            "the studio: --max-classes N)")
     return classes
 
 
