@@ -6,8 +6,9 @@ clipping, optional label smoothing, autocast on GPUs, fixed seeds; validation af
 
 It runs under Hugging Face Accelerate: alone it is an ordinary single-process loop, under `accelerate launch` it
 is DDP on several processes, with the same global batch and the same numbers. Only the main process writes files
-and calls the callbacks. With `output_dir` set, everything goes to a run folder (see `superlora.runs`) and the
-run can be resumed from its checkpoint with identical results.
+and calls the callbacks. With `output_dir` set, everything goes to a run folder (see `superlora.runs`; the best
+adapter's validation results to its validation/, see `superlora.train.validation`) and the run can be resumed
+from its checkpoint with identical results.
 """
 
 from __future__ import annotations
