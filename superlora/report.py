@@ -36,7 +36,6 @@ from superlora.runs import CONFIG_FILE, METRICS_JSON, RUN_FORMAT, describe_adapt
 from superlora.train.metrics import Evaluation, resolve_good_class
 from superlora.train.validation import (
     VALIDATION_DIR,
-    format_validation_summary,
     good_class_sentence,
     read_validation,
     validation_record,
@@ -48,7 +47,7 @@ CLASS_TABLE_HEADERS = ["class", "precision", "recall", "F1", "support", "TP", "F
 _THUMBNAIL_NAME = re.compile(r"^mistakes/val-\d+\.jpg$")  # the only files a record may point the report at
 
 __all__ = ["CLASS_TABLE_HEADERS", "REPORT_FILE", "ValidationView", "class_table_rows", "load_validation",
-           "mistake_captions", "report_html", "validation_view", "write_report", "format_validation_summary"]
+           "mistake_captions", "report_html", "validation_view", "write_report"]
 
 
 # ---------------------------------------------------------------------------------------------------- reading

@@ -23,7 +23,7 @@ from torch import nn
 
 from superlora import preset
 from superlora.cli import main
-from superlora.data import ImageSet, train_val_split
+from superlora.data import train_val_split
 from superlora.errors import ConfigError
 from superlora.report import CLASS_TABLE_HEADERS, load_validation, report_html, validation_view, write_report
 from superlora.train import TrainOptions, train

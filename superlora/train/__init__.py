@@ -10,7 +10,8 @@
 Modules: `options` (TrainOptions, TrainEvent, TrainResult, StopSignal, errors), `loop` (train), `sampling`
 (deterministic batches and augmentation), `metrics` (accuracy, per-class precision / recall / F1, confusion,
 missed defects and false alarms), `validation` (those results as a record and as the run folder's validation/),
-`checkpoint` (resumable state), `callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`; predictions in `superlora.inference`.
+`checkpoint` (resumable state), `callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`, the
+run report in `superlora.report`; predictions in `superlora.inference`.
 """
 
 from superlora.inference import predict
