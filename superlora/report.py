@@ -32,7 +32,7 @@ from PIL import Image
 
 from superlora.errors import ConfigError
 from superlora.model import atomic_write
-from superlora.runs import CONFIG_FILE, METRICS_JSON, RUN_FORMAT, describe_adapter, read_json
+from superlora.runs import CONFIG_FILE, METRICS_JSON, RUN_FORMAT, TENSORBOARD_DIR, describe_adapter, read_json
 from superlora.train.metrics import Evaluation, resolve_good_class
 from superlora.train.validation import (
     VALIDATION_DIR,
@@ -259,7 +259,22 @@ def _training_section(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> 
     return _pairs(rows)
 
 
-def _curves_section(metrics: Mapping[str, Any]) -> str:
+def _step_losses(run_dir: Path) -> list[tuple[float, float]]:
+    """The per-step training loss from the run's TensorBoard files ([] without tensorboard or its files)."""
+    folder = run_dir / TENSORBOARD_DIR
+    if not folder.is_dir():
+        return []
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
+        events.Reload()
+        return [(float(e.step), float(e.value)) for e in events.Scalars("train/loss")]
+    except Exception:  # noqa: BLE001 - the curve is optional; the epoch curves below still come from metrics.json
+        return []
+
+
+def _curves_section(metrics: Mapping[str, Any], run_dir: Path) -> str:
     from superlora.viz.static import line_chart_svg
 
     history = metrics.get("history") or []
@@ -269,8 +284,11 @@ def _curves_section(metrics: Mapping[str, Any]) -> str:
     def series(key: str) -> list[tuple[float, float]]:
         return [(row["step"], row[key]) for row in history if row.get(key) is not None]
 
-    loss = line_chart_svg({"training loss": series("train_loss"), "validation loss": series("val_loss")},
-                          title="Loss per epoch", x_label="optimizer step", y_label="cross-entropy")
+    curves = {"training loss (epoch)": series("train_loss"), "validation loss": series("val_loss")}
+    steps = _step_losses(run_dir)
+    if steps:
+        curves = {"training loss (step)": steps, **curves}
+    loss = line_chart_svg(curves, title="Loss", x_label="optimizer step", y_label="cross-entropy", width=520)
     accuracy = line_chart_svg({"validation accuracy": series("val_accuracy")}, title="Validation accuracy",
                               x_label="optimizer step", y_label="accuracy", y_range=(0.0, 1.0))
     return f'<div class="figures">{loss}{accuracy}</div>'
@@ -412,7 +430,7 @@ def report_html(run_dir: str | os.PathLike[str], *, good_class: str | None = Non
         _section("data", "Data", _data_section(config, record)),
         _section("model", "Model and adapter", _model_section(config, metrics)),
         _section("training", "Training settings", _training_section(config, metrics)),
-        _section("curves", "Curves", _curves_section(metrics)),
+        _section("curves", "Curves", _curves_section(metrics, run_dir)),
     ]
     if record is None:
         nothing = _note("the run has no validation results (it stopped before its first evaluation, or trained "

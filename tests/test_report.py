@@ -36,6 +36,7 @@ from superlora.train.metrics import (
     resolve_good_class,
     summarize,
 )
+from superlora.train.checkpoint import load_checkpoint
 from superlora.train.validation import read_validation
 
 from train_helpers import colour_images, stripe_images, tiny_vit
@@ -203,6 +204,10 @@ def test_the_run_folder_keeps_every_prediction_and_the_mistakes_agree_with_them(
         assert stats["false_positives"] == sum(r["predicted_class"] == name and r["true_class"] != name for r in rows)
     # The returned result says the same as the files.
     assert json.loads(json.dumps(result.validation)) == record
+    # The checkpoint keeps the records too, so a resumed run can write the same files.
+    saved = load_checkpoint(run / "checkpoint.safetensors").progress["best"]["evaluation"]
+    assert Evaluation.from_dict(saved).mistakes()[0].index == record["mistakes"][0]["index"]
+    assert len(saved["predictions"]) == len(val_set)
 
 
 def test_the_studio_view_lists_mistakes_surest_first_from_a_folder_or_from_memory(stripes_run):
@@ -244,7 +249,9 @@ def test_the_report_holds_every_section_offline(stripes_run, tmp_path):
     good = record["good_class"]
     assert f"{good['missed_defects']} of {good['defect_images']}" in section(page, "quality")
     assert section(page, "mistakes").count('src="data:image/jpeg;base64,') == record["mistake_count"]
-    assert section(page, "curves").count("<svg") == 2
+    curves = section(page, "curves")
+    assert curves.count("<svg") == 2 and curves.count("<polyline") == 4 and "training loss (step)" in curves
+    assert curves.count("<circle") == 10 + 2 + 2 + 2  # markers: 10 steps, 2 epochs of 3 series
     assert "<th>true \\ predicted</th>" in section(page, "confusion")
     assert "611" in section(page, "model")  # 512 adapter + 99 head parameters
     assert "SuperLoRAConfig.from_dict(" in section(page, "reproduce")
@@ -358,7 +365,8 @@ def test_the_report_opens_in_chromium_with_every_section(stripes_run, tmp_path):
             assert thumbnails.count() == result.validation["mistake_count"]
             widths = thumbnails.evaluate_all("images => images.map(image => image.naturalWidth)")
             assert all(width == 16 for width in widths)  # decoded: the 16 px validation images
-            assert page.locator("section#curves svg polyline").count() == 3  # train loss, val loss, val accuracy
+            # training loss per step (TensorBoard) and per epoch, validation loss, validation accuracy
+            assert page.locator("section#curves svg polyline").count() == 4
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         finally:
             browser.close()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from superlora.viz.common import GROUP_PALETTE
 
 Series = Sequence[tuple[float, float]]
+MAX_MARKERS = 60  # a series with more points is drawn as a bare line: thousands of dots only add bytes
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -34,7 +35,8 @@ def line_chart_svg(series: Mapping[str, Series], *, title: str, x_label: str, y_
                    y_range: tuple[float, float] | None = None, width: int = 460, height: int = 280) -> str:
     """An SVG line chart, one line (with point markers) per named series of (x, y) points.
 
-    Points whose y is not finite are left out. `y_range` fixes the axis (e.g. (0, 1) for accuracy).
+    Points whose y is not finite are left out; series of more than MAX_MARKERS points get no markers. `y_range`
+    fixes the axis (e.g. (0, 1) for accuracy).
     """
     clean = {name: [(float(x), float(y)) for x, y in points if y is not None and math.isfinite(float(y))]
              for name, points in series.items()}
@@ -79,7 +81,8 @@ def line_chart_svg(series: Mapping[str, Series], *, title: str, x_label: str, y_
         colour = GROUP_PALETTE[i % len(GROUP_PALETTE)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in points]
+        if len(points) <= MAX_MARKERS:
+            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in points]
         parts.append(f'<rect x="{legend_x}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
                      f'<text x="{legend_x + 14}" y="{height - 5}">{html.escape(name)}</text>')
         legend_x += 24 + 7 * len(name)
