@@ -7,6 +7,7 @@
     superlora predict runs/my-run image1.png image2.png [--top-k 3]
     superlora export runs/my-run --output exported/ [--format adapter merged onnx]
     superlora runs [runs/]
+    superlora report runs/my-run [--output report.html]   one-page HTML report of a run
     superlora models
 
 DATA is a folder of class folders, a .zip, or `sample:inspection` / `sample:digits`. Every mistake a user can make
@@ -49,7 +50,7 @@ def _fail(message: str) -> NoReturn:
 ADAPTER_KNOBS = ("targets", "rank", "alpha", "groups", "grouping", "fold", "order", "splits", "factoring",
                  "uncompressed_modes", "projection", "ratio", "shuffle", "adapter_seed")
 OPTION_FLAGS = ("epochs", "steps", "batch_size", "lr", "head_lr", "weight_decay", "warmup", "grad_clip",
-                "label_smoothing", "seed", "checkpoint_every", "device", "precision", "num_workers")
+                "label_smoothing", "seed", "checkpoint_every", "device", "precision", "num_workers", "good_class")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto (GPU if present), cpu, cuda")
     opts.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (auto)")
     opts.add_argument("--num-workers", type=int, help="data loader worker processes (0)")
+    opts.add_argument("--good-class", help="class of defect-free parts, for missed defects and false alarms "
+                                           "(default: the class named ok, good, pass or normal)")
 
     count = commands.add_parser("count", help="trainable-parameter table for a model and adapter (no weights loaded)")
     _add_model_arg(count)
@@ -172,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list past runs with config, parameters and best accuracy")
     runs.add_argument("folder", nargs="?", default=DEFAULT_RUNS_DIR, help="folder holding run folders (runs)")
     runs.add_argument("--json", action="store_true", help="print JSON")
+
+    report = commands.add_parser("report", help="write a one-page HTML report of a run (opens offline)")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    report.add_argument("--output", help="the HTML file to write (default: RUN_DIR/report.html)")
+    report.add_argument("--good-class", help="count missed defects and false alarms with this class as the good one")
 
     commands.add_parser("models", help="list the models offered by name")
     return parser
@@ -310,7 +318,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.best_accuracy is not None:
             print(f"best validation accuracy: {result.best_accuracy:.2%} (step {result.best_step}); "
                   f"adapter in {result.run_dir / 'adapter'}")
-        print(f"next: superlora predict {result.run_dir} IMAGE...  |  superlora export {result.run_dir}")
+        if result.validation is not None:
+            from superlora.train.validation import format_validation_summary
+
+            print(format_validation_summary(result.validation))
+        print(f"next: superlora predict {result.run_dir} IMAGE...  |  superlora export {result.run_dir}  |  "
+              f"superlora report {result.run_dir}")
     return 0
 
 
@@ -452,6 +465,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from superlora.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.output, good_class=args.good_class)}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from superlora.models import list_models
 
@@ -464,7 +484,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "count": cmd_count, "predict": cmd_predict, "export": cmd_export,
-            "runs": cmd_runs, "models": cmd_models}
+            "runs": cmd_runs, "report": cmd_report, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

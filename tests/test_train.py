@@ -67,7 +67,7 @@ def test_loss_decreases_and_the_run_folder_holds_everything(tmp_path):
     assert sum(map(sum, evaluation.details["confusion"])) == len(val_set)
 
     # The run folder: config that reproduces the run, metrics, summary, adapter, checkpoint, TensorBoard.
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.json", "metrics.csv", "summary.md",
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.json", "metrics.csv", "summary.md", "validation",
                                               "adapter", "checkpoint.safetensors", "tensorboard"}
     config = json.loads((run / "config.json").read_text())
     assert config["adapter"] == LORA.to_dict()

@@ -5,10 +5,13 @@
                    TrainOptions(epochs=3, output_dir="runs/my-run"), callbacks=[print])
     result.model            # SuperLoRAModel with the best adapter
     result.best_accuracy    # validation accuracy of that adapter
+    result.validation       # its per-class table, missed defects / false alarms and mistakes
 
 Modules: `options` (TrainOptions, TrainEvent, TrainResult, StopSignal, errors), `loop` (train), `sampling`
-(deterministic batches and augmentation), `metrics` (accuracy, confusion), `checkpoint` (resumable state),
-`callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`; predictions in `superlora.inference`.
+(deterministic batches and augmentation), `metrics` (accuracy, per-class precision / recall / F1, confusion,
+missed defects and false alarms), `validation` (those results as a record and as the run folder's validation/),
+`checkpoint` (resumable state), `callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`, the
+run report in `superlora.report`; predictions in `superlora.inference`.
 """
 
 from superlora.inference import predict

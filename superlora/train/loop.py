@@ -6,8 +6,9 @@ clipping, optional label smoothing, autocast on GPUs, fixed seeds; validation af
 
 It runs under Hugging Face Accelerate: alone it is an ordinary single-process loop, under `accelerate launch` it
 is DDP on several processes, with the same global batch and the same numbers. Only the main process writes files
-and calls the callbacks. With `output_dir` set, everything goes to a run folder (see `superlora.runs`) and the
-run can be resumed from its checkpoint with identical results.
+and calls the callbacks. With `output_dir` set, everything goes to a run folder (see `superlora.runs`; the best
+adapter's validation results to its validation/, see `superlora.train.validation`) and the run can be resumed
+from its checkpoint with identical results.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from superlora.inference import input_config, jsonable_data_config
 from superlora.model import SuperLoRAModel, get_superlora_model
 from superlora.runs import RunFolder
 from superlora.train.checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
-from superlora.train.metrics import Evaluation, evaluate
+from superlora.train.metrics import Evaluation, evaluate, resolve_good_class
 from superlora.train.options import (
     RESULT_OPTIONS,
     Callback,
@@ -48,6 +49,7 @@ from superlora.train.options import (
     TrainResult,
 )
 from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
+from superlora.train.validation import validation_record, write_validation
 
 
 # ---------------------------------------------------------------------------------------------------- pieces
@@ -206,6 +208,7 @@ class _Run:
         self.options, self.stop, self.callbacks = options, stop, list(callbacks)
         self.train_set, self.val_set = train_set, val_set
         self.classes = list(train_set.classes)
+        self.good_class, self.good_note = resolve_good_class(self.classes, options.good_class)
         self.accelerator = acc = make_accelerator(options.device, options.precision)
         self.is_main, self.world, self.rank = acc.is_main_process, acc.num_processes, acc.process_index
 
@@ -222,10 +225,11 @@ class _Run:
         self.total_steps = options.total_steps(self.steps_per_epoch)
         if val_set is not None and len(val_set):
             shard = list(range(self.rank, len(val_set), self.world))
+            self.val_indices = shard
             self.val_data = torch.utils.data.Subset(
                 ImageClassificationDataset(val_set, build_transforms(self.data_config, train=False)), shard)
         else:
-            self.val_data = None
+            self.val_data, self.val_indices = None, []
 
         # Optimizer: adapter factors at lr, head at head_lr; no weight decay on biases.
         adapter_params = list(self.model.adapter.parameters())
@@ -303,7 +307,9 @@ class _Run:
             "options": self.options.to_dict(),
             "classes": self.classes,
             "data": {"train_size": len(self.train_set),
-                     "val_size": len(self.val_set) if self.val_set is not None else 0},
+                     "val_size": len(self.val_set) if self.val_set is not None else 0,
+                     "class_counts": {"train": self.train_set.class_counts(),
+                                      "validation": self.val_set.class_counts() if self.val_set is not None else {}}},
             "data_config": jsonable_data_config(self.data_config),
             "num_processes": self.world,
             "created": datetime.now().isoformat(timespec="seconds"),
@@ -445,7 +451,7 @@ class _Run:
         evaluation = evaluate(self.model, loader, len(self.classes), acc.device,
                               gather=gather if self.world > 1 else None,
                               should_abort=lambda: self.world == 1 and self.stop.requested,
-                              autocast=acc.autocast)
+                              autocast=acc.autocast, indices=self.val_indices)
         _keep_frozen_norms_eval(self.model)  # evaluate() put the whole model back in train mode
         return evaluation
 
@@ -470,6 +476,7 @@ class _Run:
                     self.best = {"accuracy": evaluation.accuracy, "step": self.step, "epoch": epoch,
                                  "evaluation": evaluation}
                     self.best_state = _clone(self.model.trainable_state_dict())
+                    self._write_validation()
                 metrics = {**evaluation.as_metrics(self.classes), "best_accuracy": self.best["accuracy"]}
                 if self.run is not None:
                     self.run.log_scalars(self.step, evaluation.as_metrics(self.classes), "val")
@@ -484,6 +491,18 @@ class _Run:
             self.run.flush()
         self._write_record()
         return True
+
+    def _write_validation(self) -> dict[str, Any] | None:
+        """The best evaluation's record (per-class table, good-class numbers, mistakes), written to the run
+        folder's validation/ when there is one; None when nothing was evaluated."""
+        evaluation: Evaluation | None = self.best["evaluation"]
+        if evaluation is None:
+            return None
+        record = validation_record(evaluation, self.classes, self.val_set.names, good_class=self.good_class,
+                                   good_note=self.good_note, step=self.best["step"], epoch=self.best["epoch"])
+        if self.run is None:
+            return record
+        return write_validation(self.run.path, record, evaluation, self.val_set.images, self.val_set.names)
 
     # ------------------------------------------------------------------ the loop
     def execute(self) -> TrainResult:
@@ -611,6 +630,7 @@ class _Run:
         if self.run is not None:
             self._save_adapter()
             self._write_record(message, summary=True)
+        validation = self._write_validation()
         self.accelerator.wait_for_everyone()
         evaluation: Evaluation | None = self.best["evaluation"]
         self.emit("stopped" if stopped else "done", {"best_accuracy": best} if best is not None else {}, message,
@@ -627,6 +647,7 @@ class _Run:
             stopped=stopped,
             best_step=self.best["step"],
             steps=self.step,
+            validation=validation,
         )
 
 

@@ -58,6 +58,8 @@ class TrainOptions:
     precision: "auto" (bf16 autocast on GPUs that support it, else fp16 on GPU, fp32 on CPU), "fp32",
         "bf16" or "fp16".
     num_workers: DataLoader worker processes for decoding and augmentation (0: in the training process).
+    good_class: the class of defect-free parts, for counting missed defects and false alarms (None: the class
+        named ok, good, pass or normal, if exactly one is; otherwise those two numbers are not counted).
     """
 
     epochs: int | None = 3
@@ -76,6 +78,7 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "auto"
     num_workers: int = 0
+    good_class: str | None = None
 
     def __post_init__(self) -> None:
         if self.output_dir is not None:
@@ -127,6 +130,8 @@ class TrainOptions:
             raise fail("precision", "is not a precision", f"use one of {', '.join(PRECISIONS)}")
         if not is_int(self.num_workers) or self.num_workers < 0:
             raise fail("num_workers", "must be a non-negative integer", "e.g. num_workers=0")
+        if self.good_class is not None and (not isinstance(self.good_class, str) or not self.good_class):
+            raise fail("good_class", "must be a class name or None", "e.g. good_class='ok'")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """The number of optimizer steps of the run: `steps`, or `epochs` whole epochs."""
@@ -207,6 +212,9 @@ class TrainResult:
         evaluation ran). metrics / per_class_accuracy / confusion: validation results of that adapter
         (confusion rows are true classes, columns predictions). history: one dict per evaluation (epoch, step,
         train_loss, lr, val_loss, val_accuracy, elapsed_s). run_dir: the run folder, or None for in-memory runs.
+        validation: the best adapter's validation results as `superlora.train.validation.validation_record`
+        builds them (per-class precision / recall / F1 with counts, good-class numbers, the mistakes), the same
+        dict a run folder keeps in validation/results.json; None when nothing was evaluated.
     """
 
     model: SuperLoRAModel
@@ -220,3 +228,4 @@ class TrainResult:
     stopped: bool
     best_step: int | None = None
     steps: int = 0
+    validation: dict[str, Any] | None = None

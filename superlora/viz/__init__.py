@@ -9,6 +9,8 @@ widgets and the app all draw with these, so a picture means the same thing every
 - layout:   `layout_figure(layout, targets, seed)`: which group produces each update entry, before/after shuffle
 - deltas:   `delta_heatmap(delta)`, `delta_norms_figure(deltas)`, `spectra_figure(deltas)`
 - training: `curves_figure(run_or_runs)`, `confusion_figure(confusion, classes)`
+- static:   `line_chart_svg(series, ...)`, `confusion_table_html(confusion, classes)`: script-free SVG / HTML for
+            documents that must open offline (the run report); not re-exported here
 """
 
 from superlora.viz.budget import REFERENCE_PRESETS, BudgetCurve, adapter_parameters, budget_curves, budget_figure, \
