@@ -131,7 +131,7 @@ def train(args) -> tuple[torch.nn.Module, list[dict]]:
         optimizer.step()
         update_ema(ema, model, min(args.ema, (1 + step) / (10 + step)))
         step += 1
-        record = {"step": step, "loss": float(loss), "lr": learning_rate(step - 1, args),
+        record = {"step": step, "loss": float(loss.detach()), "lr": learning_rate(step - 1, args),
                   "seconds": round(time.time() - t0, 3)}
         if step % args.eval_every == 0 or step == args.steps:
             ema.eval()
