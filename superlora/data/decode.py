@@ -23,7 +23,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa", "P")
 _REDUCIBLE_MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "YCbCr")
-_REDUCING_GAP = 2.0
+_REDUCING_GAP = 1.0
 
 
 class ImageRejected(Exception):
@@ -76,8 +76,8 @@ def decode_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 def _shrunk(image: Image.Image, max_side: int | None) -> Image.Image:
     """`image` with no side above `max_side`, made before any full-size copy so the peak stays one decoded frame.
 
-    `reducing_gap` first averages whole pixel blocks (`Image.reduce`, cheap) down to twice the target, then
-    resamples with Lanczos. Palette, 1-bit and 16-bit images cannot be averaged as they are, so they become RGB
+    `reducing_gap` first averages whole pixel blocks (`Image.reduce`, cheap) down to the smallest whole-factor
+    size not below the target, then resamples the rest of the way with Lanczos (nothing left for 512 -> 256). Palette, 1-bit and 16-bit images cannot be averaged as they are, so they become RGB
     first (at most 4 bytes per pixel, as an RGB decode).
     """
     if max_side is None or max(image.size) <= max_side:
