@@ -250,6 +250,11 @@ class SessionStore:
             with self._lock:
                 self._reserved.pop(id(session), None)
 
+    def hashes(self) -> list[str]:
+        """The session hashes the store holds now."""
+        with self._lock:
+            return list(self._sessions)
+
     def memory_used(self) -> int:
         """Pixel bytes of the images all sessions hold."""
         with self._lock:
@@ -1044,10 +1049,10 @@ def predict_image(image: Any, top_k: float, sessions: SessionStore, request: gr.
     from superlora.inference import input_config, predict
 
     session = sessions.get(request)
-    result = _trained(session)
     if image is None:
         raise StudioError("Upload an image to classify, or pick one of the validation images.")
     picture = image if isinstance(image, Image.Image) else _open_image(image, sessions.limits.image_side)
+    result = _trained(session)
     (ranked,) = predict(result.model, [picture], input_config(result.model), result.classes, top_k=int(top_k))
     return dict(ranked)
 
