@@ -816,31 +816,35 @@ def _progress_line(event: Any, best_accuracy: float | None) -> str:
     return " · ".join(parts)
 
 
-def _run_steps(session: Session, steps: float, epochs: float, batch_size: float) -> int | None:
+def _run_steps(train_size: int | None, steps: float, epochs: float, batch_size: float) -> int | None:
     """The optimizer steps a run of these settings takes (None while no data is loaded and epochs are asked)."""
     from superlora.train.sampling import steps_per_epoch
 
     if not epochs:
         return int(steps)
-    if session.train_set is None or int(batch_size) < 1:
+    if train_size is None or int(batch_size) < 1:
         return None
-    return int(epochs) * steps_per_epoch(len(session.train_set), int(batch_size))
+    return int(epochs) * steps_per_epoch(train_size, int(batch_size))
 
 
-def _too_many_steps(session: Session, limits: StudioLimits, steps: float, epochs: float, batch_size: float
+def _too_many_steps(train_size: int | None, limits: StudioLimits, steps: float, epochs: float, batch_size: float
                     ) -> str | None:
-    run_steps = _run_steps(session, steps, epochs, batch_size)
+    run_steps = _run_steps(train_size, steps, epochs, batch_size)
     if run_steps is not None and run_steps > limits.max_steps:
         return (f"This run would take {run_steps:,} steps, over the limit of {limits.max_steps:,} per run "
                 "(--max-steps); choose fewer steps or epochs.")
     return None
 
 
-def training_refusal(session: Session, sessions: SessionStore, steps: float, epochs: float, batch_size: float
-                     ) -> str | None:
+def _train_size(session: Session | None) -> int | None:
+    return len(session.train_set) if session is not None and session.train_set is not None else None
+
+
+def training_refusal(session: Session | None, sessions: SessionStore, steps: float, epochs: float,
+                     batch_size: float) -> str | None:
     """Why a new training run may not join the queue (too many steps, or the queue is full), or None."""
     limits = sessions.limits
-    too_many = _too_many_steps(session, limits, steps, epochs, batch_size)
+    too_many = _too_many_steps(_train_size(session), limits, steps, epochs, batch_size)
     if too_many:
         return too_many
     waiting = sessions.waiting_jobs()
@@ -876,8 +880,11 @@ def check_training(model_name: str, preset_name: str, rank: float, alpha: float 
                    ratio: float, shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float,
                    batch_size: float, sessions: SessionStore, request: gr.Request | None) -> list[Any]:
     """Gradio's validator of `/train`, run on every route before the job joins the queue: a refusal is shown on
-    the Steps control (the page) or raised as a ValidationError (gradio_client)."""
-    refusal = training_refusal(sessions.get(request), sessions, steps, epochs, batch_size)
+    the Steps control (the page) or raised as a ValidationError (gradio_client). A /call/ request has no session
+    hash yet at this point (Gradio gives it one after validation), and no data."""
+    session_hash = getattr(request, "session_hash", None)
+    session = sessions.peek(session_hash) if session_hash else None
+    refusal = training_refusal(session, sessions, steps, epochs, batch_size)
     checks = [gr.validate(True, "")] * len(TRAIN_INPUT_NAMES)
     checks[TRAIN_INPUT_NAMES.index("steps")] = gr.validate(refusal is None, refusal or "")
     return checks
@@ -912,7 +919,7 @@ def train_model(model_name: str, preset_name: str, rank: float, alpha: float | N
             return
         if session.train_set is None:
             raise StudioError("Load data first: upload images or press 'Use sample data' on the Data tab.")
-        too_many = _too_many_steps(session, sessions.limits, steps, epochs, batch_size)
+        too_many = _too_many_steps(_train_size(session), sessions.limits, steps, epochs, batch_size)
         if too_many:
             raise StudioError(too_many)
         config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
