@@ -77,8 +77,9 @@ def _shrunk(image: Image.Image, max_side: int | None) -> Image.Image:
     """`image` with no side above `max_side`, made before any full-size copy so the peak stays one decoded frame.
 
     `reducing_gap` first averages whole pixel blocks (`Image.reduce`, cheap) down to the smallest whole-factor
-    size not below the target, then resamples the rest of the way with Lanczos (nothing left for 512 -> 256). Palette, 1-bit and 16-bit images cannot be averaged as they are, so they become RGB
-    first (at most 4 bytes per pixel, as an RGB decode).
+    size not below the target, then resamples the rest of the way with Lanczos (nothing is left for 512 → 256).
+    Palette, 1-bit and 16-bit images cannot be averaged as they are, so they become RGB first (4 bytes per
+    pixel, as an RGB decode).
     """
     if max_side is None or max(image.size) <= max_side:
         return image
