@@ -250,6 +250,11 @@ class SessionStore:
             with self._lock:
                 self._reserved.pop(id(session), None)
 
+    def connected(self) -> list[str]:
+        """The session hashes with an open heartbeat stream now."""
+        with self._lock:
+            return list(self._heartbeats)
+
     def hashes(self) -> list[str]:
         """The session hashes the store holds now."""
         with self._lock:
