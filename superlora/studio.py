@@ -57,6 +57,7 @@ from superlora.data import (SAMPLES, ImageSet, MemoryBudgetExceeded, decode_imag
                             train_val_split)
 from superlora.data.decode import ImageRejected
 from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
+from superlora.model import atomic_write
 from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, create_meta_model, list_models, \
     load_model
 
@@ -782,14 +783,14 @@ def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, reque
                           f"{', '.join(known)}")
     source = Path(file)
     folder = session.workdir / f"checkpoint-{uuid.uuid4().hex[:6]}"
-    folder.mkdir()
     target = folder / source.name
-    shutil.copyfile(source, target)
-    if Path(arch).is_dir():
-        shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
     try:
+        folder.mkdir()
+        shutil.copyfile(source, target)
+        if Path(arch).is_dir():
+            shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
         _load_checkpoint(target, arch)
-    except SuperLoRAError:
+    except BaseException:  # a refused file, a full disk, an interrupted request: no copy stays behind
         shutil.rmtree(folder, ignore_errors=True)
         raise
     if session.checkpoint is not None:
@@ -1149,7 +1150,7 @@ def save_app_config(values: dict[str, Any], sessions: SessionStore, request: gr.
     session = sessions.get(request)
     data = {"studio_config_version": STUDIO_CONFIG_VERSION, **values}
     path = session.workdir / "superlora-studio-config.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
     return str(path)
 
 
