@@ -1221,8 +1221,10 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
               sessions: SessionStore | None = None, limits: StudioLimits | None = None) -> gr.Blocks:
     """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions (others
     wait in the queue); `extra_models` are local model folders (written by `superlora.models.save_model`) offered
-    first; `limits` bound what sessions may hold and start. The returned Blocks carries its `SessionStore` as
-    `.sessions`."""
+    first; `limits` bound what sessions may hold and start (ignored when `sessions` is given). The returned
+    Blocks carries its `SessionStore` as `.sessions`. `launch` also queues it with `api_open=False` and adds the
+    `HeartbeatWatch` middleware; whoever serves the Blocks another way must do both, or sessionless `/run/` calls
+    are answered and idle tabs lose their session after `session_idle_minutes`."""
     if max_training_jobs < 1:
         raise ConfigError(f"max_training_jobs={max_training_jobs}: allow at least one training job")
     extra_models = tuple(str(p) for p in extra_models)
