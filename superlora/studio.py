@@ -690,10 +690,11 @@ def use_sample(name: str, sessions: SessionStore, request: gr.Request | None) ->
 
 
 def _checked_upload(files: list[str] | None, csv_file: str | None, labels: str, limits: StudioLimits
-                    ) -> tuple[list[Path], str | None, bool]:
-    """(the distinct data files, the label CSV, whether it is a zip), after every check that needs no copy.
-    A file listed more than once (the same upload, so the same path) is used once."""
+                    ) -> tuple[list[Path], str | None, bool, int]:
+    """(the distinct data files, the label CSV, whether it is a zip, how many listed files were repeats), after
+    every check that needs no copy. A file listed more than once (the same upload, so the same path) is used once."""
     paths = list(dict.fromkeys(Path(f) for f in (files or [])))
+    repeated = len(files or []) - len(paths)
     if not paths:
         raise StudioError("Upload a .zip or some images first (or press 'Use sample data').")
     if labels not in LABEL_CHOICES:
@@ -719,7 +720,7 @@ def _checked_upload(files: list[str] | None, csv_file: str | None, labels: str, 
         raise StudioError("Labels from folders need a .zip: a browser uploads single images without their "
                           "folders. Zip the class folders and upload the .zip, or name the files "
                           "class_xxx.png ('prefix'), or add a CSV.")
-    return paths, csv_path, bool(zips)
+    return paths, csv_path, bool(zips), repeated
 
 
 def _copy_uploads(paths: list[Path], upload_dir: Path) -> list[Path]:
@@ -742,7 +743,7 @@ def load_data(files: list[str] | None, csv_file: str | None, labels: str, sessio
     """Load uploaded images: one .zip (labels from its folders, prefixes or a CSV), or many images (labels from
     file-name prefixes or a CSV; a browser upload keeps no folder names)."""
     session = sessions.get(request)
-    paths, csv_path, is_zip = _checked_upload(files, csv_file, labels, sessions.limits)
+    paths, csv_path, is_zip, repeated = _checked_upload(files, csv_file, labels, sessions.limits)
     # Copy into the session's folder: the upload cache is Gradio's, the session folder is deleted with the session.
     upload_dir = session.workdir / f"upload-{uuid.uuid4().hex[:6]}"
     # Messages and the skipped-files list name files as the user knows them, not by their place on the server.
@@ -757,9 +758,11 @@ def load_data(files: list[str] | None, csv_file: str | None, labels: str, sessio
             else:
                 mode = labels if labels != "auto" else ("csv" if csv_path else "prefix")
                 data = load_dataset([str(p) for p in copies], labels=mode, **options)
+            notes = [f"{repeated} file(s) were listed more than once; each was used once"] if repeated else []
             data = dataclasses.replace(
                 data, names=[name.replace(hidden_prefix, "") for name in data.names],
-                rejected=[dataclasses.replace(r, name=r.name.replace(hidden_prefix, "")) for r in data.rejected])
+                rejected=[dataclasses.replace(r, name=r.name.replace(hidden_prefix, "")) for r in data.rejected],
+                warnings=[*data.warnings, *notes])
             names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
             return _set_data(session, data, f"your upload ({names})")
     except MemoryBudgetExceeded as err:

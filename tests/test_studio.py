@@ -562,8 +562,9 @@ def test_uploads_are_deduplicated_limited_and_every_error_leaves_no_copies(tmp_p
     sessions, request = SessionStore(StudioLimits(max_upload_files=5)), SimpleNamespace(session_hash="tab")
     images = [str(p) for p in prefixed_images(tmp_path / "images", ("red", "blue"), per_class=2)]
     try:
-        _, table, *_ = load_data(images * 75, None, "auto", sessions, request)  # one upload listed 300 times
+        summary, table, *_ = load_data(images * 75, None, "auto", sessions, request)  # each listed 75 times
         assert table == [["blue", 2, 1, 1], ["red", 2, 1, 1]]
+        assert "⚠️ 296 file(s) were listed more than once; each was used once" in summary
         assert sorted(copied) == sorted(Path(p).name for p in images)
         extra = [str(p) for p in prefixed_images(tmp_path / "more", ("green",), per_class=2)]
         with pytest.raises(StudioError, match=r"^6 files were uploaded at once, over the limit of 5 "
