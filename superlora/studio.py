@@ -7,8 +7,14 @@ functions the CLI and notebooks call (`count_parameters`, `superlora.viz`, `supe
 Sessions: each browser tab (or `gradio_client.Client`) is one Gradio session, identified by its session hash,
 and owns one `Session` (its data, trained model and a private temporary folder). Nothing is shared between
 sessions except read-only caches of model skeletons for counting. When the tab closes (Gradio's heartbeat ends)
-the session's training is stopped and its folder deleted at once; idle sessions that never say goodbye (raw
-HTTP callers) are dropped after `SESSION_IDLE_S`.
+the session's training is stopped and its folder deleted at once. Sessions without an open heartbeat (raw HTTP
+callers of `/gradio_api/call/`, which get a new session per request) are dropped after `StudioLimits.
+session_idle_minutes` without a call. Calls without any session (`/gradio_api/run/...`) are refused: queued
+endpoints by Gradio (`api_open=False`), the others by `SessionStore.get`.
+
+Limits (`StudioLimits`, all set by `app.py` flags and listed in docs/studio.md): images are kept at most
+`image_side` px per side and count against a per-session and a global memory budget; uploads hold at most
+`max_upload_files` files; at most `max_queued_jobs` training runs wait for a slot, each of at most `max_steps` steps.
 
 Named API endpoints (see docs/studio.md): `preset`, `count_parameters`, `use_sample`, `load_data`,
 `upload_checkpoint`, `train`, `stop`, `inspect`, `predict`, `export`, `save_config`, `load_config`.
@@ -17,6 +23,8 @@ Named API endpoints (see docs/studio.md): `preset`, `count_parameters`, `use_sam
 from __future__ import annotations
 
 import atexit
+import collections
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -39,14 +47,17 @@ from typing import Any
 
 import gradio as gr
 from PIL import Image
+from starlette.middleware import Middleware
 from torch import nn
 
 from superlora import viz
 from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, preset
 from superlora.counting import ParameterCount, count_parameters
-from superlora.data import SAMPLES, ImageSet, decode_image, load_dataset, sample_dataset, train_val_split
+from superlora.data import (SAMPLES, ImageSet, MemoryBudgetExceeded, decode_image, load_dataset, sample_dataset,
+                            train_val_split)
 from superlora.data.decode import ImageRejected
 from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
+from superlora.model import atomic_write
 from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, create_meta_model, list_models, \
     load_model
 
@@ -68,8 +79,12 @@ THUMBNAIL_SIDE = 96
 VALIDATION_PICKS_PER_CLASS = 2
 LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
 FIGURE_DELAY_S = 0.3  # figures wait this long for the controls to settle (the count never waits)
-SESSION_IDLE_S = 6 * 3600
 STUDIO_CONFIG_VERSION = 1
+MIB = 1 << 20
+NO_SESSION = ("This studio answers only calls that belong to a session: use gradio_client, the web page, or "
+              "/gradio_api/call/<endpoint> (which opens a session per request). Direct /gradio_api/run/ calls "
+              "without a session_hash are refused.")
+HEARTBEAT_PATH = re.compile(r"/heartbeat/([^/]+)/?$")
 
 # The control each config field is set with, so an error message can say where to look.
 FIELD_LABELS = {"targets": "Adapt these weights", "rank": "Rank r", "alpha": "α", "groups": "Groups G",
@@ -81,6 +96,27 @@ FIELD_LABELS = {"targets": "Adapt these weights", "rank": "Rank r", "alpha": "α
 
 class StudioError(SuperLoRAError):
     """Something a studio user did that cannot work (e.g. training before any data is loaded)."""
+
+
+@dataclass(frozen=True)
+class StudioLimits:
+    """What one studio lets its users hold and start; each field is an `app.py` flag (see docs/studio.md)."""
+
+    session_idle_minutes: float = 15.0  # a session with no open heartbeat and no call for this long is dropped
+    image_side: int = 256  # images are kept at most this many px per side (timm's 224-px models resize to 256)
+    session_memory_mb: int = 1024  # decoded images one session may hold
+    memory_mb: int = 4096  # decoded images all sessions together may hold
+    max_upload_files: int = 5000  # files in one upload (a zip counts as one; its members have their own limit)
+    max_queued_jobs: int = 8  # training runs waiting for a slot; more are refused
+    max_steps: int = 10_000  # optimizer steps of one training run (steps, or epochs x steps per epoch)
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not value > 0:
+                raise ConfigError(f"{name}={value}: must be positive")
+        if self.session_memory_mb > self.memory_mb:
+            raise ConfigError(f"session_memory_mb={self.session_memory_mb} is over memory_mb={self.memory_mb}; "
+                              "one session cannot hold more than all sessions together")
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -103,6 +139,8 @@ class Session:
     controls_version: int = 0  # counts control changes, so figures of settings already changed are skipped
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    data_bytes: int = 0  # pixel memory of `data` (its train/validation halves share its images)
+    export_dir: Path | None = None  # the latest export; a new one replaces it
 
     @property
     def workdir(self) -> Path:
@@ -113,22 +151,38 @@ class Session:
         self.closed = True
         if self.stop is not None:
             self.stop.request()
+        self.data = self.train_set = self.val_set = self.result = None
+        self.data_bytes = 0
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class SessionStore:
-    """The sessions of one app, keyed by Gradio's session hash; their folders live under one temporary root."""
+    """The sessions of one app, keyed by Gradio's session hash; their folders live under one temporary root.
 
-    def __init__(self, idle_s: float = SESSION_IDLE_S, extra_models: tuple[str, ...] = ()):
+    Also the app's memory account: `image_budget` hands a loading session the bytes it may decode, so that no
+    session holds more than `limits.session_memory_mb` and all of them together no more than `limits.memory_mb`.
+    """
+
+    def __init__(self, limits: StudioLimits | None = None, extra_models: tuple[str, ...] = (),
+                 idle_s: float | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="superlora-studio-"))
         self.extra_models = extra_models  # local model folders the app offers
-        self.idle_s = idle_s
+        self.limits = limits or StudioLimits()
+        self.idle_s = idle_s if idle_s is not None else 60 * self.limits.session_idle_minutes
+        self.waiting_jobs: Callable[[], int] = lambda: 0  # training runs waiting for a slot (set by build_app)
         self._sessions: dict[str, Session] = {}
+        self._heartbeats: collections.Counter[str] = collections.Counter()  # open heartbeat streams per hash
+        self._reserved: dict[int, int] = {}  # bytes promised to loads in progress, by session id
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         atexit.register(self.close_all)
 
     def get(self, request: gr.Request | None) -> Session:
-        key = getattr(request, "session_hash", None) or "no-session"
+        """The caller's session, created on first use. `request` None is a direct Python call (tests, notebooks);
+        a Gradio request without a session hash is a sessionless HTTP call and is refused."""
+        key = "local" if request is None else getattr(request, "session_hash", None)
+        if not key:
+            raise StudioError(NO_SESSION)
         now = time.monotonic()
         with self._lock:
             self._drop_idle(now)
@@ -152,12 +206,68 @@ class SessionStore:
         if session is not None:
             session.close()
 
+    def heartbeat(self, session_hash: str, open_: bool) -> None:
+        """A page or gradio_client opened (or closed) its heartbeat stream: while one is open, never idle."""
+        with self._lock:
+            self._heartbeats[session_hash] += 1 if open_ else -1
+            if self._heartbeats[session_hash] <= 0:
+                del self._heartbeats[session_hash]
+
+    def sweep(self) -> None:
+        """Drop idle sessions now (also done on every call and by the background sweeper)."""
+        with self._lock:
+            self._drop_idle(time.monotonic())
+
+    def start_sweeper(self) -> None:
+        """Drop idle sessions even when no call arrives, checking a few times per idle period."""
+        period = min(60.0, max(self.idle_s / 4, 0.05))
+
+        def sweep_until_closed() -> None:
+            while not self._stopped.wait(period):
+                self.sweep()
+        threading.Thread(target=sweep_until_closed, name="studio-session-sweeper", daemon=True).start()
+
     def _drop_idle(self, now: float) -> None:
         for key, session in list(self._sessions.items()):
-            if now - session.last_used > self.idle_s and session.phase == "idle":
+            if now - session.last_used > self.idle_s and session.phase == "idle" and key not in self._heartbeats:
                 self._sessions.pop(key).close()
 
+    @contextlib.contextmanager
+    def image_budget(self, session: Session) -> Iterator[int]:
+        """The bytes of decoded images `session` may load now (its current images are replaced, so they do not
+        count), reserved against the global budget until the load ends."""
+        limits = self.limits
+        with self._lock:
+            others = sum(s.data_bytes for s in self._sessions.values() if s is not session)
+            others += sum(b for owner, b in self._reserved.items() if owner != id(session))
+            left = limits.memory_mb * MIB - others
+            if left < MIB:
+                raise StudioError(f"The server's memory for images ({limits.memory_mb:,} MiB for all sessions, "
+                                  "--memory-mb) is in use by other sessions; try again later.")
+            budget = self._reserved[id(session)] = min(limits.session_memory_mb * MIB, left)
+        try:
+            yield budget
+        finally:
+            with self._lock:
+                self._reserved.pop(id(session), None)
+
+    def connected(self) -> list[str]:
+        """The session hashes with an open heartbeat stream now."""
+        with self._lock:
+            return list(self._heartbeats)
+
+    def hashes(self) -> list[str]:
+        """The session hashes the store holds now."""
+        with self._lock:
+            return list(self._sessions)
+
+    def memory_used(self) -> int:
+        """Pixel bytes of the images all sessions hold."""
+        with self._lock:
+            return sum(s.data_bytes for s in self._sessions.values())
+
     def close_all(self) -> None:
+        self._stopped.set()
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
@@ -166,6 +276,25 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+class HeartbeatWatch:
+    """ASGI middleware that tells the store which sessions hold an open heartbeat stream (a page or a
+    gradio_client), so that only sessions nobody is connected to expire."""
+
+    def __init__(self, app: Any, sessions: SessionStore):
+        self.app, self.sessions = app, sessions
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        match = HEARTBEAT_PATH.search(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        self.sessions.heartbeat(match.group(1), True)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.sessions.heartbeat(match.group(1), False)
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -531,7 +660,20 @@ def notes_text(lines: list[str]) -> str:
 def _set_data(session: Session, data: ImageSet, source: str) -> tuple:
     train_set, val_set = train_val_split(data, val_fraction=0.2, seed=0)
     session.data, session.data_source, session.train_set, session.val_set = data, source, train_set, val_set
+    session.data_bytes = data.memory_bytes()
     return _data_outputs(session)
+
+
+def _over_budget_message(err: MemoryBudgetExceeded, limits: StudioLimits) -> str:
+    if err.budget >= limits.session_memory_mb * MIB:
+        which = (f"the memory one session may use for images ({limits.session_memory_mb:,} MiB, "
+                 "--session-memory-mb)")
+    else:
+        which = (f"the memory left for images on this server ({err.budget / MIB:,.0f} MiB of "
+                 f"{limits.memory_mb:,} MiB shared by all sessions, --memory-mb)")
+    return (f"Your images do not fit into {which}: the first {err.decoded:,} of {err.total:,} files already take "
+            f"more. Images are kept at most {limits.image_side} px per side; upload fewer images, or ask whoever "
+            "runs the studio to raise the limit.")
 
 
 def use_sample(name: str, sessions: SessionStore, request: gr.Request | None) -> tuple:
@@ -539,19 +681,27 @@ def use_sample(name: str, sessions: SessionStore, request: gr.Request | None) ->
     session = sessions.get(request)
     if name not in SAMPLES:
         raise StudioError(f"Sample data: unknown sample {name!r}; choose one of {', '.join(SAMPLES)}")
-    return _set_data(session, sample_dataset(name), f"the sample '{name}'")
+    with sessions.image_budget(session) as budget:
+        data = sample_dataset(name)
+        if data.memory_bytes() > budget:
+            raise StudioError(_over_budget_message(MemoryBudgetExceeded(
+                "", budget=budget, decoded=len(data), total=len(data)), sessions.limits))
+        return _set_data(session, data, f"the sample '{name}'")
 
 
-def load_data(files: list[str] | None, csv_file: str | None, labels: str, sessions: SessionStore,
-              request: gr.Request | None) -> tuple:
-    """Load uploaded images: one .zip (labels from its folders, prefixes or a CSV), or many images (labels from
-    file-name prefixes or a CSV; a browser upload keeps no folder names)."""
-    session = sessions.get(request)
-    paths = [Path(f) for f in (files or [])]
+def _checked_upload(files: list[str] | None, csv_file: str | None, labels: str, limits: StudioLimits
+                    ) -> tuple[list[Path], str | None, bool, int]:
+    """(the distinct data files, the label CSV, whether it is a zip, how many listed files were repeats), after
+    every check that needs no copy. A file listed more than once (the same upload, so the same path) is used once."""
+    paths = list(dict.fromkeys(Path(f) for f in (files or [])))
+    repeated = len(files or []) - len(paths)
     if not paths:
         raise StudioError("Upload a .zip or some images first (or press 'Use sample data').")
     if labels not in LABEL_CHOICES:
         raise StudioError(f"Labels from: {labels!r} is not an option; choose one of {', '.join(LABEL_CHOICES)}")
+    if len(paths) > limits.max_upload_files:
+        raise StudioError(f"{len(paths):,} files were uploaded at once, over the limit of {limits.max_upload_files:,} "
+                          "(--max-upload-files); put the images into one .zip instead.")
     csvs = [p for p in paths if p.suffix.lower() == ".csv"]
     paths = [p for p in paths if p.suffix.lower() != ".csv"]
     if csvs and csv_file:
@@ -566,37 +716,61 @@ def load_data(files: list[str] | None, csv_file: str | None, labels: str, sessio
         raise StudioError("Only a CSV was uploaded; add the images (or a .zip of them) too.")
     if csv_path and labels not in ("auto", "csv"):
         raise StudioError(f"A label CSV was given but 'Labels from' is '{labels}'; choose 'csv' (or 'auto').")
-    # Copy into the session's folder: the upload cache is Gradio's, the session folder is deleted with the session.
-    upload_dir = session.workdir / f"upload-{uuid.uuid4().hex[:6]}"
-    upload_dir.mkdir(parents=True)
+    if not zips and labels == "folders":
+        raise StudioError("Labels from folders need a .zip: a browser uploads single images without their "
+                          "folders. Zip the class folders and upload the .zip, or name the files "
+                          "class_xxx.png ('prefix'), or add a CSV.")
+    return paths, csv_path, bool(zips), repeated
+
+
+def _copy_uploads(paths: list[Path], upload_dir: Path) -> list[Path]:
+    """Link (or copy) each upload into `upload_dir`, which the caller deletes; clashing names get a suffix."""
     copies = []
     for path in paths:
         destination = upload_dir / path.name
         if destination.exists():
             destination = upload_dir / f"{path.stem}-{uuid.uuid4().hex[:4]}{path.suffix}"
-        shutil.copyfile(path, destination)
+        try:
+            os.link(path, destination)  # no second copy on disk when both sit on one file system
+        except OSError:
+            shutil.copyfile(path, destination)
         copies.append(destination)
-    if not zips and labels == "folders":
-        raise StudioError("Labels from folders need a .zip: a browser uploads single images without their "
-                          "folders. Zip the class folders and upload the .zip, or name the files "
-                          "class_xxx.png ('prefix'), or add a CSV.")
+    return copies
+
+
+def load_data(files: list[str] | None, csv_file: str | None, labels: str, sessions: SessionStore,
+              request: gr.Request | None) -> tuple:
+    """Load uploaded images: one .zip (labels from its folders, prefixes or a CSV), or many images (labels from
+    file-name prefixes or a CSV; a browser upload keeps no folder names)."""
+    session = sessions.get(request)
+    paths, csv_path, is_zip, repeated = _checked_upload(files, csv_file, labels, sessions.limits)
+    # Copy into the session's folder: the upload cache is Gradio's, the session folder is deleted with the session.
+    upload_dir = session.workdir / f"upload-{uuid.uuid4().hex[:6]}"
     # Messages and the skipped-files list name files as the user knows them, not by their place on the server.
     hidden_prefix = f"{upload_dir}{os.sep}"
     try:
-        if zips:
-            data = load_dataset(copies[0], labels=labels, csv=csv_path)
-        else:
-            mode = labels if labels != "auto" else ("csv" if csv_path else "prefix")
-            data = load_dataset([str(p) for p in copies], labels=mode, csv=csv_path)
+        upload_dir.mkdir(parents=True)
+        copies = _copy_uploads(paths, upload_dir)
+        with sessions.image_budget(session) as budget:
+            options = dict(csv=csv_path, max_side=sessions.limits.image_side, max_image_bytes=budget)
+            if is_zip:
+                data = load_dataset(copies[0], labels=labels, **options)
+            else:
+                mode = labels if labels != "auto" else ("csv" if csv_path else "prefix")
+                data = load_dataset([str(p) for p in copies], labels=mode, **options)
+            notes = [f"{repeated} file(s) were listed more than once; each was used once"] if repeated else []
+            data = dataclasses.replace(
+                data, names=[name.replace(hidden_prefix, "") for name in data.names],
+                rejected=[dataclasses.replace(r, name=r.name.replace(hidden_prefix, "")) for r in data.rejected],
+                warnings=[*data.warnings, *notes])
+            names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            return _set_data(session, data, f"your upload ({names})")
+    except MemoryBudgetExceeded as err:
+        raise StudioError(_over_budget_message(err, sessions.limits)) from err
     except SuperLoRAError as err:
         raise type(err)(str(err).replace(hidden_prefix, "")) from err
     finally:
         shutil.rmtree(upload_dir, ignore_errors=True)  # the images are decoded into memory
-    data = dataclasses.replace(
-        data, names=[name.replace(hidden_prefix, "") for name in data.names],
-        rejected=[dataclasses.replace(r, name=r.name.replace(hidden_prefix, "")) for r in data.rejected])
-    names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    return _set_data(session, data, f"your upload ({names})")
 
 
 def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, request: gr.Request | None
@@ -612,14 +786,14 @@ def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, reque
                           f"{', '.join(known)}")
     source = Path(file)
     folder = session.workdir / f"checkpoint-{uuid.uuid4().hex[:6]}"
-    folder.mkdir()
     target = folder / source.name
-    shutil.copyfile(source, target)
-    if Path(arch).is_dir():
-        shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
     try:
+        folder.mkdir()
+        shutil.copyfile(source, target)
+        if Path(arch).is_dir():
+            shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
         _load_checkpoint(target, arch)
-    except SuperLoRAError:
+    except BaseException:  # a refused file, a full disk, an interrupted request: no copy stays behind
         shutil.rmtree(folder, ignore_errors=True)
         raise
     if session.checkpoint is not None:
@@ -651,6 +825,44 @@ def _progress_line(event: Any, best_accuracy: float | None) -> str:
     return " · ".join(parts)
 
 
+def _run_steps(train_size: int | None, steps: float, epochs: float, batch_size: float) -> int | None:
+    """The optimizer steps a run of these settings takes (None while no data is loaded and epochs are asked)."""
+    from superlora.train.sampling import steps_per_epoch
+
+    if not epochs:
+        return int(steps)
+    if train_size is None or int(batch_size) < 1:
+        return None
+    return int(epochs) * steps_per_epoch(train_size, int(batch_size))
+
+
+def _too_many_steps(train_size: int | None, limits: StudioLimits, steps: float, epochs: float, batch_size: float
+                    ) -> str | None:
+    run_steps = _run_steps(train_size, steps, epochs, batch_size)
+    if run_steps is not None and run_steps > limits.max_steps:
+        return (f"This run would take {run_steps:,} steps, over the limit of {limits.max_steps:,} per run "
+                "(--max-steps); choose fewer steps or epochs.")
+    return None
+
+
+def _train_size(session: Session | None) -> int | None:
+    return len(session.train_set) if session is not None and session.train_set is not None else None
+
+
+def training_refusal(session: Session | None, sessions: SessionStore, steps: float, epochs: float,
+                     batch_size: float) -> str | None:
+    """Why a new training run may not join the queue (too many steps, or the queue is full), or None."""
+    limits = sessions.limits
+    too_many = _too_many_steps(_train_size(session), limits, steps, epochs, batch_size)
+    if too_many:
+        return too_many
+    waiting = sessions.waiting_jobs()
+    if waiting >= limits.max_queued_jobs:
+        return (f"The training queue is full: {waiting} runs are waiting for a slot (at most "
+                f"{limits.max_queued_jobs}, --max-queued-jobs). Try again when one has finished.")
+    return None
+
+
 def mark_queued(sessions: SessionStore, request: gr.Request | None) -> Any:
     """Before a training job enters the queue: a fresh stop signal (Stop works while it waits) and a busy button."""
     from superlora.train import StopSignal
@@ -659,6 +871,35 @@ def mark_queued(sessions: SessionStore, request: gr.Request | None) -> Any:
     if session.phase == "idle":
         session.stop, session.phase = StopSignal(), "queued"
     return gr.update(interactive=False, value="Training…")
+
+
+def queue_training(steps: float, epochs: float, batch_size: float, sessions: SessionStore,
+                   request: gr.Request | None) -> Any:
+    """The Start button's first step: refuse a run that may not join the queue (a message; the button stays as
+    it is), else `mark_queued`."""
+    session = sessions.get(request)
+    refusal = training_refusal(session, sessions, steps, epochs, batch_size) if session.phase == "idle" else None
+    if refusal:
+        raise StudioError(refusal)
+    return mark_queued(sessions, request)
+
+
+def check_training(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float,
+                   grouping: str, fold: str, order: float, splits: float, factoring: str, projection: str,
+                   ratio: float, shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float,
+                   batch_size: float, sessions: SessionStore, request: gr.Request | None) -> list[Any]:
+    """Gradio's validator of `/train`, run on every route before the job joins the queue: a refusal is shown on
+    the Steps control (the page) or raised as a ValidationError (gradio_client). A /call/ request has no session
+    hash yet at this point (Gradio gives it one after validation), and no data."""
+    session_hash = getattr(request, "session_hash", None)
+    session = sessions.peek(session_hash) if session_hash else None
+    refusal = training_refusal(session, sessions, steps, epochs, batch_size)
+    checks = [gr.validate(True, "")] * len(TRAIN_INPUT_NAMES)
+    checks[TRAIN_INPUT_NAMES.index("steps")] = gr.validate(refusal is None, refusal or "")
+    return checks
+
+
+TRAIN_INPUT_NAMES = (*CONTROL_NAMES, "steps", "epochs", "lr", "batch_size")
 
 
 def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
@@ -687,6 +928,9 @@ def train_model(model_name: str, preset_name: str, rank: float, alpha: float | N
             return
         if session.train_set is None:
             raise StudioError("Load data first: upload images or press 'Use sample data' on the Data tab.")
+        too_many = _too_many_steps(_train_size(session), sessions.limits, steps, epochs, batch_size)
+        if too_many:
+            raise StudioError(too_many)
         config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
                                       projection, ratio, shuffle, targets)
         options = TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(steps),
@@ -694,7 +938,7 @@ def train_model(model_name: str, preset_name: str, rank: float, alpha: float | N
         session.phase, session.events = "training", []
         yield from _run_training(session, model_name, config, options, train)
     finally:
-        session.phase = "idle"
+        session.phase, session.last_used = "idle", time.monotonic()
 
 
 def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, options: Any, train: Callable
@@ -801,9 +1045,14 @@ def inspect_deltas(target: str | None, sessions: SessionStore, request: gr.Reque
             viz.delta_heatmap(deltas[chosen], chosen))
 
 
-def _open_image(path: str | Path) -> Image.Image:
+def _open_image(image: Any, max_side: int | None = None) -> Image.Image:
+    """A Try-it image through the library's decoder and its checks: a file path, or the page's unprocessed
+    upload (a dict whose "path" Gradio has checked lies in its upload folder)."""
+    path = image.get("path") if isinstance(image, dict) else image
+    if not path:
+        raise StudioError("Upload an image to classify, or pick one of the validation images.")
     try:
-        return decode_image(path)
+        return decode_image(path, max_side=max_side)
     except ImageRejected as err:
         raise StudioError(f"That file cannot be classified: {err.reason}.") from err
     except OSError as err:
@@ -812,13 +1061,14 @@ def _open_image(path: str | Path) -> Image.Image:
 
 def predict_image(image: Any, top_k: float, sessions: SessionStore, request: gr.Request | None
                   ) -> dict[str, float]:
-    """Top-k classes with probabilities for one image (a file path or a PIL image)."""
+    """Top-k classes with probabilities for one image (a file path, the page's upload, or a PIL image)."""
     from superlora.inference import input_config, predict
 
-    result = _trained(sessions.get(request))
+    session = sessions.get(request)
     if image is None:
         raise StudioError("Upload an image to classify, or pick one of the validation images.")
-    picture = image if isinstance(image, Image.Image) else _open_image(image)
+    picture = image if isinstance(image, Image.Image) else _open_image(image, sessions.limits.image_side)
+    result = _trained(session)
     (ranked,) = predict(result.model, [picture], input_config(result.model), result.classes, top_k=int(top_k))
     return dict(ranked)
 
@@ -847,8 +1097,21 @@ def export_model(formats: list[str], sessions: SessionStore, request: gr.Request
     if not formats:
         raise StudioError("Tick at least one format to export.")
     folder = session.workdir / f"export-{uuid.uuid4().hex[:6]}"
-    written = export(result.model, folder, formats, classes=result.classes,
-                     metadata={"base_model": session.trained_model_source})
+    try:
+        files = _export_files(export(result.model, folder, formats, classes=result.classes,
+                                     metadata={"base_model": session.trained_model_source}), folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    # The new export replaces the previous one (Gradio keeps its own copy of what was downloaded).
+    if session.export_dir is not None:
+        shutil.rmtree(session.export_dir, ignore_errors=True)
+    session.export_dir = folder
+    return files
+
+
+def _export_files(written: dict[str, Any], folder: Path) -> list[str]:
+    """The downloadable files of an export: files as they are, folders zipped into `folder`."""
     files = []
     for name, item in written.items():
         path = Path(getattr(item, "path", item))
@@ -890,7 +1153,7 @@ def save_app_config(values: dict[str, Any], sessions: SessionStore, request: gr.
     session = sessions.get(request)
     data = {"studio_config_version": STUDIO_CONFIG_VERSION, **values}
     path = session.workdir / "superlora-studio-config.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
     return str(path)
 
 
@@ -958,16 +1221,19 @@ CSS = """
 
 
 def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
-              sessions: SessionStore | None = None) -> gr.Blocks:
+              sessions: SessionStore | None = None, limits: StudioLimits | None = None) -> gr.Blocks:
     """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions (others
     wait in the queue); `extra_models` are local model folders (written by `superlora.models.save_model`) offered
-    first. The returned Blocks carries its `SessionStore` as `.sessions`."""
+    first; `limits` bound what sessions may hold and start (ignored when `sessions` is given). The returned
+    Blocks carries its `SessionStore` as `.sessions`. `launch` also queues it with `api_open=False` and adds the
+    `HeartbeatWatch` middleware; whoever serves the Blocks another way must do both, or sessionless `/run/` calls
+    are answered and idle tabs lose their session after `session_idle_minutes`."""
     if max_training_jobs < 1:
         raise ConfigError(f"max_training_jobs={max_training_jobs}: allow at least one training job")
     extra_models = tuple(str(p) for p in extra_models)
     for path in extra_models:
         load_model(path)  # fail at start-up, with the loader's message, rather than on first use
-    sessions = sessions if sessions is not None else SessionStore(extra_models=extra_models)
+    sessions = sessions if sessions is not None else SessionStore(limits, extra_models=extra_models)
     models = model_choices(extra_models)
     values = [value for _, value in models]
     default_model = extra_models[0] if extra_models else (DEFAULT_MODEL if DEFAULT_MODEL in values else values[0])
@@ -1127,9 +1393,11 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
             counted, controls, [count_md, config_error], api_name=False)
 
         train_inputs = [*controls, steps, epochs, lr, batch_size]
-        training = start.click(bind(mark_queued), None, [start], queue=False, api_name=False).then(
+        training = start.click(bind(queue_training), [steps, epochs, batch_size], [start], queue=False,
+                               api_name=False).then(
             bind(train_model), train_inputs, [train_status, curves, per_class, confusion], api_name="train",
-            concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[train_status])
+            concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[train_status],
+            validator=bind(check_training))
         # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
         training.then(bind(mark_done), None, [start], queue=False, api_name=False)
         training.failure(bind(mark_done), None, [start], queue=False, api_name=False)
@@ -1139,8 +1407,9 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
         inspect_outputs = [inspect_note, target_pick, norms_plot, spectra_plot, heatmap_plot]
         inspect_button.click(bind(inspect_deltas), [target_pick], inspect_outputs, api_name="inspect")
         target_pick.input(bind(inspect_deltas), [target_pick], inspect_outputs, api_name=False)
-        predict_button.click(bind(predict_image), [image, top_k], [prediction], api_name=False)
-        image.upload(bind(predict_image), [image, top_k], [prediction], api_name=False)
+        # Unprocessed: the image reaches the studio's decoder as the uploaded file, not decoded by Gradio.
+        predict_button.click(bind(predict_image), [image, top_k], [prediction], api_name=False, preprocess=False)
+        image.upload(bind(predict_image), [image, top_k], [prediction], api_name=False, preprocess=False)
         picks.select(bind(pick_validation_image), [top_k], [image, prediction], api_name=False)
         gr.Button(visible=False).click(bind(predict_image), [image_file, top_k], [prediction], api_name="predict")
         export_button.click(bind(export_model), [formats], [downloads], api_name="export").success(
@@ -1154,19 +1423,31 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                            list(saved.values()), api_name="load_config")
         app.unload(sessions.end)
     app.sessions = sessions
+    sessions.waiting_jobs = functools.partial(_waiting_jobs, app, "training")
+    sessions.start_sweeper()
     return app
+
+
+def _waiting_jobs(app: gr.Blocks, concurrency_id: str) -> int:
+    """Jobs waiting in Gradio's queue for a slot of `concurrency_id` (Gradio 6 keeps one list per id)."""
+    queues = getattr(getattr(app, "_queue", None), "event_queue_per_concurrency_id", {})
+    waiting = queues.get(concurrency_id)
+    return len(waiting.queue) if waiting is not None else 0
 
 
 def launch(host: str = "127.0.0.1", port: int | None = None, share: bool = False, max_training_jobs: int = 1,
            max_upload_mb: int = 200, extra_models: tuple[str, ...] = (), prevent_thread_lock: bool = False,
-           quiet: bool = False) -> gr.Blocks:
+           quiet: bool = False, limits: StudioLimits | None = None) -> gr.Blocks:
     """Build and start the studio. Binds to 127.0.0.1 unless told otherwise; sharing is off by default.
 
-    Uploads larger than `max_upload_mb` are refused by the server before they reach the studio.
+    Uploads larger than `max_upload_mb` are refused by the server before they reach the studio. Only calls that
+    belong to a session are served: `api_open=False` makes Gradio refuse `/gradio_api/run/` for every queued
+    endpoint, so training always passes the queue and its limit.
     """
-    app = build_app(max_training_jobs=max_training_jobs, extra_models=extra_models)
-    app.queue(default_concurrency_limit=4)
+    app = build_app(max_training_jobs=max_training_jobs, extra_models=extra_models, limits=limits)
+    app.queue(default_concurrency_limit=4, api_open=False)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                max_file_size=f"{max_upload_mb}mb", quiet=quiet, show_error=True, footer_links=["api"],
-               ssr_mode=False, css=CSS)
+               ssr_mode=False, css=CSS,
+               app_kwargs={"middleware": [Middleware(HeartbeatWatch, sessions=app.sessions)]})
     return app

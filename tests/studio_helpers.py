@@ -100,3 +100,64 @@ def corrupt_png(path: Path) -> Path:
     data = png_bytes(colour_image("red", seed=1, size=64))
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+# ------------------------------------------------------------------------------------------------ raw HTTP
+def page_fn_index(app, name: str) -> int:
+    """The index of the page's (unnamed) listener that runs the studio function `name`."""
+    # Gradio names listeners declared with api_name=False "false", "false_1", ...
+    return next(index for index, fn in app.fns.items() if fn.name == name and fn.api_name.startswith("false"))
+
+
+def page_call(url: str, session_hash: str, fn_index: int, data: list) -> dict:
+    """Run one queued listener the way the page does (join the queue, read the event stream); returns Gradio's
+    completion message ({"success": bool, "output": {...}})."""
+    import json
+
+    import httpx
+
+    api = f"{url.rstrip('/')}/gradio_api"
+    joined = httpx.post(f"{api}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session_hash,
+                                                     "event_data": None, "trigger_id": None}, timeout=30)
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{api}/queue/data", params={"session_hash": session_hash}, timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event stream ended without a result")
+
+
+def upload(url: str, path: Path) -> dict:
+    """Upload a file as the page does; returns the FileData payload an event sends for it."""
+    import httpx
+
+    with open(path, "rb") as file:
+        response = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": (path.name, file)}, timeout=30)
+    response.raise_for_status()
+    return {"path": response.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def many_images_zip(path: Path, count: int, side: int = 512, classes: tuple[str, ...] = ("red", "blue")) -> Path:
+    """A zip of `count` side x side PNGs in class folders. Only a few distinct images are encoded (smooth ones,
+    fast to write and to compress); the rest repeat them under new names, which costs the loader the same."""
+    ramp = np.linspace(0, 255, side, dtype=np.float64)
+    encoded = {}
+    for colour in classes:
+        for variant in range(4):
+            pixels = np.empty((side, side, 3))
+            for channel, level in enumerate(COLOURS[colour]):
+                pixels[..., channel] = 0.6 * level + 0.4 * (ramp[None, :] if variant % 2 else ramp[:, None])
+            pixels[variant * 8:variant * 8 + 32, 40:90] = 255 - pixels[variant * 8:variant * 8 + 32, 40:90]
+            encoded[colour, variant] = png_bytes(Image.fromarray(pixels.astype(np.uint8)))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for index in range(count):
+            colour = classes[index % len(classes)]
+            zf.writestr(f"{colour}/{index:05d}.png", encoded[colour, index // len(classes) % 4])
+    return path

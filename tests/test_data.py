@@ -7,6 +7,8 @@ import io
 import random
 import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -23,9 +25,11 @@ from superlora.data import (
     SAMPLES,
     ImageClassificationDataset,
     ImageSet,
+    MemoryBudgetExceeded,
     build_transforms,
     decode_image,
     extract_zip,
+    image_bytes,
     load_dataset,
     sample_dataset,
     train_val_split,
@@ -322,6 +326,70 @@ def test_exif_orientation_is_applied_and_large_images_are_shrunk(tmp_path):
     assert decode_image(save(Image.new("RGB", (100, 50)), tmp_path / "wide.png"), max_side=20).size == (20, 10)
     assert decode_image(save(Image.new("RGB", (400, 200)), tmp_path / "wide.jpg"), max_side=50).size == (50, 25)
     assert decode_image(tmp_path / "wide.png", max_side=None).size == (100, 50)
+
+
+def test_large_images_are_shrunk_the_same_way_in_every_mode(tmp_path):
+    """Modes that can be block-averaged shrink as they are; palette, 1-bit and 16-bit ones become RGB first."""
+    gradient = np.tile(np.linspace(0, 255, 600), (300, 1)).astype(np.uint8)
+    for name, image in {"grey": Image.fromarray(gradient), "rgb": Image.fromarray(gradient).convert("RGB"),
+                        "palette": Image.fromarray(gradient).convert("RGB").convert("P"),
+                        "bits": Image.fromarray(gradient).convert("1")}.items():
+        shrunk = np.asarray(decode_image(save(image, tmp_path / f"{name}.png"), max_side=60))
+        assert shrunk.shape == (30, 60, 3), name
+        # The left edge stays dark and the right edge bright, whatever the mode.
+        assert shrunk[:, :5].mean() < 60 and shrunk[:, -5:].mean() > 190, name
+    sixteen = png_bytes(np.full((300, 600, 1), 65535, np.uint16), color_type=0, bit_depth=16)
+    (tmp_path / "sixteen.png").write_bytes(sixteen)
+    assert np.asarray(decode_image(tmp_path / "sixteen.png", max_side=60)).min() == 255
+
+
+PEAK_SCRIPT = """
+import sys
+from PIL import Image, ImageDraw
+from superlora.data.decode import decode_image
+
+def kib(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+
+path = sys.argv[1]
+image = Image.new("RGB", (7000, 7000), (30, 90, 160))
+ImageDraw.Draw(image).ellipse((1000, 1000, 6000, 5000), fill=(220, 200, 40))
+image.save(path, compress_level=1)
+del image
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from the current resident size
+before = kib("VmRSS")
+decoded = decode_image(path, max_side=512)
+print(decoded.size, (kib("VmHWM") - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak memory through Linux /proc")
+def test_decoding_a_7000_px_png_costs_at_most_one_decoded_frame(tmp_path):
+    """A 49-megapixel PNG (under the 50 MP limit) decodes to 196 MB of pixels (4 bytes each); shrinking happens
+    right after, before any copy, so the peak stays near that (it was +562 MB with the copies made first)."""
+    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "big.png")], capture_output=True,
+                          text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    size, peak_mib = done.stdout.strip().rsplit(" ", 1)
+    print(f"\n7000 x 7000 PNG: peak +{peak_mib} MiB while decoding")
+    assert size == "(512, 512)"
+    assert int(peak_mib) < 300
+
+
+def test_image_bytes_counts_pillows_pixel_memory():
+    assert image_bytes(Image.new("RGB", (256, 128))) == 256 * 128 * 4  # Pillow pads RGB pixels to 4 bytes
+    assert image_bytes(Image.new("L", (256, 128))) == 256 * 128
+    assert ImageSet([Image.new("RGB", (10, 10))] * 3, [0, 1, 1], ["a", "b"]).memory_bytes() == 3 * 400
+
+
+def test_loading_stops_at_the_memory_budget(tmp_path):
+    make_class_folders(tmp_path, {"cat": 5, "dog": 5}, size=(20, 10))  # 800 bytes each once decoded
+    assert load_dataset(tmp_path, max_image_bytes=10 * 800).memory_bytes() == 10 * 800
+    with pytest.raises(MemoryBudgetExceeded, match=r"the first 8 of 10 files already take") as raised:
+        load_dataset(tmp_path, max_image_bytes=7 * 800 + 1)
+    assert (raised.value.budget, raised.value.decoded, raised.value.total) == (7 * 800 + 1, 8, 10)
+    assert isinstance(raised.value, DataError)
 
 
 @pytest.mark.parametrize("header_size, max_pixels, reason", [

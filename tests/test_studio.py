@@ -4,11 +4,14 @@ Every endpoint with good input (numbers checked against the library) and bad inp
 file, archive with `..`, impossible config, oversized upload): a clear message comes back as an exception and
 the app keeps serving. Also: Stop stops, two sessions training at once keep their own data and models, the
 training queue is bounded, a closed session's files are deleted, and `python app.py` starts offline with its
-flags.
+flags. Hostile or careless clients, with raw HTTP calls: sessionless calls are refused, per-request sessions
+expire, the training queue and step limits hold on every route, memory budgets, upload limits and clean-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import os
 import re
@@ -18,19 +21,22 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 from gradio_client.utils import Status
 
 from superlora.config import preset
 from superlora.counting import count_parameters
+from superlora.errors import SuperLoRAError
 from superlora.models import create_meta_model
 
 from studio_helpers import (UPLOAD_LIMIT_MB, class_folder_zip, colour_image, corrupt_png, free_port,  # noqa: F401
-                            prefixed_images, studio, tiny_model)
+                            many_images_zip, page_call, page_fn_index, prefixed_images, resident_bytes, studio,
+                            tiny_model, upload)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED_ENDPOINTS = ("/preset", "/count_parameters", "/upload_checkpoint", "/use_sample", "/load_data", "/train", "/stop",
@@ -357,6 +363,268 @@ def test_idle_sessions_are_closed_and_their_folders_deleted():
     assert not sessions.root.exists()
 
 
+# ------------------------------------------------------------------------------------------------ hostile clients
+COUNT_VALUES = ["lora", 2, 0, 0, "layer", "native", 2, 1, "lora", "none", 1.0, False, ["q", "v"]]  # after the model
+
+
+def call_route(url: str, endpoint: str, data: list) -> tuple[str, Any]:
+    """One /gradio_api/call/ request as a raw HTTP client makes it: (last event name, its data)."""
+    import httpx
+
+    api = f"{url}gradio_api/call/{endpoint}"
+    joined = httpx.post(api, json={"data": data}, timeout=30)
+    if joined.status_code != 200:
+        return f"http {joined.status_code}", joined.json()["detail"]
+    stream = httpx.get(f"{api}/{joined.json()['event_id']}", timeout=120).text
+    event = re.findall(r"^event: (\w+)$", stream, re.M)[-1]
+    return event, json.loads(re.findall(r"^data: (.*)$", stream, re.M)[-1])
+
+
+def test_sessionless_run_calls_are_refused_while_clients_and_the_page_keep_working(studio, client, tiny_model
+                                                                                    ):  # noqa: F811
+    import httpx
+
+    app, url = studio
+    for endpoint in NAMED_ENDPOINTS:  # every queued endpoint: Gradio's api_open=False
+        refused = httpx.post(f"{url}gradio_api/run{endpoint}", json={"data": []}, timeout=30)
+        assert refused.status_code == 404 and "join the queue" in refused.json()["detail"], endpoint
+    # The page's unqueued listeners answer /run/ only with a session hash (the page always sends one).
+    listener = {"data": [str(tiny_model), *COUNT_VALUES], "fn_index": page_fn_index(app, "show_count")}
+    refused = httpx.post(f"{url}gradio_api/run/predict", json=listener, timeout=30)
+    assert refused.status_code == 500
+    assert refused.json()["error"].startswith("This studio answers only calls that belong to a session")
+    answered = httpx.post(f"{url}gradio_api/run/predict", json={**listener, "session_hash": "tab-x"}, timeout=30)
+    assert answered.status_code == 200 and "**512**" in answered.json()["data"][0]
+    assert httpx.post(f"{url}gradio_api/queue/join", json=listener, timeout=30).status_code == 400
+    keeps_serving(client)
+
+
+def test_per_request_sessions_do_not_share_data_and_expire_unless_connected(studio, client, tiny_model
+                                                                            ):  # noqa: F811
+    app, url = studio
+    keeps_serving(client)  # this session has an open heartbeat
+    before = set(app.sessions.hashes())
+    event, data = call_route(url, "use_sample", ["digits"])  # one raw caller loads 10 classes
+    assert event == "complete" and data[0].startswith("**5000 images in 10 classes**")
+    event, data = call_route(url, "count_parameters", [str(tiny_model), *COUNT_VALUES])
+    assert event == "complete" and data[0]["trainable_modules"] == 32 * 4 + 4  # still the 4-class default head
+    per_request = set(app.sessions.hashes()) - before
+    assert len(per_request) == 2
+    idle_s = app.sessions.idle_s
+    app.sessions.idle_s = 0.5
+    try:
+        time.sleep(1.0)
+        app.sessions.sweep()
+        assert per_request.isdisjoint(app.sessions.hashes())
+        assert client.session_hash in app.sessions.hashes()  # connected: kept however long it idles
+    finally:
+        app.sessions.idle_s = idle_s
+    keeps_serving(client)
+
+
+def test_the_sweeper_drops_idle_sessions_without_calls_but_not_connected_ones():
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, StudioError
+
+    sessions = SessionStore(idle_s=0.1)
+    try:
+        with pytest.raises(StudioError, match=r"^This studio answers only calls that belong to a session"):
+            sessions.get(SimpleNamespace(session_hash=None))  # a Gradio request without a session
+        idle, connected = (sessions.get(SimpleNamespace(session_hash=name)) for name in ("idle", "connected"))
+        sessions.heartbeat("connected", True)
+        sessions.start_sweeper()
+        deadline = time.monotonic() + 10
+        while not idle.closed:
+            assert time.monotonic() < deadline, "the idle session was not dropped"
+            time.sleep(0.05)
+        assert not connected.closed and sessions.hashes() == ["connected"]
+        sessions.heartbeat("connected", False)
+        while not connected.closed:
+            assert time.monotonic() < deadline, "the session was not dropped after its heartbeat closed"
+            time.sleep(0.05)
+    finally:
+        sessions.close_all()
+
+
+def wait_for_steps(job) -> None:
+    deadline = time.monotonic() + 90
+    while not any("step" in str(output[0]) for output in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        time.sleep(0.2)
+
+
+def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_model, tmp_path):  # noqa: F811
+    app, url = studio
+    limits = app.sessions.limits
+    clients = [Client(url, verbose=False) for _ in range(4)]
+    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4]
+    try:
+        for client in clients[:3]:
+            load_colours(client, tmp_path, ("red", "blue"), per_class=6)  # 10 training images
+        app.sessions.limits = dataclasses.replace(limits, max_steps=100)
+        with pytest.raises(ValidationError, match=r"- steps: This run would take 101 steps, over the limit of 100 "
+                                                  r"per run \(--max-steps\)"):
+            clients[0].predict(steps=101, batch_size=4, api_name="/train")
+        with pytest.raises(ValidationError, match=r"would take 150 steps"):  # 50 epochs of 3 batches
+            clients[0].predict(epochs=50, batch_size=4, api_name="/train")
+        assert call_route(url, "train", raw_train)[0] == "http 422"
+
+        app.sessions.limits = dataclasses.replace(limits, max_queued_jobs=1)
+        running = [client.submit(steps=2000, batch_size=4, api_name="/train") for client in clients[:2]]
+        for job in running:
+            wait_for_steps(job)  # both slots of this studio are taken
+        waiting = clients[2].submit(steps=3, batch_size=4, api_name="/train")
+        deadline = time.monotonic() + 30
+        while app.sessions.waiting_jobs() != 1:
+            assert time.monotonic() < deadline, "the third run did not wait in the queue"
+            time.sleep(0.1)
+        full = r"The training queue is full: 1 runs are waiting for a slot \(at most 1, --max-queued-jobs\)"
+        with pytest.raises(ValidationError, match=full):
+            clients[3].predict(steps=3, batch_size=4, api_name="/train")
+        event, detail = call_route(url, "train", [*raw_train[:-4], 3, 0, 0.01, 4])
+        assert event == "http 422" and re.search(full, detail[14]["message"])
+        for client in clients[:2]:
+            client.predict(api_name="/stop")
+        assert all(job.result(timeout=60)[0].startswith("**Stopped**") for job in running)
+        assert waiting.result(timeout=120)[0].startswith("**Done** after 3 steps")
+    finally:
+        app.sessions.limits = limits
+        for client in clients:
+            client.close()
+
+
+def test_two_thousand_512_px_images_cost_under_800_mb(tmp_path):
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, load_data
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="many")
+    archive = many_images_zip(tmp_path / "many.zip", 2000, side=512)
+    try:
+        gc.collect()
+        before = resident_bytes()
+        summary, table, *_ = load_data([str(archive)], None, "auto", sessions, request)
+        gc.collect()
+        grown = resident_bytes() - before
+        print(f"\n2000 PNGs of 512 x 512 ({archive.stat().st_size / 2**20:.1f} MiB zip): server memory "
+              f"+{grown / 2**20:.0f} MiB, {sessions.memory_used() / 2**20:.0f} MiB of pixels at 256 px")
+        assert summary.startswith("**2000 images in 2 classes**")
+        assert sessions.memory_used() == 2000 * 256 * 256 * 4
+        assert grown < 800 * 2**20
+    finally:
+        sessions.close_all()
+
+
+def test_memory_budgets_refuse_an_upload_with_a_clear_message_and_leave_no_files(tmp_path):
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, StudioError, StudioLimits, load_data, use_sample
+
+    small, large = (many_images_zip(tmp_path / f"{n}.zip", n, side=64) for n in (60, 120))  # 0.94, 1.9 MiB
+    first, second = SimpleNamespace(session_hash="first"), SimpleNamespace(session_hash="second")
+    sessions = SessionStore(StudioLimits(image_side=64, session_memory_mb=1, memory_mb=1))
+    try:
+        with pytest.raises(StudioError, match=r"^Your images do not fit into the memory one session may use for "
+                                              r"images \(1 MiB, --session-memory-mb\): the first 65 of 120 files"):
+            load_data([str(large)], None, "auto", sessions, first)
+        with pytest.raises(StudioError, match=r"do not fit into the memory one session may use"):
+            use_sample("digits", sessions, first)  # 15 MiB of 28-px digits
+        load_data([str(small)], None, "auto", sessions, first)
+        assert sessions.memory_used() == 60 * 64 * 64 * 4
+        with pytest.raises(StudioError, match=r"^The server's memory for images \(1 MiB for all sessions, "
+                                              r"--memory-mb\) is in use by other sessions"):
+            load_data([str(small)], None, "auto", sessions, second)
+        assert sessions.memory_used() == 60 * 64 * 64 * 4
+        assert not list(sessions.root.rglob("upload-*"))
+    finally:
+        sessions.close_all()
+    sessions = SessionStore(StudioLimits(image_side=64, session_memory_mb=2, memory_mb=3))
+    try:
+        load_data([str(large)], None, "auto", sessions, first)
+        with pytest.raises(StudioError, match=r"do not fit into the memory left for images on this server \(1 MiB "
+                                              r"of 3 MiB shared by all sessions, --memory-mb\)"):
+            load_data([str(large)], None, "auto", sessions, second)
+    finally:
+        sessions.close_all()
+
+
+def test_uploads_are_deduplicated_limited_and_every_error_leaves_no_copies(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import superlora.studio as studio_module
+    from superlora.studio import SessionStore, StudioError, StudioLimits, load_data
+
+    copied = []
+    copy_uploads = studio_module._copy_uploads
+    monkeypatch.setattr(studio_module, "_copy_uploads", lambda paths, folder: copied.extend(
+        p.name for p in paths) or copy_uploads(paths, folder))
+    sessions, request = SessionStore(StudioLimits(max_upload_files=5)), SimpleNamespace(session_hash="tab")
+    images = [str(p) for p in prefixed_images(tmp_path / "images", ("red", "blue"), per_class=2)]
+    try:
+        summary, table, *_ = load_data(images * 75, None, "auto", sessions, request)  # each listed 75 times
+        assert table == [["blue", 2, 1, 1], ["red", 2, 1, 1]]
+        assert "⚠️ 296 file(s) were listed more than once; each was used once" in summary
+        assert sorted(copied) == sorted(Path(p).name for p in images)
+        extra = [str(p) for p in prefixed_images(tmp_path / "more", ("green",), per_class=2)]
+        with pytest.raises(StudioError, match=r"^6 files were uploaded at once, over the limit of 5 "
+                                              r"\(--max-upload-files\)"):
+            load_data(images + extra, None, "auto", sessions, request)
+        (tmp_path / "notes.txt").write_text("not an image")
+        for files, labels, message in ((images, "folders", r"^Labels from folders need a \.zip"),
+                                       ([str(tmp_path / "notes.txt")], "auto", r"^no usable image"),
+                                       ([str(corrupt_png(tmp_path / "red_bad.png"))], "auto", r"^no usable image")):
+            with pytest.raises(SuperLoRAError, match=message):
+                load_data(files, None, labels, sessions, request)
+        assert len(copied) == 4 + 2  # the refused uploads were never copied; the bad files were, once each
+        assert not list(sessions.root.rglob("upload-*")) and not list(sessions.root.rglob("*.png"))
+    finally:
+        sessions.close_all()
+
+
+def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: F811
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, export_model, load_data, train_model
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
+                  sessions, request)
+        *_, (status, *_) = train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions,
+                                       request=request)
+        assert status.startswith("**Done** after 3 steps")
+        first = export_model(["adapter"], sessions, request)
+        second = export_model(["adapter"], sessions, request)
+        assert not Path(first[0]).exists() and Path(second[0]).is_file()
+        folder = sessions.peek("tab").folder
+        assert [p.name for p in folder.iterdir()] == [Path(second[0]).parent.name]
+    finally:
+        sessions.close_all()
+
+
+def test_the_try_it_image_of_the_page_goes_through_the_library_decoder(studio, tmp_path):  # noqa: F811
+    app, url = studio
+    bomb = tmp_path / "bomb.png"  # a 90-byte PNG whose header claims 60,000 x 1,000 pixels
+    header = (60_000).to_bytes(4, "big") + (1_000).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b""))
+    probe = tmp_path / "probe.png"
+    colour_image("red", seed=1).save(probe)
+    listener = page_fn_index(app, "predict_image")
+    answer = page_call(url, "try-tab", listener, [upload(url, bomb), 3])
+    assert not answer["success"]
+    assert answer["output"]["error"].startswith("That file cannot be classified: image is 60000×1000 = "
+                                                "60,000,000 pixels, over the limit of 50,000,000")
+    answer = page_call(url, "try-tab", listener, [upload(url, probe), 3])
+    assert answer["output"]["error"].startswith("Train a model first")  # decoded fine; nothing trained yet
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
 # ------------------------------------------------------------------------------------------------ model files
 def test_an_uploaded_checkpoint_is_checked_counted_and_deleted_with_its_session(
         studio, tiny_model, tmp_path):  # noqa: F811
@@ -461,6 +729,25 @@ def test_app_py_starts_offline_on_localhost_and_bounds_the_training_queue(tiny_m
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_app_py_limit_flags_are_the_studio_limits_and_bad_values_are_refused():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(ROOT))
+    from superlora.studio import StudioLimits
+
+    defaults = {flag[2:].replace("-", "_"): default for flag, default, _ in app.LIMIT_FLAGS}
+    assert defaults == dataclasses.asdict(StudioLimits())
+    args = app.parse_args(["--max-steps", "50", "--session-idle-minutes", "2.5"])
+    assert (args.max_steps, args.session_idle_minutes, args.memory_mb) == (50, 2.5, 4096)
+    for argv, message in ((["--max-queued-jobs", "0"], "--max-queued-jobs must be positive"),
+                          (["--session-memory-mb", "5000"], "--session-memory-mb cannot be larger than --memory-mb")):
+        done = subprocess.run([sys.executable, str(ROOT / "app.py"), *argv], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and message in done.stderr
 
 
 def test_app_py_explains_its_flags_and_refuses_bad_values():

@@ -89,10 +89,13 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
         page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
     # 1. The page opens with the tiny model preselected and a live count.
+    connected_before = set(app.sessions.connected())
     page.goto(url)
     expect(page.locator("#count-panel")).to_contain_text("adapter", timeout=30_000)
     expect(page.locator("#layout-plot .js-plotly-plot")).to_be_visible(timeout=30_000)
     before = adapter_count(page)
+    # The page holds a heartbeat open, so its session never expires while the tab is open.
+    wait_until(lambda: (set(app.sessions.connected()) - connected_before) & set(app.sessions.hashes()))
     shot("01-opened")
 
     # 2. Moving the rank slider changes the count.

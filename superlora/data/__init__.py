@@ -12,8 +12,8 @@ Submodules, bottom up: `archive` (safe zip extraction), `decode` (one untrusted 
 
 from superlora.data.archive import DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_ARCHIVE_FILES, extract_zip
 from superlora.data.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image
-from superlora.data.imageset import ImageClassificationDataset, ImageSet, Rejected, train_val_split
-from superlora.data.loading import LABEL_MODES, load_dataset
+from superlora.data.imageset import ImageClassificationDataset, ImageSet, Rejected, image_bytes, train_val_split
+from superlora.data.loading import LABEL_MODES, MemoryBudgetExceeded, load_dataset
 from superlora.data.samples import SAMPLE_DIR, SAMPLES, sample_dataset
 from superlora.data.transforms import build_transforms
 
@@ -27,10 +27,12 @@ __all__ = [
     "SAMPLE_DIR",
     "ImageClassificationDataset",
     "ImageSet",
+    "MemoryBudgetExceeded",
     "Rejected",
     "build_transforms",
     "decode_image",
     "extract_zip",
+    "image_bytes",
     "load_dataset",
     "sample_dataset",
     "train_val_split",

@@ -2,7 +2,9 @@
 
 Only common raster formats are opened (no PostScript or other formats that run external programs). The pixel
 count is checked from the header before any pixel is decoded, so a small file that declares a huge image (a
-decompression bomb) costs nothing. Modes are converted so that values keep their meaning: 16-bit images are
+decompression bomb) costs nothing. Large images are shrunk while they are read (JPEG at 1/2, 1/4 or 1/8 scale by
+the decoder itself, other formats by block averaging right after decoding), so decoding costs at most one frame
+at full size. Modes are converted so that values keep their meaning: 16-bit images are
 scaled to 8 bits (not clipped), transparency is composited over white, palettes are expanded.
 """
 
@@ -20,6 +22,8 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa", "P")
+_REDUCIBLE_MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "YCbCr")
+_REDUCING_GAP = 1.0
 
 
 class ImageRejected(Exception):
@@ -55,7 +59,8 @@ def decode_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                     # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: faster and far less memory.
                     image.draft(None, (max_side, max_side))
                 image.load()
-                rgb = to_rgb(ImageOps.exif_transpose(image))
+                ImageOps.exif_transpose(image, in_place=True)  # copies only when the photo is turned
+                rgb = to_rgb(_shrunk(image, max_side))
     except ImageRejected:
         raise
     except UnidentifiedImageError:
@@ -65,9 +70,23 @@ def decode_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageRejected(f"too many pixels, possible decompression bomb ({exc})")
     except Exception as exc:  # decoders raise many types on malformed data; each means "this file is broken"
         raise ImageRejected(f"corrupt or truncated image ({type(exc).__name__}: {exc})")
-    if max_side is not None and max(rgb.size) > max_side:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgb
+
+
+def _shrunk(image: Image.Image, max_side: int | None) -> Image.Image:
+    """`image` with no side above `max_side`, made before any full-size copy so the peak stays one decoded frame.
+
+    `reducing_gap` first averages whole pixel blocks (`Image.reduce`, cheap) down to the smallest whole-factor
+    size not below the target, then resamples the rest of the way with Lanczos (nothing is left for 512 → 256).
+    Palette, 1-bit and 16-bit images cannot be averaged as they are, so they become RGB first (4 bytes per
+    pixel, as an RGB decode).
+    """
+    if max_side is None or max(image.size) <= max_side:
+        return image
+    if image.mode not in _REDUCIBLE_MODES:
+        image = to_rgb(image)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

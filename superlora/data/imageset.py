@@ -17,6 +17,14 @@ from PIL import Image
 
 from superlora.errors import DataError
 
+_ONE_BYTE_MODES = ("1", "L", "P")
+
+
+def image_bytes(image: Image.Image) -> int:
+    """The memory Pillow holds for an image's pixels: 1 byte per pixel in modes 1, L and P, otherwise 4 (Pillow
+    stores RGB pixels padded to 4 bytes)."""
+    return image.width * image.height * (1 if image.mode in _ONE_BYTE_MODES else 4)
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -59,6 +67,10 @@ class ImageSet:
     def __repr__(self) -> str:
         counts = ", ".join(f"{name}={count}" for name, count in self.class_counts().items())
         return f"ImageSet({len(self)} images; {counts}; {len(self.rejected)} rejected)"
+
+    def memory_bytes(self) -> int:
+        """The pixel memory of all images (`image_bytes` each); a subset shares its images with the whole set."""
+        return sum(image_bytes(image) for image in self.images)
 
     def class_counts(self) -> dict[str, int]:
         """Number of images per class, in class order (classes without images count 0)."""

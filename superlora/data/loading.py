@@ -18,7 +18,7 @@ from pathlib import Path
 
 from superlora.data.archive import DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_ARCHIVE_FILES, extract_zip
 from superlora.data.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageRejected, decode_image
-from superlora.data.imageset import ImageSet, Rejected
+from superlora.data.imageset import ImageSet, Rejected, image_bytes
 from superlora.errors import DataError
 
 LABEL_MODES = ("auto", "folders", "prefix", "csv")
@@ -46,6 +46,14 @@ class _Labelled:
     mode: str
 
 
+class MemoryBudgetExceeded(DataError):
+    """The decoded images would take more memory than `max_image_bytes` allowed; loading stopped there."""
+
+    def __init__(self, message: str, *, budget: int, decoded: int, total: int):
+        super().__init__(message)
+        self.budget, self.decoded, self.total = budget, decoded, total
+
+
 def load_dataset(
     source: PathLike | Sequence[PathLike],
     *,
@@ -56,6 +64,7 @@ def load_dataset(
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
     max_archive_files: int = DEFAULT_MAX_ARCHIVE_FILES,
     min_images_per_class: int = 1,
+    max_image_bytes: int | None = None,
 ) -> ImageSet:
     """Load a labelled image-classification dataset.
 
@@ -74,6 +83,8 @@ def load_dataset(
     (None keeps full size). Archives over `max_archive_bytes` uncompressed or `max_archive_files` entries are
     refused before extraction. Raises `DataError` when fewer than 2 classes remain or a class has fewer than
     `min_images_per_class` usable images; warns (in `ImageSet.warnings`) about strong class imbalance.
+    With `max_image_bytes`, decoding stops with `MemoryBudgetExceeded` (a `DataError`) as soon as the decoded
+    pixels (`image_bytes`) pass that many bytes, so memory never holds more than the budget plus one image.
     """
     if labels not in LABEL_MODES:
         raise DataError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
@@ -82,7 +93,8 @@ def load_dataset(
     if csv is not None and labels not in ("auto", "csv"):
         raise DataError(f"a CSV was given but labels={labels!r}; use labels='csv' (or 'auto') with a CSV")
     csv_labels = _read_label_csv(Path(csv)) if csv is not None else None
-    checks = dict(max_pixels=max_pixels, max_side=max_side, min_images_per_class=min_images_per_class)
+    checks = dict(max_pixels=max_pixels, max_side=max_side, min_images_per_class=min_images_per_class,
+                  max_image_bytes=max_image_bytes)
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -192,11 +204,12 @@ def _csv_candidates(named: list[tuple[str, Path]], csv_labels: dict[str, str]
 
 
 def _decode_and_check(labelled: _Labelled, source_name: str, *, max_pixels: int, max_side: int | None,
-                      min_images_per_class: int) -> ImageSet:
+                      min_images_per_class: int, max_image_bytes: int | None) -> ImageSet:
     """Decode every candidate, then check the dataset as a whole (classes, counts, balance)."""
     images, class_names, names = [], [], []
     rejected = list(labelled.rejected)
     rejected_by_class: dict[str, list[Rejected]] = {}
+    decoded_bytes = 0
     for candidate in labelled.candidates:
         try:
             image = decode_image(candidate.path, max_pixels=max_pixels, max_side=max_side)
@@ -205,6 +218,9 @@ def _decode_and_check(labelled: _Labelled, source_name: str, *, max_pixels: int,
         except OSError as exc:
             rejection = Rejected(candidate.name, f"cannot read the file ({exc.strerror or exc})")
         else:
+            decoded_bytes += image_bytes(image)
+            if max_image_bytes is not None and decoded_bytes > max_image_bytes:
+                raise _over_budget(len(images) + 1, len(labelled.candidates), decoded_bytes, max_image_bytes)
             images.append(image)
             class_names.append(candidate.class_name)
             names.append(candidate.name)
@@ -238,6 +254,14 @@ def _decode_and_check(labelled: _Labelled, source_name: str, *, max_pixels: int,
     class_index = {name: index for index, name in enumerate(classes)}
     return ImageSet(images=images, labels=[class_index[c] for c in class_names], classes=classes, names=names,
                     rejected=rejected, warnings=warnings)
+
+
+def _over_budget(decoded: int, total: int, used: int, budget: int) -> MemoryBudgetExceeded:
+    mib = 1 << 20
+    return MemoryBudgetExceeded(
+        f"the images need more memory than the budget of {budget / mib:,.0f} MiB: the first {decoded} of {total} "
+        f"files already take {used / mib:,.0f} MiB decoded; load fewer images, or smaller ones",
+        budget=budget, decoded=decoded, total=total)
 
 
 def _read_label_csv(path: Path) -> dict[str, str]:
