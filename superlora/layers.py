@@ -47,14 +47,17 @@ class AdapterRuntime:
         return autocast, tuple((id(p), p.device, p.dtype, p.shape) for p in params)
 
     def _frozen_deltas(self) -> dict[int, Tensor]:
-        params = [p.detach() for p in self.adapter.parameters()]
+        params = list(self.adapter.parameters())
+        if params[0].is_meta:  # shapes only: no values to compare, and nothing costly to save
+            self._frozen_cache = None
+            return self.adapter.delta_weights()
         key = self._frozen_key(params)
         cached = self._frozen_cache
         if cached is not None and cached[0] == key and all(map(torch.equal, cached[1], params)):
             return cached[2]
         self._frozen_cache = None  # drop the old ΔW before building the new one (peak memory)
         deltas = self.adapter.delta_weights()
-        self._frozen_cache = (key, [p.clone() for p in params], deltas)
+        self._frozen_cache = (key, [p.detach().clone() for p in params], deltas)
         return deltas
 
     def clear_cache(self) -> None:
