@@ -178,3 +178,42 @@ def test_cli_train_with_bf16_works_for_every_preset(tmp_path, capsys):
         assert record["status"] == "done" and record["step"] == 2, name
         losses = [row[key] for row in record["history"] for key in ("train_loss", "val_loss")]
         assert losses and all(0 < loss < 10 for loss in losses), (name, losses)  # finite, not NaN
+
+
+def _smoke_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_smoke_script_checks_itself_on_a_cpu(tmp_path):
+    smoke = _smoke_script()
+    out = tmp_path / "smoke.md"
+    code = smoke.main(["--device", "cpu", "--tiny", "--steps", "2", "--batch-size", "4", "--presets", "lorta", "lora",
+                       "--out", str(out)])
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert code == 0 and report["passed"]
+    assert [(c["preset"], c["dtype"]) for c in report["cases"]] == [
+        ("lorta", "bf16"), ("lorta", "fp16"), ("lora", "bf16"), ("lora", "fp16")]
+    assert all(c["grads_finite"] and c["output_rel_error"] < 0.1 for c in report["cases"])
+    assert "| lorta | fp16 |" in out.read_text() and report["engine_speed"] is None
+
+
+def test_the_gpu_smoke_script_fails_when_a_check_fails(tmp_path, monkeypatch):
+    smoke = _smoke_script()
+    monkeypatch.setattr(smoke, "get_superlora_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    out = tmp_path / "smoke.md"
+    code = smoke.main(["--device", "cpu", "--tiny", "--steps", "1", "--presets", "lora", "--out", str(out)])
+    assert code == 1 and "NO: RuntimeError: broken" in out.read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_the_gpu_smoke_script_exits_2_without_cuda(tmp_path, capsys):
+    assert _smoke_script().main(["--out", str(tmp_path / "smoke.md")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "smoke.md").exists()
