@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from superlora.adapter import SuperLoRAAdapter
 from superlora.config import SuperLoRAConfig, as_config
+from superlora.counting import default_trainable
 from superlora.errors import CheckpointError, ConfigError
 from superlora.functional.layout import Layout, plan_layout
 from superlora.layers import AdaptedLinear, AdapterRuntime
@@ -109,12 +110,14 @@ class SuperLoRAModel(nn.Module):
         self,
         model: nn.Module,
         config: SuperLoRAConfig,
-        trainable: Sequence[str] = ("head",),
+        trainable: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         config = as_config(config)
         targets = resolve_targets(model, config.targets)
         layout = plan_layout([t.shape for t in targets], config)
+        if trainable is None:
+            trainable = default_trainable(model)
         self.trainable_names = trainable_modules(model, trainable)
         first_weight = model.get_submodule(targets[0].module_name).weight
         adapter = SuperLoRAAdapter(layout, config)
@@ -373,7 +376,11 @@ def check_targets(saved: list[dict[str, Any]], targets: list[Target]) -> None:
 
 
 def get_superlora_model(
-    model: nn.Module, config: SuperLoRAConfig | dict[str, Any] | str, trainable: Sequence[str] = ("head",)
+    model: nn.Module, config: SuperLoRAConfig | dict[str, Any] | str, trainable: Sequence[str] | None = None
 ) -> SuperLoRAModel:
-    """Freeze `model`, inject the adapter described by `config`, keep `trainable` modules trainable."""
+    """Freeze `model`, inject the adapter described by `config`, keep `trainable` modules trainable.
+
+    `trainable=None` keeps the model's classifier trainable (timm's `get_classifier()`, else a `head` module,
+    else nothing); pass `()` to train the adapter alone.
+    """
     return SuperLoRAModel(model, as_config(config), trainable=trainable)

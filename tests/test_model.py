@@ -479,3 +479,43 @@ def test_an_interrupted_merged_export_leaves_the_previous_folder(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]
     export_merged(wrapped, folder)
     assert (folder / "model.safetensors").read_bytes() != before["model.safetensors"]
+
+
+# ------------------------------------------------------------------ defaults of the public API
+def test_int_of_a_parameter_count_is_the_adapter_count():
+    from superlora import count_parameters
+
+    count = count_parameters(tiny_vit(), preset("lora", rank=2))
+    assert int(count) == count.adapter == 4 * 2 * (24 + 24)
+    assert count.trainable_modules == 24 * 3 + 3  # the default trainable module is the classifier, `head`
+
+
+class _Tagger(nn.Module):
+    """A model whose classifier is not called `head`, found through timm's get_classifier()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.classifier = nn.Linear(8, 2)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.body(x)))
+
+
+def test_trainable_defaults_to_the_classifier_or_to_nothing():
+    from superlora import count_parameters
+
+    headless = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    wrapped = get_superlora_model(headless, preset("lora", targets=("0",)))
+    assert wrapped.trainable_names == []
+    assert [n for n, p in wrapped.named_parameters() if p.requires_grad] == ["adapter.groups.0.pieces.0.left",
+                                                                          "adapter.groups.0.pieces.0.right"]
+    assert count_parameters(nn.Sequential(nn.Linear(8, 8)), preset("lora", targets=("0",))).trainable_modules == 0
+    tagger = get_superlora_model(_Tagger(), preset("lora", targets=("body",)))
+    assert tagger.trainable_names == ["classifier"]
+    assert count_parameters(_Tagger(), preset("lora", targets=("body",))).trainable_modules == 8 * 2 + 2
+    assert get_superlora_model(tiny_vit(num_classes=0), preset("lora")).trainable_names == []  # Identity head
+    assert get_superlora_model(tiny_vit(), preset("lora"), trainable=()).trainable_names == []
