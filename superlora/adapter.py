@@ -155,7 +155,8 @@ class SuperLoRAAdapter(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def _device(self) -> torch.device:
-        return next(self.parameters()).device
+        first = next(self.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
 
     def group_vector(self, group: int) -> Tensor:
         """d_g: the D_g update entries produced by one group (before un-shuffling, unscaled), in float32."""

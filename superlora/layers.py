@@ -48,7 +48,7 @@ class AdapterRuntime:
 
     def _frozen_deltas(self) -> dict[int, Tensor]:
         params = list(self.adapter.parameters())
-        if params[0].is_meta:  # shapes only: no values to compare, and nothing costly to save
+        if not params or params[0].is_meta:  # shapes only: no values to compare, and nothing costly to save
             self._frozen_cache = None
             return self.adapter.delta_weights()
         key = self._frozen_key(params)
@@ -59,10 +59,6 @@ class AdapterRuntime:
         deltas = self.adapter.delta_weights()
         self._frozen_cache = (key, [p.detach().clone() for p in params], deltas)
         return deltas
-
-    def clear_cache(self) -> None:
-        """Forget every cached ΔW (they are rebuilt on the next forward)."""
-        self._pass_cache = self._frozen_cache = None
 
     def deltas(self) -> dict[int, Tensor]:
         """Unscaled ΔW of every non-direct target, computed at most once per forward pass."""
@@ -169,8 +165,8 @@ class AdaptedLinear(nn.Module):
         if not self._dense:
             out = F.linear(x, weight, bias)
         elif _reduced_precision(x, weight):
-            # W + s·ΔW rounded to 16 bits keeps only ~3 significant digits of W, so a small update would mostly
-            # vanish in the merged weight; x ΔW^T on its own keeps ΔW's relative precision.
+            # W + s·ΔW rounded to 16 bits keeps only 8 (bf16) or 11 (fp16) significant bits of W, which swallow
+            # much of a small update; x (s·ΔW)^T as its own matmul keeps ΔW's relative precision.
             deltas = runtime.deltas()
             pieces = [(rows, F.linear(x, (deltas[t] * scale).to(x.dtype))) for t, rows in self._dense]
             out = F.linear(x, weight, bias)
