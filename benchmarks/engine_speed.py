@@ -14,6 +14,7 @@ that builds the model and runs the same steps (one process per case).
 
     python benchmarks/engine_speed.py            # full run, writes benchmarks/results/engine_speed.{json,md}
     python benchmarks/engine_speed.py --quick    # a smoke run with fewer rounds (results not written)
+    python benchmarks/engine_speed.py --device cuda   # on a GPU: results go to engine_speed_cuda.{json,md}
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ from superlora import count_parameters, get_superlora_model, preset  # noqa: E40
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 10
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a timer measures the work itself and not only its launch."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def superlora_config():
@@ -48,7 +56,7 @@ def superlora_config():
 def build(case: str, model_name: str) -> torch.nn.Module:
     """A model ready to train for one case: 'peft' (PEFT LoRA r=8 on qkv), 'lora' (our preset, same), 'superlora'."""
     torch.manual_seed(0)
-    model = timm.create_model(model_name, num_classes=NUM_CLASSES)
+    model = timm.create_model(model_name, num_classes=NUM_CLASSES).to(DEVICE)
     if case == "peft":
         from peft import LoraConfig, get_peft_model
 
@@ -66,8 +74,8 @@ def make_step(model: torch.nn.Module, batch: int):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, 224, 224, generator=generator)
-    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator)
+    images = torch.randn(batch, 3, 224, 224, generator=generator).to(DEVICE)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(DEVICE)
     model.train()
 
     def step() -> None:
@@ -75,6 +83,7 @@ def make_step(model: torch.nn.Module, batch: int):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        synchronize()
 
     return step
 
@@ -131,12 +140,13 @@ def merged_inference(rounds: int) -> dict:
         for p in merged.adapter.parameters():
             p.normal_(0, 0.01)
     merged.merge()
-    images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
     def run(model):
         def infer():
             with torch.no_grad():
                 model(images)
+            synchronize()
 
         return infer
 
@@ -176,14 +186,15 @@ def child_memory(case: str, steps: int) -> None:
     step = make_step(build(case, "vit_base_patch16_224"), 16)
     for _ in range(steps):
         step()
-    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+    peak = torch.cuda.max_memory_allocated(DEVICE) / 2**20 if DEVICE.type == "cuda" else peak_rss_mib()
+    print(json.dumps({"peak_rss_mib": peak}))
 
 
 def peak_memory(cases: list[str], steps: int) -> dict:
     results = {}
     for case in cases:
         output = subprocess.run(
-            [sys.executable, __file__, "--child-memory", case, "--steps", str(steps)],
+            [sys.executable, __file__, "--child-memory", case, "--steps", str(steps), "--device", str(DEVICE)],
             check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
         ).stdout
         results[case] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
@@ -192,7 +203,8 @@ def peak_memory(cases: list[str], steps: int) -> dict:
 
 def write_report(report: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "engine_speed.json").write_text(json.dumps(report, indent=2))
+    stem = "engine_speed" if DEVICE.type == "cpu" else f"engine_speed_{DEVICE.type}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = [
         "# Engine speed and memory",
         "",
@@ -210,7 +222,7 @@ def write_report(report: dict) -> None:
         lines.append(f"| {row['what']} | {row['case']} | {row['value']} | {row['ratio']:.3f} | {cpu} | "
                      f"{row['target']} | {'yes' if row['met'] else 'NO'} |")
     lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
-    (RESULTS / "engine_speed.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -219,10 +231,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--child-memory", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N; peak memory is the "
+                        "process's RSS on a CPU and the GPU's peak allocation on CUDA")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.child_memory:
         child_memory(args.child_memory, args.steps)
         return
+
     rounds = 1 if args.quick else args.rounds
     checks, notes = [], []
     load_before = os.getloadavg()[0]
@@ -276,7 +295,8 @@ def main() -> None:
         report.update(memory=memory, inference=inference, counting=counts)
         report.update(
             command=" ".join(["python benchmarks/engine_speed.py", *sys.argv[1:]]),
-            machine=f"{platform.machine()}, {os.cpu_count()} cores",
+            machine=f"{platform.machine()}, {os.cpu_count()} cores"
+                    + (f", {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""),
             torch=torch.__version__,
             threads=torch.get_num_threads(),
             date=time.strftime("%Y-%m-%d"),

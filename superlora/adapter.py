@@ -8,7 +8,9 @@ x A B^T directly (see `direct_factors`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +36,29 @@ class PieceFactors(nn.Module):
             self.register_parameter(name, nn.Parameter(tensor.to(dtype)))
 
     def named_tensors(self) -> dict[str, Tensor]:
-        return dict(self.named_parameters(recurse=False))
+        """The factors, upcast to at least float32 (a model cast to half precision keeps exact ΔW products)."""
+        return {name: _at_least_float32(p) for name, p in self.named_parameters(recurse=False)}
+
+
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < 32:
+        return tensor.float()
+    return tensor
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Run ΔW construction outside autocast: every contraction then sees float32 operands.
+
+    Autocast casts only some ops (matmul, and so the matmul inside tensordot) to half precision, which mixes
+    dtypes in chained products and lets the unnormalised Hadamard transforms overflow fp16. ΔW is small next to
+    the model's activations, so building it in float32 costs little; it is cast where it meets the activations.
+    """
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def _init_bound(name: str, shape: tuple[int, ...]) -> float:
@@ -130,8 +154,16 @@ class SuperLoRAAdapter(nn.Module):
         return proj.projection_fingerprint(parts) if parts else ""
 
     # ------------------------------------------------------------------ forward pieces
+    def _device(self) -> torch.device:
+        first = next(self.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
+
     def group_vector(self, group: int) -> Tensor:
-        """d_g: the D_g update entries produced by one group (before un-shuffling, unscaled)."""
+        """d_g: the D_g update entries produced by one group (before un-shuffling, unscaled), in float32."""
+        with full_precision(self._device()):
+            return self._group_vector(group)
+
+    def _group_vector(self, group: int) -> Tensor:
         plan = self.layout.groups[group]
         tensor = self.groups[group].tensor()
         if plan.fold == "native" and plan.native_count > 1:
@@ -159,19 +191,23 @@ class SuperLoRAAdapter(nn.Module):
         return frozenset(self._direct)
 
     def delta_weights(self, include_direct: bool = False) -> dict[int, Tensor]:
-        """target index -> unscaled ΔW (rows x cols), computed in one pass over the groups."""
+        """target index -> unscaled ΔW (rows x cols) in float32 whatever the autocast, in one pass over the groups."""
+        with full_precision(self._device()):
+            return self._delta_weights(include_direct)
+
+    def _delta_weights(self, include_direct: bool) -> dict[int, Tensor]:
         wanted = [t for t in range(len(self.layout.target_shapes)) if include_direct or t not in self._direct]
         result: dict[int, Tensor] = {}
         if include_direct:
             for t in self._direct:
                 left, right = self.direct_factors(t)  # type: ignore[misc]
-                result[t] = lora_matrix(left, right)
+                result[t] = lora_matrix(_at_least_float32(left), _at_least_float32(right))
             wanted = [t for t in wanted if t not in self._direct]
         if not wanted:
             return result
         shapes = self.layout.target_shapes
         if self.config.shuffle:
-            vector = torch.cat([self.group_vector(g) for g in range(len(self.groups))])
+            vector = torch.cat([self._group_vector(g) for g in range(len(self.groups))])
             delta = proj.permute(vector, self._unshuffle, self._shuffle)
             pieces = delta.split([rows * cols for rows, cols in shapes])
             for t in wanted:
@@ -179,7 +215,7 @@ class SuperLoRAAdapter(nn.Module):
             return result
         # Every target's spans, in order, from the groups it draws on (targets may straddle contiguous groups).
         needed = sorted({g for t in wanted for g, _, _ in self._spans[t]})
-        chunks = {g: list(self.group_vector(g).split(self._cuts[g])) for g in needed}
+        chunks = {g: list(self._group_vector(g).split(self._cuts[g])) for g in needed}
         position = {g: 0 for g in needed}
         for t in range(len(shapes)):
             parts = []

@@ -31,6 +31,30 @@ class GroupCount:
     parameters: int
 
 
+def default_trainable(model: nn.Module) -> tuple[str, ...]:
+    """The modules kept trainable when none are named: the model's classifier, else nothing.
+
+    timm models name theirs through `get_classifier()` (`head`, `fc`, `classifier`, ...); other models count
+    when they have a top-level `head`. A classifier without parameters (timm's Identity when num_classes=0)
+    gives nothing.
+    """
+    classifier = None
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        try:
+            classifier = get_classifier()
+        except (AttributeError, TypeError, NotImplementedError):
+            classifier = None
+    if not isinstance(classifier, nn.Module):
+        classifier = getattr(model, "head", None)
+    if not isinstance(classifier, nn.Module) or not any(True for _ in classifier.parameters()):
+        return ()
+    for name, module in model.named_modules():
+        if name and module is classifier:
+            return (name,)
+    return ()
+
+
 @dataclass(frozen=True)
 class ParameterCount:
     adapter: int  # adapter factors only (what the paper reports)
@@ -40,6 +64,11 @@ class ParameterCount:
     lora_r1: int  # LoRA with rank 1 on the same targets, for comparison
     groups: tuple[GroupCount, ...]
     targets: tuple[Target, ...]
+
+    def __int__(self) -> int:
+        """int(count) is the adapter's parameter count (what the paper reports); see the fields for the rest."""
+        return self.adapter
+
 
     @property
     def total_trainable(self) -> int:
@@ -98,13 +127,16 @@ def count_from_layout(layout: Layout, targets: Sequence[Target]) -> tuple[GroupC
 
 
 def count_parameters(
-    model: nn.Module, config: SuperLoRAConfig | dict[str, Any] | str, trainable: Sequence[str] = ("head",)
+    model: nn.Module, config: SuperLoRAConfig | dict[str, Any] | str, trainable: Sequence[str] | None = None
 ) -> ParameterCount:
-    """Exact adapter parameter count for `config` on `model` (any device, `meta` included), with a breakdown."""
+    """Exact adapter parameter count for `config` on `model` (any device, `meta` included), with a breakdown.
+
+    `int(result)` is the adapter count; `trainable` defaults to the model's classifier (`default_trainable`).
+    """
     config = as_config(config)
     targets = resolve_targets(model, config.targets)
     layout = plan_layout([t.shape for t in targets], config)
-    module_names = trainable_modules(model, trainable)
+    module_names = trainable_modules(model, default_trainable(model) if trainable is None else trainable)
     head = sum(p.numel() for name in module_names for p in model.get_submodule(name).parameters())
     return ParameterCount(
         adapter=layout.num_parameters,

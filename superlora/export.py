@@ -30,7 +30,7 @@ from torch import Tensor
 from superlora.errors import ConfigError, SuperLoRAError
 from superlora.inference import input_config, jsonable_data_config
 from superlora.layers import AdaptedLinear
-from superlora.model import SuperLoRAModel, atomic_write
+from superlora.model import SuperLoRAModel, atomic_folder, atomic_write
 
 MERGED_WEIGHTS = "model.safetensors"
 MERGED_CONFIG = "config.json"
@@ -112,8 +112,11 @@ def export_merged(model: SuperLoRAModel, folder: str | os.PathLike, classes: Seq
     folder = Path(folder)
     state = merged_state_dict(model)
     config = _merged_config(model, classes)
-    atomic_write(folder / MERGED_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    atomic_write(folder / MERGED_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    # Weights and config as one unit: an interrupted export leaves the previous folder, never a mismatched pair.
+    atomic_folder(folder, {
+        MERGED_WEIGHTS: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
+        MERGED_CONFIG: lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"),
+    })
     return folder
 
 

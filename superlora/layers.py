@@ -14,7 +14,13 @@ from superlora.adapter import SuperLoRAAdapter
 
 
 class AdapterRuntime:
-    """State shared by the model wrapper and its layers: on/off, merged, and the per-pass cache of ΔW."""
+    """State shared by the model wrapper and its layers: on/off, merged, and the caches of ΔW.
+
+    Two caches: one per forward pass with autograd (all layers of one pass share one ΔW graph), and one for
+    no-grad calls (repeated inference does not rebuild ΔW). The no-grad cache is served only while the adapter's
+    values are equal to a snapshot taken when it was built: version counters miss writes through `.data`, and a
+    comparison of the (small) factors costs far less than rebuilding ΔW.
+    """
 
     def __init__(self, adapter: SuperLoRAAdapter, scaling: float) -> None:
         self.adapter = adapter
@@ -23,7 +29,7 @@ class AdapterRuntime:
         self.merged = False
         self._in_pass = False
         self._pass_cache: dict[int, Tensor] | None = None
-        self._frozen_cache: tuple[tuple, dict[int, Tensor]] | None = None
+        self._frozen_cache: tuple[tuple, list[Tensor], dict[int, Tensor]] | None = None
 
     def begin_pass(self) -> None:
         self._in_pass, self._pass_cache = True, None
@@ -31,18 +37,34 @@ class AdapterRuntime:
     def end_pass(self) -> None:
         self._in_pass, self._pass_cache = False, None
 
-    def _version_key(self) -> tuple:
-        return tuple((id(p), p._version, p.device, p.dtype) for p in self.adapter.parameters())
+    def _frozen_key(self, params: list[Tensor]) -> tuple:
+        """What the values alone do not show: which tensors, where, and the autocast state ΔW meets."""
+        device = params[0].device.type
+        autocast = (
+            (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+            if torch.amp.is_autocast_available(device) else None
+        )
+        return autocast, tuple((id(p), p.device, p.dtype, p.shape) for p in params)
+
+    def _frozen_deltas(self) -> dict[int, Tensor]:
+        params = list(self.adapter.parameters())
+        if not params or params[0].is_meta:  # shapes only: no values to compare, and nothing costly to save
+            self._frozen_cache = None
+            return self.adapter.delta_weights()
+        key = self._frozen_key(params)
+        cached = self._frozen_cache
+        if cached is not None and cached[0] == key and all(map(torch.equal, cached[1], params)):
+            return cached[2]
+        self._frozen_cache = None  # drop the old ΔW before building the new one (peak memory)
+        deltas = self.adapter.delta_weights()
+        self._frozen_cache = (key, [p.detach().clone() for p in params], deltas)
+        return deltas
 
     def deltas(self) -> dict[int, Tensor]:
         """Unscaled ΔW of every non-direct target, computed at most once per forward pass."""
         if not torch.is_grad_enabled():
             # Without autograd the tensors carry no graph, so they stay valid until a parameter changes.
-            key = self._version_key()
-            if self._frozen_cache is None or self._frozen_cache[0] != key:
-                with torch.no_grad():
-                    self._frozen_cache = (key, self.adapter.delta_weights())
-            return self._frozen_cache[1]
+            return self._frozen_deltas()
         self._frozen_cache = None
         if not self._in_pass:
             # Called outside the model's forward (a sub-module used on its own): correct, just not shared.
@@ -81,6 +103,14 @@ class _LinearWithRowUpdates(torch.autograd.Function):
             for (start, stop), delta_dtype in zip(ctx.rows, ctx.delta_dtypes)
         ]
         return (grad_x, None, None, None, None, *grad_deltas)
+
+
+def _reduced_precision(x: Tensor, weight: Tensor) -> bool:
+    """Whether this layer's matmul runs in 16-bit floats (autocast on x's device, or a half-precision weight)."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.finfo(torch.get_autocast_dtype(device)).bits < 32
+    return torch.finfo(weight.dtype).bits < 32
 
 
 class AdaptedLinear(nn.Module):
@@ -134,6 +164,13 @@ class AdaptedLinear(nn.Module):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         if not self._dense:
             out = F.linear(x, weight, bias)
+        elif _reduced_precision(x, weight):
+            # W + s·ΔW rounded to 16 bits keeps only 8 (bf16) or 11 (fp16) significant bits of W, which swallow
+            # much of a small update; x (s·ΔW)^T as its own matmul keeps ΔW's relative precision.
+            deltas = runtime.deltas()
+            pieces = [(rows, F.linear(x, (deltas[t] * scale).to(x.dtype))) for t, rows in self._dense]
+            out = F.linear(x, weight, bias)
+            out = out + self._row_blocks(pieces, out.new_zeros(()).expand(out.shape), -1).to(out.dtype)
         elif weight.requires_grad or (bias is not None and bias.requires_grad):
             # The base layer itself is being trained: let autograd handle the merged weight.
             deltas = runtime.deltas()

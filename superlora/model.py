@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from superlora.adapter import SuperLoRAAdapter
 from superlora.config import SuperLoRAConfig, as_config
+from superlora.counting import default_trainable
 from superlora.errors import CheckpointError, ConfigError
 from superlora.functional.layout import Layout, plan_layout
 from superlora.layers import AdaptedLinear, AdapterRuntime
@@ -62,6 +64,45 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def atomic_folder(folder: str | os.PathLike[str], files: Mapping[str, Callable[[str], None]]) -> Path:
+    """Write the files of one folder as a unit: into a temporary sibling folder, then renamed into place.
+
+    `files` maps a file name to a function that writes it to a given path. An existing folder holding only
+    these names is swapped out and removed, so a crash leaves either the old folder or the new one, never a
+    mix. A folder that also holds other files is not replaced (they would be lost): its files are then
+    replaced one by one, each atomically, in the order given.
+    """
+    folder = Path(folder).resolve()
+    if folder.is_dir() and set(os.listdir(folder)) - set(files):
+        for name, write in files.items():
+            atomic_write(folder / name, write)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    old: Path | None = None
+    try:
+        for name, write in files.items():
+            atomic_write(staging / name, write)
+        os.chmod(staging, 0o777 & ~_umask())
+        if folder.exists():
+            # rename() onto an empty directory replaces it, which reserves a fresh name for the old folder.
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old)
+        try:
+            os.replace(staging, folder)
+        except BaseException:
+            if old is not None:
+                os.replace(old, folder)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 class SuperLoRAModel(nn.Module):
     """A base model with a SuperLoRA adapter. Calling it calls the base model with the update applied."""
 
@@ -69,12 +110,14 @@ class SuperLoRAModel(nn.Module):
         self,
         model: nn.Module,
         config: SuperLoRAConfig,
-        trainable: Sequence[str] = ("head",),
+        trainable: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         config = as_config(config)
         targets = resolve_targets(model, config.targets)
         layout = plan_layout([t.shape for t in targets], config)
+        if trainable is None:
+            trainable = default_trainable(model)
         self.trainable_names = trainable_modules(model, trainable)
         first_weight = model.get_submodule(targets[0].module_name).weight
         adapter = SuperLoRAAdapter(layout, config)
@@ -98,7 +141,8 @@ class SuperLoRAModel(nn.Module):
             setattr(parent, child, AdaptedLinear(getattr(parent, child), module_parts, self.runtime))
         self._hooks = [
             model.register_forward_pre_hook(lambda *_: self.runtime.begin_pass()),
-            model.register_forward_hook(lambda *_: self.runtime.end_pass()),
+            # always_call: a forward that raised must not leave its pass's ΔW (and graph) behind.
+            model.register_forward_hook(lambda *_: self.runtime.end_pass(), always_call=True),
         ]
 
     # ------------------------------------------------------------------ calling
@@ -218,14 +262,19 @@ class SuperLoRAModel(nn.Module):
         return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
     def save_pretrained(self, directory: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
-        """Write adapter_config.json and adapter_model.safetensors (fixed maps are regenerated, never stored)."""
+        """Write adapter_config.json and adapter_model.safetensors (fixed maps are regenerated, never stored).
+
+        The two files are written as a unit (see `atomic_folder`): an interrupted save leaves the previous adapter.
+        """
         directory = Path(directory)
         info = self._metadata()
         if metadata:
             info["metadata"] = metadata
         state = self.trainable_state_dict()
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        atomic_folder(directory, {
+            WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
+            CONFIG_NAME: lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)),
+        })
         return directory
 
     @classmethod
@@ -256,7 +305,10 @@ class SuperLoRAModel(nn.Module):
         return wrapped
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load tensors written by trainable_state_dict, checking every name and shape first."""
+        """Load tensors written by trainable_state_dict, checking every name and shape first.
+
+        On a merged model the old update is unmerged first and the new one merged after loading.
+        """
         own = self.trainable_state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -269,16 +321,27 @@ class SuperLoRAModel(nn.Module):
                     f"adapter weights do not match: {key} has shape {tuple(state[key].shape)}, "
                     f"this model needs {tuple(value.shape)}"
                 )
-        with torch.no_grad():
-            for key, value in state.items():
-                prefix, _, rest = key.partition(".")
-                if prefix == "adapter":
-                    target = self.adapter.get_parameter(rest)
-                else:
-                    module_name, _, tensor_name = rest.rpartition(".")
-                    module = self.base_model.get_submodule(module_name)
-                    target = getattr(module, tensor_name)
-                target.copy_(value.to(target.dtype))
+        # Merged weights hold s·ΔW of the current factors: take it out before the factors change, put the new
+        # one in after, so the base weights never carry a stale update.
+        was_merged = self.runtime.merged
+        self.unmerge()
+        try:
+            self._copy_trainable(state)
+        finally:
+            if was_merged:
+                self.merge()
+
+    @torch.no_grad()
+    def _copy_trainable(self, state: dict[str, Tensor]) -> None:
+        for key, value in state.items():
+            prefix, _, rest = key.partition(".")
+            if prefix == "adapter":
+                target = self.adapter.get_parameter(rest)
+            else:
+                module_name, _, tensor_name = rest.rpartition(".")
+                module = self.base_model.get_submodule(module_name)
+                target = getattr(module, tensor_name)
+            target.copy_(value.to(target.dtype))
 
 
 def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -313,7 +376,11 @@ def check_targets(saved: list[dict[str, Any]], targets: list[Target]) -> None:
 
 
 def get_superlora_model(
-    model: nn.Module, config: SuperLoRAConfig | dict[str, Any] | str, trainable: Sequence[str] = ("head",)
+    model: nn.Module, config: SuperLoRAConfig | dict[str, Any] | str, trainable: Sequence[str] | None = None
 ) -> SuperLoRAModel:
-    """Freeze `model`, inject the adapter described by `config`, keep `trainable` modules trainable."""
+    """Freeze `model`, inject the adapter described by `config`, keep `trainable` modules trainable.
+
+    `trainable=None` keeps the model's classifier trainable (timm's `get_classifier()`, else a `head` module,
+    else nothing); pass `()` to train the adapter alone.
+    """
     return SuperLoRAModel(model, as_config(config), trainable=trainable)

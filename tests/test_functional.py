@@ -150,3 +150,29 @@ def test_derived_seeds_are_stable_and_distinct():
     assert proj.derive_seed(0, "fastfood", 1) == proj.derive_seed(0, "fastfood", 1)
     assert len({proj.derive_seed(0, "projection", g) for g in range(100)}) == 100
     assert 0 <= proj.derive_seed(2**40, "x") < 2**63
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_chained_tucker_product_runs_under_autocast(dtype):
+    # tensordot is not on autocast's lists but its matmul is: the first contraction returns 16-bit values and the
+    # next factor is still float32, which crashed with "both inputs should have same dtype".
+    gen = torch.Generator().manual_seed(0)
+    core = torch.randn(2, 3, 2, generator=gen)
+    factors = [torch.randn(4, 2, generator=gen), None, torch.randn(5, 2, generator=gen)]
+    exact = torch.einsum("abc,ia,kc->ibk", core, factors[0], factors[2])
+    with torch.autocast("cpu", dtype=dtype):
+        result = tucker_tensor(core, factors)
+    assert result.shape == (4, 3, 5)
+    torch.testing.assert_close(result.float(), exact, rtol=0.05, atol=0.05)
+
+
+def test_normalising_inside_fastfood_keeps_the_map():
+    # Dividing by sqrt(n) before each transform and multiplying S by n is the same linear map (to rounding).
+    params = proj.fastfood_params(300, 1000, seed=3)
+    blocks, n = params["gauss"].shape
+    x = torch.randn(300, generator=torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (0, n - 300))
+    shared = proj.fwht(padded * params["signs"])
+    h = proj.permute(shared, params["perm"], params["unperm"], blocks).view(blocks, n) * params["gauss"]
+    unnormalised = (proj.fwht(h) * params["scale"]).reshape(-1)[:1000]
+    torch.testing.assert_close(proj.fastfood(x, params, 1000), unnormalised, rtol=1e-5, atol=1e-6)

@@ -256,3 +256,266 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     os.umask(mask)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+# ------------------------------------------------------------------ the no-grad ΔW cache never serves stale values
+def _cached_model(monkeypatch=None):
+    """A LoRTA model (ΔW built by the adapter) whose no-grad cache has been filled once."""
+    wrapped = get_superlora_model(tiny_vit(), preset("lorta", rank=2))
+    randomize_trainable(wrapped.adapter, scale=0.3)
+    with torch.no_grad():
+        wrapped(vit_input())
+    assert wrapped.runtime._frozen_cache is not None
+    return wrapped
+
+
+def _fresh_output(wrapped, x):
+    """The output computed with autograd on, which never reads the no-grad cache."""
+    with torch.enable_grad():
+        return wrapped(x).detach()
+
+
+def _count_builds(monkeypatch, wrapped) -> list:
+    calls = []
+    original = wrapped.adapter.delta_weights
+    monkeypatch.setattr(wrapped.adapter, "delta_weights", lambda **kw: calls.append(1) or original(**kw))
+    return calls
+
+
+def test_repeated_no_grad_forwards_build_delta_once(monkeypatch):
+    wrapped = _cached_model()
+    calls = _count_builds(monkeypatch, wrapped)
+    with torch.no_grad():
+        for _ in range(3):
+            wrapped(vit_input())
+    assert calls == []
+
+
+def test_writes_through_data_invalidate_the_cache():
+    wrapped = _cached_model()
+    x = vit_input()
+    for param in wrapped.adapter.parameters():
+        param.data.mul_(0)  # does not bump the parameter's version counter
+    with torch.no_grad():
+        zeroed = wrapped(x)
+        with wrapped.disable_adapter():
+            base = wrapped(x)
+    torch.testing.assert_close(zeroed, base, rtol=0, atol=0)
+
+
+def test_load_state_dict_invalidates_the_cache():
+    wrapped = _cached_model()
+    other = get_superlora_model(tiny_vit(), preset("lorta", rank=2))
+    randomize_trainable(other.adapter, scale=0.3, seed=7)
+    wrapped.adapter.load_state_dict(other.adapter.state_dict())
+    x = vit_input()
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), _fresh_output(wrapped, x))
+        torch.testing.assert_close(wrapped(x), other(x), rtol=1e-5, atol=1e-6)
+
+
+def test_vector_to_parameters_invalidates_the_cache():
+    wrapped = _cached_model()
+    x = vit_input()
+    with torch.no_grad():
+        before = wrapped(x)
+    vector = torch.nn.utils.parameters_to_vector(wrapped.adapter.parameters())
+    torch.nn.utils.vector_to_parameters(vector * -2, wrapped.adapter.parameters())
+    with torch.no_grad():
+        after = wrapped(x)
+    assert not torch.allclose(after, before, atol=1e-4)
+    torch.testing.assert_close(after, _fresh_output(wrapped, x))
+
+
+def test_a_change_of_autocast_rebuilds_the_cache(monkeypatch):
+    wrapped = _cached_model()
+    calls = _count_builds(monkeypatch, wrapped)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            wrapped(vit_input())
+            wrapped(vit_input())
+        assert len(calls) == 1
+        with torch.autocast("cpu", dtype=torch.float16):
+            wrapped(vit_input())
+        assert len(calls) == 2
+        wrapped(vit_input())
+    assert len(calls) == 3
+
+
+def test_a_dtype_or_device_move_rebuilds_the_cache(monkeypatch):
+    wrapped = _cached_model()
+    x = vit_input()
+    calls = _count_builds(monkeypatch, wrapped)
+    wrapped.to(torch.float64)
+    with torch.no_grad():
+        moved = wrapped(x.double())
+    assert len(calls) == 1 and moved.dtype == torch.float64
+    assert all(d.dtype == torch.float64 for d in wrapped.runtime._frozen_cache[2].values())
+    torch.testing.assert_close(moved, _fresh_output(wrapped, x.double()))
+    wrapped.to("meta")  # another device: the cached CPU tensors must not be served
+    with torch.no_grad():
+        wrapped(x.double().to("meta"))
+    assert len(calls) == 4  # + the autograd check, + one build per adapted layer on meta (never cached)
+    assert wrapped.runtime._frozen_cache is None
+
+
+def test_a_forward_that_raised_leaves_no_pass_cache():
+    wrapped = get_superlora_model(tiny_vit(), preset("lorta", rank=2))
+    randomize_trainable(wrapped.adapter, scale=0.3)
+
+    def fail(*_):
+        raise RuntimeError("boom")
+
+    hook = wrapped.base_model.blocks[1].register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        wrapped(vit_input())  # block 0 built this pass's ΔW before block 1 raised
+    hook.remove()
+    assert not wrapped.runtime._in_pass and wrapped.runtime._pass_cache is None
+    with torch.no_grad():
+        for param in wrapped.adapter.parameters():
+            param.mul_(-1)
+    tokens = torch.randn(1, 5, 24, generator=torch.Generator().manual_seed(0))
+    block = wrapped.base_model.blocks[0]
+    out = block(tokens)  # a sub-module on its own, with autograd: builds ΔW from the current factors
+    with torch.no_grad():
+        torch.testing.assert_close(out.detach(), block(tokens))
+
+
+# ------------------------------------------------------------------ loading into a merged model
+def test_loading_adapter_weights_into_a_merged_model_does_not_drift_the_base():
+    base = tiny_vit()
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    wrapped = get_superlora_model(base, preset("lorta", rank=2))
+    randomize_trainable(wrapped, scale=0.3)
+    other = get_superlora_model(tiny_vit(), preset("lorta", rank=2))
+    randomize_trainable(other, scale=0.3, seed=11)
+    x = vit_input()
+    with torch.no_grad():
+        expected = other(x)
+    wrapped.merge()
+    wrapped.load_trainable_state_dict(other.trainable_state_dict())
+    assert wrapped.runtime.merged
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), expected, rtol=1e-5, atol=1e-5)  # the new update, merged
+    restored = wrapped.unload()
+    for key, value in restored.state_dict().items():
+        if key.startswith("head."):
+            continue  # the head is trainable: it was loaded from `other`
+        torch.testing.assert_close(value, original[key], rtol=0, atol=1e-6)
+
+
+def test_a_refused_load_leaves_a_merged_model_as_it_was():
+    wrapped = get_superlora_model(tiny_vit(), preset("lorta", rank=2))
+    randomize_trainable(wrapped, scale=0.3)
+    wrapped.merge()
+    merged = {k: v.clone() for k, v in wrapped.base_model.state_dict().items()}
+    state = wrapped.trainable_state_dict()
+    state.pop(next(iter(state)))
+    with pytest.raises(CheckpointError, match="missing"):
+        wrapped.load_trainable_state_dict(state)
+    assert wrapped.runtime.merged
+    for key, value in wrapped.base_model.state_dict().items():
+        assert torch.equal(value, merged[key]), key
+
+
+# ------------------------------------------------------------------ folders written as a unit
+def _fail_second_write(monkeypatch, module: str) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("killed between the two files")
+
+    monkeypatch.setattr(f"{module}.json.dumps", broken)  # the config is written after the weights
+
+
+def test_an_interrupted_save_leaves_the_previous_adapter_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "adapter"
+    wrapped = get_superlora_model(tiny_vit(), preset("lora"))
+    wrapped.save_pretrained(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    randomize_trainable(wrapped)
+    with monkeypatch.context() as patch:
+        _fail_second_write(patch, "superlora.model")
+        with pytest.raises(OSError, match="killed"):
+            wrapped.save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no half-written sibling left behind
+    # A new folder that fails is not created at all.
+    with monkeypatch.context() as patch:
+        _fail_second_write(patch, "superlora.model")
+        with pytest.raises(OSError, match="killed"):
+            wrapped.save_pretrained(tmp_path / "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+    # Overwriting still works, and the result loads with the new weights.
+    wrapped.save_pretrained(folder)
+    assert (folder / "adapter_model.safetensors").read_bytes() != before["adapter_model.safetensors"]
+    loaded = SuperLoRAModel.from_pretrained(tiny_vit(), folder)
+    for key, value in wrapped.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[key], value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_saving_into_a_folder_with_other_files_keeps_them(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    wrapped = get_superlora_model(tiny_vit(), preset("lora"))
+    wrapped.save_pretrained(tmp_path)
+    wrapped.save_pretrained(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                          "notes.txt"]
+
+
+def test_an_interrupted_merged_export_leaves_the_previous_folder(tmp_path, monkeypatch):
+    from superlora.export import export_merged
+
+    folder = tmp_path / "merged"
+    wrapped = get_superlora_model(tiny_vit(), preset("lora"))
+    export_merged(wrapped, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    randomize_trainable(wrapped)
+    with monkeypatch.context() as patch:
+        _fail_second_write(patch, "superlora.export")
+        with pytest.raises(OSError, match="killed"):
+            export_merged(wrapped, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+    export_merged(wrapped, folder)
+    assert (folder / "model.safetensors").read_bytes() != before["model.safetensors"]
+
+
+# ------------------------------------------------------------------ defaults of the public API
+def test_int_of_a_parameter_count_is_the_adapter_count():
+    from superlora import count_parameters
+
+    count = count_parameters(tiny_vit(), preset("lora", rank=2))
+    assert int(count) == count.adapter == 4 * 2 * (24 + 24)
+    assert count.trainable_modules == 24 * 3 + 3  # the default trainable module is the classifier, `head`
+
+
+class _Tagger(nn.Module):
+    """A model whose classifier is not called `head`, found through timm's get_classifier()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.classifier = nn.Linear(8, 2)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.body(x)))
+
+
+def test_trainable_defaults_to_the_classifier_or_to_nothing():
+    from superlora import count_parameters
+
+    headless = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    wrapped = get_superlora_model(headless, preset("lora", targets=("0",)))
+    assert wrapped.trainable_names == []
+    assert [n for n, p in wrapped.named_parameters() if p.requires_grad] == ["adapter.groups.0.pieces.0.left",
+                                                                          "adapter.groups.0.pieces.0.right"]
+    assert count_parameters(nn.Sequential(nn.Linear(8, 8)), preset("lora", targets=("0",))).trainable_modules == 0
+    tagger = get_superlora_model(_Tagger(), preset("lora", targets=("body",)))
+    assert tagger.trainable_names == ["classifier"]
+    assert count_parameters(_Tagger(), preset("lora", targets=("body",))).trainable_modules == 8 * 2 + 2
+    assert get_superlora_model(tiny_vit(num_classes=0), preset("lora")).trainable_names == []  # Identity head
+    assert get_superlora_model(tiny_vit(), preset("lora"), trainable=()).trainable_names == []

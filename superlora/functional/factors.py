@@ -30,7 +30,8 @@ def tucker_tensor(core: Tensor, factors: Sequence[Tensor | None]) -> Tensor:
         if factor is None:
             result = result.movedim(0, -1)
         else:
-            result = torch.tensordot(result, factor, dims=([0], [1]))
+            # tensordot is not on autocast's lists but its matmul is: keep both operands in the running dtype.
+            result = torch.tensordot(result, factor.to(result.dtype), dims=([0], [1]))
     return result
 
 

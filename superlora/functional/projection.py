@@ -153,10 +153,13 @@ def fastfood(x: Tensor, params: dict[str, Tensor], out_size: int) -> Tensor:
     """Apply the Fastfood map to a vector x of length in_size."""
     blocks, n = params["gauss"].shape
     padded = torch.nn.functional.pad(x, (0, n - x.shape[-1]))
+    # Each unnormalised transform multiplies norms by sqrt(n) (2^11 for n = 2^22, past fp16's range after two),
+    # so divide by sqrt(n) before each one and multiply the n back into the final diagonal S.
+    norm = 1.0 / math.sqrt(n)
     # H B x is shared by all blocks; they differ in Pi, G and S.
-    shared = fwht(padded * params["signs"])
-    h = permute(shared, params["perm"], params["unperm"], blocks).view(blocks, n) * params["gauss"]
-    h = fwht(h) * params["scale"]
+    shared = fwht(padded * (params["signs"] * norm))
+    h = permute(shared, params["perm"], params["unperm"], blocks).view(blocks, n) * (params["gauss"] * norm)
+    h = fwht(h) * (params["scale"] * n)
     return h.reshape(-1)[:out_size]
 
 
