@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -211,3 +209,72 @@ def test_fine_tune_trains_only_the_adapter_and_is_reproducible():
     assert run() == (losses, update)
     with pytest.raises(ConfigError, match="no trainable parameters"):
         diffusion.fine_tune(tiny_unet().requires_grad_(False), images, steps=1, lr=1e-2)
+
+
+# ------------------------------------------------------------------------------------------------ the study script
+def _load_script():
+    spec = importlib.util.spec_from_file_location("diffusion_transfer_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load_script()
+
+
+def summary(method, budget, params, losses, family="lorta"):
+    return study.Summary(family, method, budget, method + budget, params, 0.004, tuple(losses), 0)
+
+
+def test_lora_is_interpolated_in_log_parameters_and_the_headline_uses_its_r8_loss():
+    lora = [summary("LoRA", f"r={r}", 100 * r, [loss], "lora") for r, loss in ((1, 0.30), (2, 0.20), (8, 0.10))]
+    front = study.lora_front(lora)
+    assert study.lora_params_at(0.25, front) == pytest.approx(100 * 2 ** 0.5)  # halfway between r=1 and r=2 in log
+    assert study.lora_params_at(0.15, front) == pytest.approx(400)  # halfway between r=2 and r=8 in log
+    assert study.lora_params_at(0.35, front) is None and study.lora_params_at(0.05, front) is None
+    tensor = [summary("LoRTA", "r=4", 80, [0.1004, 0.1004]), summary("LoRTA", "r=2", 20, [0.12])]
+    found = study.headline(lora + tensor)
+    assert found["point"].params == 80 and found["factor"] == pytest.approx(10.0)  # 0.4 % above: within 0.5 %
+    base = summary("pretrained", "–", 0, [0.5])
+    assert study.improvement_share(tensor[1], base, study.reference(lora)) == pytest.approx(0.95)
+
+
+def test_the_diffusion_block_survives_the_pareto_writer():
+    text = f"# page\n{study.pareto.BEGIN}\nold\n{study.pareto.END}\n## diffusion\n{study.BEGIN}\nkept\n{study.END}\n"
+    after = study.pareto.replace_between_markers(text, "new pareto tables")
+    assert "new pareto tables" in after and f"{study.BEGIN}\nkept\n{study.END}" in after
+    docs = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert docs.index(study.pareto.END) < docs.index(study.BEGIN) < docs.index(study.END)
+
+
+@pytest.mark.slow
+def test_quick_study_writes_rows_figures_and_the_statement(tmp_path, capsys):
+    unet = tiny_unet(seed=2, sample_size=32)
+    diffusion.save_unet(unet, tmp_path / "unet")
+    out = tmp_path / "out"
+    command = ["--quick", "--model", str(tmp_path / "unet"), "--out", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        assert study.main(command) == 0  # in this process: diffusers and the digits are loaded once
+        first = capsys.readouterr().out
+        with open(out / study.CSV_NAME, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        # The pretrained model, 2 lrs for each of the 2 families' sweep points, then LoRA r=8 at LoRA's lr.
+        assert [r["phase"] for r in rows].count("baseline") == 1
+        assert sum(r["phase"] == "sweep" for r in rows) == 4 and sum(r["phase"] == "main" for r in rows) == 1
+        assert all(r["status"] == "ok" and float(r["eval_loss"]) > 0 for r in rows)
+        counts = {r["budget"]: int(r["adapter_params"]) for r in rows if r["method"] == "LoRA"}
+        assert counts == {"r=1": 16 * 32, "r=8": 16 * 8 * 32}  # 16 targets of 16 x 16
+        assert "6 runs" in first
+        assert (out / study.FIGURE_NAME).stat().st_size > 10_000 and (out / study.SAMPLES_NAME).is_file()
+        assert len(list((out / study.SAMPLES_DIR).glob("*.png"))) == 6  # every run here is a seed-0 run
+        text = (out / "benchmarks.md").read_text()
+        assert "#### What reproduced and what did not" in text and "LoRA r=8 (4,096 parameters)" in text
+        # Resumable: a second run finds nothing left to do and leaves the rows alone.
+        assert study.main(command) == 0
+        assert "to run now" not in capsys.readouterr().out
+        with open(out / study.CSV_NAME, newline="") as handle:
+            assert len(list(csv.DictReader(handle))) == len(rows)
+    finally:
+        torch.set_num_threads(threads)
