@@ -287,9 +287,10 @@ class Setup:
     model: str
     weights: str  # sha256 prefix of model.safetensors
     spec: Spec
+    device: str = "cpu"  # kernels differ between devices in the last digits: one device per results file
 
     def fingerprint(self) -> str:
-        data = [self.weights, self.spec.__dict__, diffusion.DATA_SEED, diffusion.HOLDOUT, diffusion.TRANSFER_EVAL,
+        data = [self.weights, self.spec.__dict__, self.device, diffusion.DATA_SEED, diffusion.HOLDOUT, diffusion.TRANSFER_EVAL,
                 diffusion.SCHEDULER_CONFIG, SAMPLE_SEED, "bold_strokes width 1"]
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -346,7 +347,7 @@ def run_job(job: Job, setup: Setup, counted: Counted | None, out: Path, threads:
     spec = setup.spec
     train_images, eval_images = task_data(spec.eval_images)
     scheduler = diffusion.noise_scheduler()
-    unet = diffusion.load_unet(setup.model)
+    unet = diffusion.load_unet(setup.model).to(setup.device)
     base_params = sum(p.numel() for p in unet.parameters())
     started = time.monotonic()
     status, train_loss, per_step = "ok", math.nan, math.nan
@@ -746,12 +747,13 @@ def analyse(out: Path, docs: Path, points: Sequence[Point], seeds: Sequence[int]
 
 
 # ---------------------------------------------------------------------------------------------------- plan
-def measure(model: Path, spec: Spec, threads: int) -> tuple[float, float]:
+def measure(model: Path, spec: Spec, threads: int, device: str = "cpu") -> tuple[float, float]:
     """(seconds per training step with LoRA r=8, seconds per evaluated image and timestep) on this machine."""
     import torch
 
     torch.set_num_threads(threads)
     unet = diffusion.load_unet(model) if (Path(model) / "model.safetensors").is_file() else diffusion.build_unet()
+    unet = unet.to(device)
     wrapped = get_superlora_model(unet, preset("lora", rank=8, targets=TARGETS), trainable=())
     images = torch.rand(spec.batch_size, 1, diffusion.IMAGE_SIZE, diffusion.IMAGE_SIZE)
     diffusion.fine_tune(wrapped, images, 1, 1e-3, spec.batch_size)  # warm-up
@@ -810,6 +812,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--workers", type=int, default=1, help="training processes (each with --threads threads)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: 2 / workers, >= 1)")
+    p.add_argument("--device", default="cpu", help="torch device of the runs, e.g. cuda (rows of one results file "
+                                                 "share a device)")
     p.add_argument("--no-measure", action="store_true", help="plan: skip timing a step (no estimate)")
     return p.parse_args(argv)
 
@@ -823,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tiny --quick models run fastest on one thread; the study gives each worker its share of the 2 cores.
     threads = args.threads or (1 if args.quick else max(1, 2 // args.workers))
     if args.command == "plan":
-        timing = None if args.no_measure else measure(args.model, spec, threads)
+        timing = None if args.no_measure else measure(args.model, spec, threads, args.device)
         print(plan_markdown(points, args.model, seeds, spec, args.workers, timing))
         return 0
     if args.quick:
@@ -834,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or RESULTS
     docs = args.docs or (out / "benchmarks.md" if args.quick else DOCS)
     if args.command == "run":
-        setup = Setup(str(args.model), weights_digest(args.model), spec)
+        setup = Setup(str(args.model), weights_digest(args.model), spec, args.device)
         run_study(points, setup, out, seeds, args.workers, threads, grid, extensions)
         if not args.quick:
             return 0
