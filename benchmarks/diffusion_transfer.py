@@ -634,7 +634,7 @@ def _loss(value: float) -> str:
 def markdown(rows: Sequence[dict[str, Any]], base: Summary | None, summaries: Sequence[Summary], figure: str,
              samples: str | None, note: str | None, grid: Sequence[float], max_extensions: int) -> str:
     """The generated part of the diffusion section: the plain statement, the figure, the tables."""
-    first = next(r for r in rows if r["phase"] != "baseline") if any(r["phase"] != "baseline" for r in rows) else rows[0]
+    first = next((r for r in rows if r["phase"] != "baseline"), rows[0])
     ref = reference(summaries)
     found = headline(summaries)
     front = lora_front(summaries)
@@ -709,7 +709,8 @@ def replace_between_markers(text: str, body: str) -> str:
     return f"{head}{BEGIN}\n{body.strip()}\n{END}{tail}"
 
 
-def completeness_note(rows, summaries: Sequence[Summary], points: Sequence[Point], seeds: Sequence[int]) -> str | None:
+def completeness_note(summaries: Sequence[Summary], points: Sequence[Point], seeds: Sequence[int]) -> str | None:
+    """None when every point has all seeds at its family's chosen lr; otherwise a warning saying how many do."""
     have = {s.key: len(s.losses) + s.failed for s in summaries}
     full = sum(have.get(p.key, 0) >= len(seeds) for p in points)
     if full == len(points):
@@ -738,7 +739,7 @@ def analyse(out: Path, docs: Path, points: Sequence[Point], seeds: Sequence[int]
     def link(path: Path | None) -> str | None:
         return os.path.relpath(path, docs.resolve().parent) if path else None
 
-    note = completeness_note(rows, summaries, points, seeds)
+    note = completeness_note(summaries, points, seeds)
     body = markdown(rows, base, summaries, link(figure), link(samples), note, grid, max_extensions)
     text = docs.read_text() if docs.is_file() else f"# Diffusion transfer (generated)\n\n{BEGIN}\n{END}\n"
     atomic_write(docs, lambda tmp: Path(tmp).write_text(replace_between_markers(text, body)))
