@@ -51,6 +51,7 @@ EXPECTED = {
         "744 training and 256 evaluation images",
         "trainable parameters: 1,688",
         "held-out loss after:",
+        "mean ink after / before: ",
         "max |merged UNet - adapter model| = ",
     ],
 }
