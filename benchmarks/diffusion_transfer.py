@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -811,6 +812,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=None, help="page the analysis writes into (default "
                                                           "docs/benchmarks.md; --quick: <out>/benchmarks.md)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {STEPS})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training batch (default {BATCH_SIZE})")
     p.add_argument("--workers", type=int, default=1, help="training processes (each with --threads threads)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: 2 / workers, >= 1)")
     p.add_argument("--device", default="cpu", help="torch device of the runs, e.g. cuda (rows of one results file "
@@ -823,6 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     points = quick_grid() if args.quick else study_grid()
     spec = QUICK if args.quick else FULL
+    spec = dataclasses.replace(spec, steps=args.steps or spec.steps, batch_size=args.batch_size or spec.batch_size)
     seeds = args.seeds[:1] if args.quick else args.seeds
     grid, extensions = ((4e-3, 1.6e-2), 0) if args.quick else (LR_GRID, MAX_EXTENSIONS)
     # Tiny --quick models run fastest on one thread; the study gives each worker its share of the 2 cores.

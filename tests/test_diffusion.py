@@ -240,6 +240,19 @@ def test_lora_is_interpolated_in_log_parameters_and_the_headline_uses_its_r8_los
     assert study.improvement_share(tensor[1], base, study.reference(lora)) == pytest.approx(0.95)
 
 
+def test_plan_counts_the_grid_on_the_bundled_architecture_and_estimates_the_time(tmp_path):
+    text = study.plan_markdown(study.study_grid(), tmp_path / "no-export", [0, 1, 2], study.FULL, workers=2,
+                               timing=(1.0, 0.01))
+    assert "D = 114,688 update entries, LoRA r=1 = 3,584" in text
+    for row in ("| lora | LoRA | r=8 | 28,672 |", "| lorta | LoRTA M=3 G=7 (per block) | r=8 | 7,952 |",
+                "| fastfood | LoRTA M=5 ρ=0.01 | r=1 | 26 |", "| lonkr | LoNKr K=2 | r=4 | 304 | yes |"):
+        assert row in text
+    # 21 points x 3 seeds + 5 families x 2 extra sweep lrs = 73 adapter runs, and the pretrained model.
+    assert "= 74 runs of 150 steps" in text
+    # (73 x 150 x 1.0 s + 74 x 256 x 8 x 0.01 s + 32 seed-0 runs x 8 x 25 x 0.01 s) / 3600 / 2 workers = 1.74 h
+    assert "about 1.7 h on 2 worker(s)" in text
+
+
 def test_the_diffusion_block_survives_the_pareto_writer():
     text = f"# page\n{study.pareto.BEGIN}\nold\n{study.pareto.END}\n## diffusion\n{study.BEGIN}\nkept\n{study.END}\n"
     after = study.pareto.replace_between_markers(text, "new pareto tables")
