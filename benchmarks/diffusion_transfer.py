@@ -291,8 +291,8 @@ class Setup:
     device: str = "cpu"  # kernels differ between devices in the last digits: one device per results file
 
     def fingerprint(self) -> str:
-        data = [self.weights, self.spec.__dict__, self.device, diffusion.DATA_SEED, diffusion.HOLDOUT, diffusion.TRANSFER_EVAL,
-                diffusion.SCHEDULER_CONFIG, SAMPLE_SEED, "bold_strokes width 1"]
+        data = [self.weights, self.spec.__dict__, self.device, diffusion.DATA_SEED, diffusion.HOLDOUT,
+                diffusion.TRANSFER_EVAL, diffusion.SCHEDULER_CONFIG, SAMPLE_SEED, "bold_strokes width 1"]
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -641,7 +641,8 @@ def markdown(rows: Sequence[dict[str, Any]], base: Summary | None, summaries: Se
     front = lora_front(summaries)
     lines = ([note, ""] if note else []) + ["#### What reproduced and what did not", ""]
     if base is not None:
-        lines.append(f"- The pretrained UNet without an adapter: loss {_loss(base.mean)} on the bold evaluation digits.")
+        lines.append(f"- The pretrained UNet without an adapter: loss {_loss(base.mean)} on the bold evaluation "
+                     "digits.")
     if found is None:
         lines.append("- LoRA r=8 was not run, so the paper's comparison at its loss cannot be made yet.")
     else:
@@ -653,8 +654,9 @@ def markdown(rows: Sequence[dict[str, Any]], base: Summary | None, summaries: Se
             p, factor = found["point"], found["factor"]
             verdict = ("**Reproduced**" if factor >= PAPER_FACTOR else "**Partly reproduced**" if factor > 1
                        else "**Not reproduced**")
-            lines.append(f"- {verdict}: the fewest parameters reaching LoRA r=8's loss (within {100 * TOLERANCE:.1f} %) "
-                         f"are {p.params:,} ({p.method} {p.budget}, loss {_loss(p.mean)} ± {p.std:.5f}), "
+            lines.append(f"- {verdict}: the fewest parameters reaching LoRA r=8's loss (within "
+                         f"{100 * TOLERANCE:.1f} %) are {p.params:,} ({p.method} {p.budget}, loss {_loss(p.mean)} "
+                         f"± {p.std:.5f}), "
                          f"{factor:.1f}× fewer than LoRA r=8; the paper reports about {PAPER_FACTOR:.1f}× "
                          f"(8,160 against 75,776). {found['reaching']} method(s) besides LoRA reach that loss.")
     few = [s for s in summaries if s.params <= 100 and not math.isnan(s.mean)]
@@ -783,8 +785,8 @@ def plan_markdown(points: Sequence[Point], model: Path, seeds: Sequence[int], sp
     sweep_runs = families * (len(LR_GRID) - 1)
     runs = len(points) * len(seeds) + sweep_runs
     seed0 = len(points) + sweep_runs + 1
-    lines += ["", f"{len(points)} points × {len(seeds)} seeds + {sweep_runs} extra sweep runs + the pretrained model = "
-              f"{runs + 1} runs of {spec.steps} steps (each sweep extension past the lr range adds one)."]
+    lines += ["", f"{len(points)} points × {len(seeds)} seeds + {sweep_runs} extra sweep runs + the pretrained "
+              f"model = {runs + 1} runs of {spec.steps} steps (each sweep extension past the lr range adds one)."]
     if timing:
         per_step, per_image = timing
         train = runs * spec.steps * per_step

@@ -85,7 +85,7 @@ def load_unet(folder: str | Path = DIFFUSION_ASSET) -> nn.Module:
 
 
 def _unet_config(model: nn.Module) -> Any:
-    """The diffusers config of a UNet, also when it is wrapped in a SuperLoRAModel (whose `.config` is the adapter's)."""
+    """The diffusers config of a UNet, also when wrapped in a SuperLoRAModel (whose `.config` is the adapter's)."""
     from superlora.model import SuperLoRAModel
 
     if isinstance(model, SuperLoRAModel):

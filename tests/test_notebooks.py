@@ -62,7 +62,9 @@ MIN_WIDGETS = {"01_from_lora_to_superlora.ipynb": 0, "02_parameter_budget_explor
 # Pictures drawn with matplotlib (PNG outputs): the diffusion notebook's digits and samples.
 MIN_IMAGES = {"04_superlora_on_a_diffusion_model.ipynb": 3}
 # Notebooks that need a bundled asset which only a finished pretraining writes.
-NEEDS_ASSET = {"04_superlora_on_a_diffusion_model.ipynb": NOTEBOOK_DIR.parent / "assets" / "diffusion" / "model.safetensors"}
+NEEDS_ASSET = {
+    "04_superlora_on_a_diffusion_model.ipynb": NOTEBOOK_DIR.parent / "assets" / "diffusion" / "model.safetensors",
+}
 
 
 def execute(nb: nbformat.NotebookNode, timeout: int = 600) -> nbformat.NotebookNode:
