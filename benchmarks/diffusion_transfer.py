@@ -65,9 +65,10 @@ from superlora.model import atomic_write  # noqa: E402
 
 def _load_pareto():
     """The ViT study's module: this script shares its grid point type, config hash and learning-rate rule."""
-    if "pareto_script" in sys.modules:
-        return sys.modules["pareto_script"]
-    spec = importlib.util.spec_from_file_location("pareto_script", Path(__file__).resolve().parent / "pareto.py")
+    name = "pareto_for_diffusion_transfer"  # its own name: tests load pareto.py as another module too
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "pareto.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
