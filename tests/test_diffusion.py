@@ -240,6 +240,25 @@ def test_lora_is_interpolated_in_log_parameters_and_the_headline_uses_its_r8_los
     assert study.improvement_share(tensor[1], base, study.reference(lora)) == pytest.approx(0.95)
 
 
+def test_the_lr_rule_picks_the_lowest_loss_and_extends_past_an_edge():
+    lora_r1, lora_r8 = study.quick_grid()[:2]
+    points = [lora_r1, lora_r8]
+
+    def row(point, lr, loss, phase="sweep", seed=0):
+        return {"phase": phase, "family": point.family, "method": point.method, "config_hash": point.key,
+                "seed": seed, "lr": lr, "eval_loss": loss}
+
+    baseline = {"phase": "baseline", "family": "pretrained", "method": study.BASELINE, "config_hash": "none",
+                "seed": 0, "lr": 0.0, "eval_loss": 0.5}
+    rows = [baseline] + [row(lora_r1, lr, loss) for lr, loss in ((1e-3, 0.10), (4e-3, 0.20), (1.6e-2, 0.30))]
+    jobs = study.pending_jobs(rows, points, seeds=[0, 1])
+    assert [(j.phase, j.lr) for j in jobs] == [("sweep", pytest.approx(2.5e-4))]  # lowest loss at the lowest lr
+    rows.append(row(lora_r1, 2.5e-4, 0.15))  # the extension loses: 1e-3 is chosen
+    jobs = study.pending_jobs(rows, points, seeds=[0, 1])
+    assert [(j.phase, j.point.budget, j.seed, j.lr) for j in jobs] == [
+        ("main", "r=8", 0, 1e-3), ("main", "r=1", 1, 1e-3), ("main", "r=8", 1, 1e-3)]
+
+
 def test_plan_counts_the_grid_on_the_bundled_architecture_and_estimates_the_time(tmp_path):
     text = study.plan_markdown(study.study_grid(), tmp_path / "no-export", [0, 1, 2], study.FULL, workers=2,
                                timing=(1.0, 0.01))
