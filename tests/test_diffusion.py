@@ -102,11 +102,12 @@ def test_the_bundled_architecture_has_d_114688():
     assert count_parameters(unet, tiny, trainable=()).adapter == 26
 
 
-def test_a_unet_has_no_head_so_the_default_trainable_is_refused_with_the_fix():
+def test_a_unet_has_no_head_so_only_the_adapter_trains_by_default():
     with pytest.raises(ConfigError, match=r"trainable: 'head' matches no module.*trainable=\(\)"):
-        get_superlora_model(tiny_unet(), preset("lora", targets=TARGETS))
-    wrapped = get_superlora_model(tiny_unet(), preset("lora", targets=TARGETS), trainable=())
+        get_superlora_model(tiny_unet(), preset("lora", targets=TARGETS), trainable=("head",))
+    wrapped = get_superlora_model(tiny_unet(), preset("lora", targets=TARGETS))  # no classifier: nothing extra
     assert wrapped.trainable_names == []
+    assert wrapped.num_trainable_parameters() == sum(p.numel() for p in wrapped.adapter.parameters())
     assert all(not p.requires_grad for p in wrapped.base_model.parameters() if p.dtype.is_floating_point
                and not any(p is q for q in wrapped.adapter.parameters()))
 
