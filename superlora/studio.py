@@ -1349,7 +1349,9 @@ CSS = """
 
 
 def _good_class_control() -> gr.Dropdown:
+    # Custom values: the choices follow each session's data, which Gradio's own check of API inputs does not see.
     return gr.Dropdown(_good_class_items([]), value=AUTO_GOOD_CLASS, label="Good (defect-free) class",
+                       allow_custom_value=True,
                        info="counts missed defects (defects predicted good) and false alarms (good parts flagged)",
                        elem_id="good-class")
 
