@@ -2,7 +2,9 @@
 
 Every endpoint with good input (numbers checked against the library) and bad input (corrupt image, non-image
 file, archive with `..`, impossible config, oversized upload): a clear message comes back as an exception and
-the app keeps serving. Also: Stop stops, two sessions training at once keep their own data and models, the
+the app keeps serving. After a run on the sample, the mistakes, the per-class table and the missed-defect /
+false-alarm line agree with the run folder's validation/results.json and its confusion matrix, and `/report`
+returns the HTML report with every section. Also: Stop stops, two sessions training at once keep their own data and models, the
 training queue is bounded, a closed session's files are deleted, and `python app.py` starts offline with its
 flags. Hostile or careless clients, with raw HTTP calls: sessionless calls are refused, per-request sessions
 expire, the training queue and step limits hold on every route, memory budgets, upload limits and clean-up.
