@@ -83,6 +83,7 @@ DEFAULT_NUM_CLASSES = 4  # the classifier head counted before any data is loaded
 THUMBNAILS_PER_CLASS = 6  # one gallery row per class
 THUMBNAIL_SIDE = 96
 VALIDATION_PICKS_PER_CLASS = 2
+VAL_FRACTION, SPLIT_SEED = 0.2, 0  # the fixed 80/20 split of every class
 MAX_SHOWN_MISTAKES = 100  # mistakes in the Train tab's gallery; the report and predictions.csv list them all
 AUTO_GOOD_CLASS = "auto"  # the good-class choice that leaves the pick to the library (ok/good/pass/normal)
 LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
@@ -138,6 +139,7 @@ class Session:
     checkpoint_arch: str = ""  # its architecture: a model name, or a local model folder of the same shapes
     data: ImageSet | None = None
     data_source: str = ""
+    data_sample: str = ""  # the bundled sample's name when `data` is one
     train_set: ImageSet | None = None
     val_set: ImageSet | None = None
     result: Any = None  # TrainResult of the last finished run
@@ -671,9 +673,10 @@ def notes_text(lines: list[str]) -> str:
     return "\n\n".join(lines)
 
 
-def _set_data(session: Session, data: ImageSet, source: str) -> tuple:
-    train_set, val_set = train_val_split(data, val_fraction=0.2, seed=0)
+def _set_data(session: Session, data: ImageSet, source: str, sample: str = "") -> tuple:
+    train_set, val_set = train_val_split(data, val_fraction=VAL_FRACTION, seed=SPLIT_SEED)
     session.data, session.data_source, session.train_set, session.val_set = data, source, train_set, val_set
+    session.data_sample = sample
     session.data_bytes = data.memory_bytes()
     return _data_outputs(session)
 
@@ -700,7 +703,7 @@ def use_sample(name: str, sessions: SessionStore, request: gr.Request | None) ->
         if data.memory_bytes() > budget:
             raise StudioError(_over_budget_message(MemoryBudgetExceeded(
                 "", budget=budget, decoded=len(data), total=len(data)), sessions.limits))
-        return _set_data(session, data, f"the sample '{name}'")
+        return _set_data(session, data, f"the sample '{name}'", sample=name)
 
 
 def _checked_upload(files: list[str] | None, csv_file: str | None, labels: str, limits: StudioLimits
@@ -968,9 +971,9 @@ def _good_class_option(good_class: str | None) -> str | None:
 def _run_info(session: Session) -> dict[str, Any]:
     """What the run folder's config.json records about the data, so that the report can describe it (only a
     sample can be loaded again: uploads are deleted once decoded)."""
-    data: dict[str, Any] = {"val_fraction": 0.2, "split_seed": 0, "studio_source": session.data_source}
-    if session.data_source.startswith("the sample '"):
-        data["source"] = "sample:" + session.data_source[len("the sample '"):-1]
+    data: dict[str, Any] = {"val_fraction": VAL_FRACTION, "split_seed": SPLIT_SEED, "studio_source": session.data_source}
+    if session.data_sample:
+        data["source"] = f"sample:{session.data_sample}"  # the form `superlora train --data` reads
     return {"data": data}
 
 
@@ -1015,10 +1018,11 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
     worker.start()
     try:
         yield from _stream_progress(session, events)
-    finally:
-        if worker.is_alive():  # the request was abandoned (tab closed): do not leave a run or its files behind
+    except BaseException:  # the request was abandoned (tab closed): do not leave a run or its files behind
+        if worker.is_alive():
             stop.request()
             threading.Thread(target=_discard_run, args=(session, run_dir, worker), daemon=True).start()
+        raise
     worker.join()
     try:
         if "error" in outcome:
