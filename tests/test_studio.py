@@ -685,6 +685,32 @@ def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: 
         sessions.close_all()
 
 
+def test_an_abandoned_run_leaves_no_run_folder_and_the_previous_run_stays(tiny_model, tmp_path):  # noqa: F811
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, export_report, load_data, train_model
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
+                  sessions, request)
+        list(train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions, request=request))
+        session = sessions.peek("tab")
+        kept = session.run_dir
+        run = train_model(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4, sessions=sessions, request=request)
+        next(run), next(run)  # "Loading the model…", then the first progress line: the new run folder exists
+        (started,) = [p for p in session.folder.glob("run-*") if p != kept]
+        run.close()  # the page went away mid-run
+        deadline = time.monotonic() + 60
+        while started.exists():
+            assert time.monotonic() < deadline, "the abandoned run's folder was not deleted"
+            time.sleep(0.1)
+        assert session.run_dir == kept and session.phase == "idle"
+        assert Path(export_report("auto", sessions, request)).parent == kept  # the report is still the kept run's
+    finally:
+        sessions.close_all()
+
+
 def test_the_try_it_image_of_the_page_goes_through_the_library_decoder(studio, tmp_path):  # noqa: F811
     app, url = studio
     bomb = tmp_path / "bomb.png"  # a 90-byte PNG whose header claims 60,000 x 1,000 pixels
