@@ -17,7 +17,12 @@ Limits (`StudioLimits`, all set by `app.py` flags and listed in docs/studio.md):
 `max_upload_files` files; at most `max_queued_jobs` training runs wait for a slot, each of at most `max_steps` steps.
 
 Named API endpoints (see docs/studio.md): `preset`, `count_parameters`, `use_sample`, `load_data`,
-`upload_checkpoint`, `train`, `stop`, `inspect`, `predict`, `export`, `save_config`, `load_config`.
+`upload_checkpoint`, `train`, `validation`, `stop`, `inspect`, `predict`, `export`, `report`, `save_config`,
+`load_config`.
+
+Training runs write a run folder (`superlora.runs`) inside the session's folder: its `validation/` files feed the
+Train tab's mistakes and per-class table, and `superlora.report.write_report` makes the Export tab's report from
+it. A new run replaces the previous one; the folder goes with the session.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ from superlora.data import (SAMPLES, ImageSet, MemoryBudgetExceeded, decode_imag
 from superlora.data.decode import ImageRejected
 from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
 from superlora.model import atomic_write
-from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, create_meta_model, list_models, \
-    load_model
+from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
+    list_models, load_model
+from superlora.report import CLASS_TABLE_HEADERS, validation_view, write_report
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,9 @@ DEFAULT_NUM_CLASSES = 4  # the classifier head counted before any data is loaded
 THUMBNAILS_PER_CLASS = 6  # one gallery row per class
 THUMBNAIL_SIDE = 96
 VALIDATION_PICKS_PER_CLASS = 2
+VAL_FRACTION, SPLIT_SEED = 0.2, 0  # the fixed 80/20 split of every class
+MAX_SHOWN_MISTAKES = 100  # mistakes in the Train tab's gallery; the report and predictions.csv list them all
+AUTO_GOOD_CLASS = "auto"  # the good-class choice that leaves the pick to the library (ok/good/pass/normal)
 LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
 FIGURE_DELAY_S = 0.3  # figures wait this long for the controls to settle (the count never waits)
 STUDIO_CONFIG_VERSION = 1
@@ -91,7 +100,7 @@ FIELD_LABELS = {"targets": "Adapt these weights", "rank": "Rank r", "alpha": "α
                 "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
                 "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ",
                 "shuffle": "Shuffle", "uncompressed_modes": "Method (preset)", "steps": "Steps", "epochs": "Epochs",
-                "lr": "Learning rate", "batch_size": "Batch size"}
+                "lr": "Learning rate", "batch_size": "Batch size", "good_class": "Good (defect-free) class"}
 
 
 class StudioError(SuperLoRAError):
@@ -109,6 +118,7 @@ class StudioLimits:
     max_upload_files: int = 5000  # files in one upload (a zip counts as one; its members have their own limit)
     max_queued_jobs: int = 8  # training runs waiting for a slot; more are refused
     max_steps: int = 10_000  # optimizer steps of one training run (steps, or epochs x steps per epoch)
+    max_classes: int = MAX_CLASSES  # the largest classifier head an uploaded weights file may declare
 
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():
@@ -129,6 +139,7 @@ class Session:
     checkpoint_arch: str = ""  # its architecture: a model name, or a local model folder of the same shapes
     data: ImageSet | None = None
     data_source: str = ""
+    data_sample: str = ""  # the bundled sample's name when `data` is one
     train_set: ImageSet | None = None
     val_set: ImageSet | None = None
     result: Any = None  # TrainResult of the last finished run
@@ -141,6 +152,7 @@ class Session:
     closed: bool = False
     data_bytes: int = 0  # pixel memory of `data` (its train/validation halves share its images)
     export_dir: Path | None = None  # the latest export; a new one replaces it
+    run_dir: Path | None = None  # the run folder of `result`; a new run replaces it
 
     @property
     def workdir(self) -> Path:
@@ -151,7 +163,7 @@ class Session:
         self.closed = True
         if self.stop is not None:
             self.stop.request()
-        self.data = self.train_set = self.val_set = self.result = None
+        self.data = self.train_set = self.val_set = self.result = self.run_dir = None
         self.data_bytes = 0
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -353,7 +365,8 @@ def session_endpoint(fn: Callable, sessions: SessionStore) -> Callable:
     wrapped = user_errors(fn)
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
-    parameters = [p.replace(annotation=hints.get(name, p.annotation))
+    # Gradio passes inputs by position, so keyword-only parameters (after a defaulted one) are shown as positional.
+    parameters = [p.replace(annotation=hints.get(name, p.annotation), kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
                   for name, p in signature.parameters.items() if name != "sessions"]
     names = [p.name for p in parameters]
 
@@ -428,19 +441,22 @@ def _warm_up(model_name: str) -> None:
         log.debug("studio warm-up failed", exc_info=True)
 
 
-def _load_checkpoint(path: Path, arch: str) -> nn.Module:
+def _load_checkpoint(path: Path, arch: str, max_classes: int = MAX_CLASSES) -> nn.Module:
     """An uploaded weights file as a model. `arch` is a model name, or a local model folder whose config.json
-    (copied next to the file by `upload_checkpoint`) describes the architecture."""
-    return load_model(str(path)) if Path(arch).is_dir() else load_model(str(path), arch=arch)
+    (copied next to the file by `upload_checkpoint`) describes the architecture. A file whose head declares more
+    than `max_classes` classes (--max-classes) is refused before anything is built."""
+    if Path(arch).is_dir():
+        return load_model(str(path), max_classes=max_classes)
+    return load_model(str(path), arch=arch, max_classes=max_classes)
 
 
-def _base_model(model_name: str, session: Session) -> str | nn.Module:
+def _base_model(model_name: str, session: Session, max_classes: int = MAX_CLASSES) -> str | nn.Module:
     """What `train` gets: a registry name or folder, or a freshly loaded uploaded checkpoint."""
     if model_name == UPLOADED:
         if session.checkpoint is None:
             raise StudioError("Base model: upload a model file first (Model & adapter tab), or pick a model "
                               "from the list")
-        return _load_checkpoint(session.checkpoint, session.checkpoint_arch)
+        return _load_checkpoint(session.checkpoint, session.checkpoint_arch, max_classes)
     return model_name
 
 
@@ -657,9 +673,10 @@ def notes_text(lines: list[str]) -> str:
     return "\n\n".join(lines)
 
 
-def _set_data(session: Session, data: ImageSet, source: str) -> tuple:
-    train_set, val_set = train_val_split(data, val_fraction=0.2, seed=0)
+def _set_data(session: Session, data: ImageSet, source: str, sample: str = "") -> tuple:
+    train_set, val_set = train_val_split(data, val_fraction=VAL_FRACTION, seed=SPLIT_SEED)
     session.data, session.data_source, session.train_set, session.val_set = data, source, train_set, val_set
+    session.data_sample = sample
     session.data_bytes = data.memory_bytes()
     return _data_outputs(session)
 
@@ -686,7 +703,7 @@ def use_sample(name: str, sessions: SessionStore, request: gr.Request | None) ->
         if data.memory_bytes() > budget:
             raise StudioError(_over_budget_message(MemoryBudgetExceeded(
                 "", budget=budget, decoded=len(data), total=len(data)), sessions.limits))
-        return _set_data(session, data, f"the sample '{name}'")
+        return _set_data(session, data, f"the sample '{name}'", sample=name)
 
 
 def _checked_upload(files: list[str] | None, csv_file: str | None, labels: str, limits: StudioLimits
@@ -792,7 +809,7 @@ def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, reque
         shutil.copyfile(source, target)
         if Path(arch).is_dir():
             shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
-        _load_checkpoint(target, arch)
+        _load_checkpoint(target, arch, sessions.limits.max_classes)
     except BaseException:  # a refused file, a full disk, an interrupted request: no copy stays behind
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -887,7 +904,8 @@ def queue_training(steps: float, epochs: float, batch_size: float, sessions: Ses
 def check_training(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float,
                    grouping: str, fold: str, order: float, splits: float, factoring: str, projection: str,
                    ratio: float, shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float,
-                   batch_size: float, sessions: SessionStore, request: gr.Request | None) -> list[Any]:
+                   batch_size: float, good_class: str | None = AUTO_GOOD_CLASS, *, sessions: SessionStore,
+                   request: gr.Request | None = None) -> list[Any]:
     """Gradio's validator of `/train`, run on every route before the job joins the queue: a refusal is shown on
     the Steps control (the page) or raised as a ValidationError (gradio_client). A /call/ request has no session
     hash yet at this point (Gradio gives it one after validation), and no data."""
@@ -899,7 +917,7 @@ def check_training(model_name: str, preset_name: str, rank: float, alpha: float 
     return checks
 
 
-TRAIN_INPUT_NAMES = (*CONTROL_NAMES, "steps", "epochs", "lr", "batch_size")
+TRAIN_INPUT_NAMES = (*CONTROL_NAMES, "steps", "epochs", "lr", "batch_size", "good_class")
 
 
 def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
@@ -912,9 +930,12 @@ def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
 def train_model(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float, grouping: str,
                 fold: str, order: float, splits: float, factoring: str, projection: str, ratio: float,
                 shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float, batch_size: float,
-                sessions: SessionStore, request: gr.Request | None) -> Iterator[tuple]:
+                good_class: str | None = AUTO_GOOD_CLASS, *, sessions: SessionStore,
+                request: gr.Request | None = None) -> Iterator[tuple]:
     """Train in a worker thread and stream (status, curves, per-class accuracy, confusion matrix). The status
-    carries its own progress bar (Gradio's overlay would hide the line under it)."""
+    carries its own progress bar (Gradio's overlay would hide the line under it). The run is written to a new run
+    folder in the session's folder; `good_class` ("auto": the library's pick) counts missed defects and false
+    alarms. The mistakes and the per-class table of the run come from `/validation`."""
     from superlora.train import StopSignal, TrainOptions, train
 
     session = sessions.get(request)
@@ -934,24 +955,60 @@ def train_model(model_name: str, preset_name: str, rank: float, alpha: float | N
         config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
                                       projection, ratio, shuffle, targets)
         options = TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(steps),
-                               lr=float(lr), batch_size=int(batch_size), output_dir=None)
+                               lr=float(lr), batch_size=int(batch_size), good_class=_good_class_option(good_class),
+                               output_dir=str(session.workdir / f"run-{uuid.uuid4().hex[:8]}"))
         session.phase, session.events = "training", []
-        yield from _run_training(session, model_name, config, options, train)
+        yield from _run_training(session, model_name, config, options, train, sessions.limits.max_classes)
     finally:
         session.phase, session.last_used = "idle", time.monotonic()
 
 
-def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, options: Any, train: Callable
-                  ) -> Iterator[tuple]:
+def _good_class_option(good_class: str | None) -> str | None:
+    """TrainOptions.good_class of the Good-class control: None (the library's pick) for "auto" or nothing."""
+    return None if not good_class or good_class == AUTO_GOOD_CLASS else str(good_class)
+
+
+def _run_info(session: Session) -> dict[str, Any]:
+    """What the run folder's config.json records about the data, so that the report can describe it (only a
+    sample can be loaded again: uploads are deleted once decoded)."""
+    data: dict[str, Any] = {"val_fraction": VAL_FRACTION, "split_seed": SPLIT_SEED, "studio_source": session.data_source}
+    if session.data_sample:
+        data["source"] = f"sample:{session.data_sample}"  # the form `superlora train --data` reads
+    return {"data": data}
+
+
+def _discard_run(session: Session, run_dir: Path, worker: threading.Thread | None = None) -> None:
+    """Delete a run folder that did not become the session's run (failed, or abandoned), once its writer ended."""
+    if worker is not None:
+        worker.join()
+    if session.closed:  # closed while training: the run may have written after the folder was deleted
+        shutil.rmtree(session.folder, ignore_errors=True)
+    elif session.run_dir != run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _keep_run(session: Session, result: Any, model_name: str) -> None:
+    """A finished run becomes the session's: its result and run folder replace the previous ones."""
+    previous = session.run_dir
+    session.result, session.run_dir = result, result.run_dir
+    if previous is not None and previous != result.run_dir:
+        shutil.rmtree(previous, ignore_errors=True)
+    session.trained_model_source = model_name if model_name != UPLOADED else \
+        f"{session.checkpoint.name} ({Path(session.checkpoint_arch).name})"
+
+
+def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, options: Any, train: Callable,
+                  max_classes: int = MAX_CLASSES) -> Iterator[tuple]:
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     stop = session.stop
+    run_dir = Path(options.output_dir)
 
     def work() -> None:
         try:
-            source = _base_model(model_name, session)
+            source = _base_model(model_name, session, max_classes)
             outcome["result"] = train(source, session.train_set, session.val_set, config, options,
-                                      callbacks=[events.put], stop=stop)
+                                      callbacks=[events.put], stop=stop, run_info=_run_info(session))
         except Exception as err:  # noqa: BLE001 - handed to the request thread, which shows it
             outcome["error"] = err
         finally:
@@ -959,34 +1016,49 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
 
     worker = threading.Thread(target=work, name="studio-train", daemon=True)
     worker.start()
+    try:
+        yield from _stream_progress(session, events)
+    except BaseException:  # the request was abandoned (tab closed): do not leave a run or its files behind
+        if worker.is_alive():
+            stop.request()
+            threading.Thread(target=_discard_run, args=(session, run_dir, worker), daemon=True).start()
+        raise
+    worker.join()
+    try:
+        if "error" in outcome:
+            error = outcome["error"]
+            shown = _training_error(error, model_name)
+            if shown is error:
+                raise error
+            raise shown from error
+        _keep_run(session, outcome["result"], model_name)
+    finally:
+        _discard_run(session, run_dir)
+    yield _result_outputs(session)
+
+
+def _stream_progress(session: Session, events: queue.Queue) -> Iterator[tuple]:
+    """(status, curves, unchanged, unchanged) while the run's events arrive, until the worker's None."""
     last_draw, best_accuracy = 0.0, None
     # Clear the previous run's results at once; the model loads before the first event arrives.
     yield '<div class="train-bar"><div style="width: 0%"></div></div>\n\nLoading the model…', None, [], None
-    try:
-        while (event := events.get()) is not None:
-            session.events.append(event)
-            best_accuracy = event.metrics.get("best_accuracy", best_accuracy)
-            # Redraw at most twice a second: the page stays responsive and the socket quiet.
-            if time.monotonic() - last_draw > 0.5 or event.kind in ("start", "eval", "done", "stopped"):
-                last_draw = time.monotonic()
-                yield (_progress_text(event, best_accuracy), viz.curves_figure(session.events), gr.update(),
-                       gr.update())
-    finally:
-        if worker.is_alive():  # the request was abandoned (tab closed): do not leave a run behind
-            stop.request()
-    worker.join()
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, CheckpointError) and model_name in HUB_MODELS:
-            raise StudioError(_missing_weights_message(error)) from error
-        if isinstance(error, (SuperLoRAError, gr.Error)):
-            raise error
-        raise _unexpected(error)
-    result = outcome["result"]
-    session.result = result
-    session.trained_model_source = model_name if model_name != UPLOADED else \
-        f"{session.checkpoint.name} ({Path(session.checkpoint_arch).name})"
-    yield _result_outputs(session)
+    while (event := events.get()) is not None:
+        session.events.append(event)
+        best_accuracy = event.metrics.get("best_accuracy", best_accuracy)
+        # Redraw at most twice a second: the page stays responsive and the socket quiet.
+        if time.monotonic() - last_draw > 0.5 or event.kind in ("start", "eval", "done", "stopped"):
+            last_draw = time.monotonic()
+            yield (_progress_text(event, best_accuracy), viz.curves_figure(session.events), gr.update(),
+                   gr.update())
+
+
+def _training_error(error: Exception, model_name: str) -> Exception:
+    """The exception to show for a run that failed: a missing hub model says what to do in the studio."""
+    if isinstance(error, CheckpointError) and model_name in HUB_MODELS:
+        return StudioError(_missing_weights_message(error))
+    if isinstance(error, (SuperLoRAError, gr.Error)):
+        return error
+    return _unexpected(error)
 
 
 def _missing_weights_message(error: CheckpointError) -> str:
@@ -1022,6 +1094,66 @@ def stop_training(sessions: SessionStore, request: gr.Request | None) -> str:
     # A toast, not the status line: this reply may arrive after the run's last status and must not replace it.
     gr.Info(reply, duration=4)
     return reply
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _finished_run(session: Session) -> Path:
+    if session.result is None or session.run_dir is None or not session.run_dir.is_dir():
+        raise StudioError("Train a model first (Train tab): the mistakes, the per-class table and the report are "
+                          "made from the run's saved files.")
+    return session.run_dir
+
+
+def show_validation(good_class: str | None, sessions: SessionStore, request: gr.Request | None
+                    ) -> tuple[list[tuple[Any, str]], list[list[Any]], str]:
+    """The last run's validation results, read from its run folder: the mistakes as (image, caption) pairs, most
+    confident first (at most MAX_SHOWN_MISTAKES); the per-class precision / recall / F1 table with support, TP,
+    FP and FN; and the missed-defect / false-alarm sentence. `good_class` recounts the last two numbers with
+    another good class ("auto" or empty: the one the run used)."""
+    session = sessions.get(request)
+    run_dir = _finished_run(session)
+    view = validation_view(run_dir, session.val_set.images if session.val_set is not None else None,
+                           good_class=_good_class_option(good_class))
+    if view is None:
+        return [], [], "No validation results: the run stopped before its first evaluation."
+    count, total = view.record.get("mistake_count", len(view.mistakes)), view.record.get("count", 0)
+    lines = [f"**{count} of {total} validation images misclassified.** {_sentence(view.quality)}"]
+    if len(view.mistakes) > MAX_SHOWN_MISTAKES:
+        lines.append(f"The {MAX_SHOWN_MISTAKES} most confident mistakes are shown; the report (Export tab) has "
+                     "up to 100 and lists the rest by name.")
+    lines += [_sentence(note) for note in view.notes]
+    return view.mistakes[:MAX_SHOWN_MISTAKES], view.class_rows, notes_text(lines)
+
+
+def recount_validation(good_class: str | None, sessions: SessionStore, request: gr.Request | None) -> tuple:
+    """The Good-class control changed: show the last run's results with it (nothing changes before a run)."""
+    session = sessions.get(request)
+    if session.result is None or session.run_dir is None or session.phase != "idle":
+        return gr.update(), gr.update(), gr.update()
+    return show_validation(good_class, sessions, request)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if not text or text.endswith(".") else ".")
+
+
+def good_class_choices(sessions: SessionStore, request: gr.Request | None) -> Any:
+    """The Good-class control's choices: "auto" and the loaded data's classes (back to "auto" on new data)."""
+    session = sessions.get(request)
+    classes = list(session.data.classes) if session.data is not None else []
+    return gr.update(choices=_good_class_items(classes), value=AUTO_GOOD_CLASS)
+
+
+def _good_class_items(classes: list[str]) -> list[tuple[str, str]]:
+    return [("auto (the class named ok, good, pass or normal)", AUTO_GOOD_CLASS), *((name, name) for name in classes)]
+
+
+def export_report(good_class: str | None, sessions: SessionStore, request: gr.Request | None) -> str:
+    """The one-page HTML report of the last run (`superlora.report.write_report` on its run folder), replacing
+    the previous one. `good_class` as for `/validation`."""
+    session = sessions.get(request)
+    run_dir = _finished_run(session)
+    return str(write_report(run_dir, run_dir / "superlora-report.html", good_class=_good_class_option(good_class)))
 
 
 # ---------------------------------------------------------------------------------------------- inspect / try
@@ -1220,6 +1352,45 @@ CSS = """
 """
 
 
+def _good_class_control() -> gr.Dropdown:
+    # Custom values: the choices follow each session's data, which Gradio's own check of API inputs does not see.
+    return gr.Dropdown(_good_class_items([]), value=AUTO_GOOD_CLASS, label="Good (defect-free) class",
+                       allow_custom_value=True,
+                       info="counts missed defects (defects predicted good) and false alarms (good parts flagged)",
+                       elem_id="good-class")
+
+
+def _validation_widgets() -> list[Any]:
+    """The Train tab's results of the last run: missed defects and false alarms, the per-class table, mistakes."""
+    quality = gr.Markdown(elem_id="validation-quality", label="Missed defects and false alarms")
+    class_metrics = gr.Dataframe(headers=CLASS_TABLE_HEADERS, interactive=False, elem_id="class-metrics",
+                                 label="Per class: precision, recall and F1, with the counts behind them")
+    mistakes = gr.Gallery(label="Mistakes, most confident first (click one for its true and predicted class, "
+                                "confidence and top classes)", columns=8, height="auto", object_fit="contain",
+                          allow_preview=True, elem_id="mistakes")
+    return [mistakes, class_metrics, quality]
+
+
+def _report_widgets() -> tuple[gr.Button, gr.File]:
+    gr.Markdown("**A one-page report to share**: data, model and adapter, settings, curves, per-class results, "
+                "missed defects and false alarms, the confusion matrix and the mistakes, in one HTML file that "
+                "opens offline.")
+    with gr.Row():
+        button = gr.Button("Report (HTML)", elem_id="report-button")
+        file = gr.File(label="Report", elem_id="report-file")
+    return button, file
+
+
+def _wire_results(bind: Callable, start: Any, training: Any, good_class: Any, validation_outputs: list[Any],
+                  report_button: Any, report_file: Any) -> None:
+    """After a run: its validation results (also `/validation`), recounted when the good class changes; the report
+    download (`/report`). A new run clears the previous run's results at once."""
+    start.click(lambda: ([], [], ""), None, validation_outputs, queue=False, api_name=False, show_progress="hidden")
+    training.then(bind(show_validation), [good_class], validation_outputs, api_name="validation")
+    good_class.input(bind(recount_validation), [good_class], validation_outputs, api_name=False)
+    report_button.click(bind(export_report), [good_class], [report_file], api_name="report")
+
+
 def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
               sessions: SessionStore | None = None, limits: StudioLimits | None = None) -> gr.Blocks:
     """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions (others
@@ -1319,6 +1490,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                 epochs = gr.Slider(0, 50, value=0, step=1, label="Epochs (0 = use steps)")
                 lr = gr.Number(3e-3, label="Learning rate (adapter)", minimum=0)
                 batch_size = gr.Slider(1, 128, value=32, step=1, label="Batch size", elem_id="batch-size")
+            good_class = _good_class_control()
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -1330,6 +1502,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                 per_class = gr.Dataframe(headers=["class", "validation accuracy"], label="Per class",
                                          interactive=False)
                 confusion = gr.Plot(label="Confusion matrix", elem_id="confusion")
+            validation_outputs = _validation_widgets()
 
         with gr.Tab("4 · Inspect ΔW", id="inspect"):
             inspect_button = gr.Button("Show the update of every layer", elem_id="inspect-button")
@@ -1359,6 +1532,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
             export_button = gr.Button("Export", variant="primary", elem_id="export-button")
             downloads = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
             export_note = gr.Markdown(elem_id="export-note")
+            report_button, report_file = _report_widgets()
 
         # ------------------------------------------------------------------ events
         adapter_controls = [preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring, projection,
@@ -1387,12 +1561,13 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
                           api_name="upload_checkpoint")
 
         data_outputs = [data_summary, class_table, gallery, rejected, picks]
-        sample_button.click(bind(use_sample), [sample], data_outputs, api_name="use_sample").then(
-            counted, controls, [count_md, config_error], api_name=False)
-        load_button.click(bind(load_data), [uploads, csv_file, labels], data_outputs, api_name="load_data").then(
-            counted, controls, [count_md, config_error], api_name=False)
+        for loaded in (sample_button.click(bind(use_sample), [sample], data_outputs, api_name="use_sample"),
+                       load_button.click(bind(load_data), [uploads, csv_file, labels], data_outputs,
+                                         api_name="load_data")):
+            loaded.then(counted, controls, [count_md, config_error], api_name=False)
+            loaded.then(bind(good_class_choices), None, [good_class], queue=False, api_name=False)
 
-        train_inputs = [*controls, steps, epochs, lr, batch_size]
+        train_inputs = [*controls, steps, epochs, lr, batch_size, good_class]
         training = start.click(bind(queue_training), [steps, epochs, batch_size], [start], queue=False,
                                api_name=False).then(
             bind(train_model), train_inputs, [train_status, curves, per_class, confusion], api_name="train",
@@ -1401,6 +1576,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
         # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
         training.then(bind(mark_done), None, [start], queue=False, api_name=False)
         training.failure(bind(mark_done), None, [start], queue=False, api_name=False)
+        _wire_results(bind, start, training, good_class, validation_outputs, report_button, report_file)
         stop.click(bind(stop_training), None, [stop_reply], api_name="stop", concurrency_limit=None,
                    show_progress="hidden")
 

@@ -2,7 +2,9 @@
 
 Every endpoint with good input (numbers checked against the library) and bad input (corrupt image, non-image
 file, archive with `..`, impossible config, oversized upload): a clear message comes back as an exception and
-the app keeps serving. Also: Stop stops, two sessions training at once keep their own data and models, the
+the app keeps serving. After a run on the sample, the mistakes, the per-class table and the missed-defect /
+false-alarm line agree with the run folder's validation/results.json and its confusion matrix, and `/report`
+returns the HTML report with every section. Also: Stop stops, two sessions training at once keep their own data and models, the
 training queue is bounded, a closed session's files are deleted, and `python app.py` starts offline with its
 flags. Hostile or careless clients, with raw HTTP calls: sessionless calls are refused, per-request sessions
 expire, the training queue and step limits hold on every route, memory budgets, upload limits and clean-up.
@@ -40,7 +42,9 @@ from studio_helpers import (UPLOAD_LIMIT_MB, class_folder_zip, colour_image, cor
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED_ENDPOINTS = ("/preset", "/count_parameters", "/upload_checkpoint", "/use_sample", "/load_data", "/train", "/stop",
-                   "/inspect", "/predict", "/export", "/save_config", "/load_config")
+                   "/inspect", "/predict", "/export", "/save_config", "/load_config", "/validation", "/report")
+REPORT_SECTIONS = ("summary", "data", "model", "training", "curves", "per-class", "quality", "confusion", "mistakes",
+                   "reproduce")
 pytestmark = pytest.mark.slow
 
 
@@ -287,6 +291,82 @@ def test_train_predict_inspect_and_export_agree_with_the_library(client, tiny_mo
     assert dict(ranked) == pytest.approx(confidences, abs=1e-5)  # the download is the model the studio used
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def check_against_confusion(table: dict, record: dict) -> None:
+    """The class table is the run folder's record, and its counts are those of the confusion matrix."""
+    from superlora.report import CLASS_TABLE_HEADERS
+
+    assert table["headers"] == CLASS_TABLE_HEADERS
+    confusion = record["confusion"]
+    assert [row[0] for row in table["data"]] == record["classes"] == ["crack", "ok", "scratch", "spot"]
+    for index, (row, stats) in enumerate(zip(table["data"], record["per_class"])):
+        true_positives = confusion[index][index]
+        predicted = sum(line[index] for line in confusion)
+        assert row[4:] == [sum(confusion[index]), true_positives, predicted - true_positives,
+                           sum(confusion[index]) - true_positives]
+        assert row[4:] == [stats["support"], stats["true_positives"], stats["false_positives"],
+                           stats["false_negatives"]]
+        recall = true_positives / sum(confusion[index])
+        precision = true_positives / predicted if predicted else None
+        assert row[1:3] == [_percent(precision), _percent(recall)]
+        assert row[3] == _percent(stats["f1"])
+    assert sum(row[4] for row in table["data"]) == record["count"] == 64
+
+
+def test_the_mistakes_class_table_and_report_agree_with_the_run_folder(client, studio):  # noqa: F811
+    app, _ = studio
+    with pytest.raises(AppError, match=r"^Train a model first \(Train tab\): the mistakes, the per-class table and "
+                                       r"the report"):
+        client.predict("auto", api_name="/report")
+    client.predict("inspection", api_name="/use_sample")
+    with pytest.raises(AppError, match=r"^Good \(defect-free\) class: good_class='nope' is not one of the classes "
+                                       r"\(crack, ok, scratch, spot\)"):
+        train(client, good_class="nope")
+    session = app.sessions.peek(client.session_hash)
+    assert session.run_dir is None and not list(session.folder.glob("run-*"))  # the refused run left nothing
+
+    status, *_ = train(client, steps=6, batch_size=16)
+    assert status.startswith("**Done** after 6 steps")
+    record = json.loads((session.run_dir / "validation" / "results.json").read_text())
+    mistakes, table, quality = client.predict("auto", api_name="/validation")
+    check_against_confusion(table, record)
+
+    confusion = record["confusion"]
+    wrong = sum(confusion[t][p] for t in range(4) for p in range(4) if t != p)
+    assert record["mistake_count"] == wrong > 0 and len(mistakes) == min(wrong, 100)
+    for shown, mistake in zip(mistakes, record["mistakes"]):
+        assert shown["caption"].startswith(f"true {mistake['true']}, predicted {mistake['predicted']} "
+                                           f"({100 * mistake['confidence']:.0f} %) · top: ")
+        assert shown["caption"].endswith(mistake["file"]) and Path(shown["image"]).is_file()
+    confidences = [m["confidence"] for m in record["mistakes"]]
+    assert confidences == sorted(confidences, reverse=True)
+
+    # The sample's 'ok' is the good class: missed defects are defects predicted ok, false alarms ok predicted else.
+    ok = 1
+    missed, alarms = sum(confusion[t][ok] for t in (0, 2, 3)), sum(confusion[ok]) - confusion[ok][ok]
+    assert quality.startswith(f"**{wrong} of 64 validation images misclassified.**")
+    assert f"predicted 'ok'): {missed} of 48 " in quality and f"as a defect): {alarms} of 16 " in quality
+    scratch = 2
+    recounted = client.predict("scratch", api_name="/validation")[2]
+    assert f"predicted 'scratch'): {sum(confusion[t][scratch] for t in (0, 1, 3))} of 48 " in recounted
+
+    report = Path(client.predict("auto", api_name="/report"))
+    document = report.read_text(encoding="utf-8")
+    for anchor in REPORT_SECTIONS:
+        assert f'<section id="{anchor}">' in document, anchor
+    assert document.count("<figure") == min(wrong, 100) and "<script" not in document
+    assert f"{missed} of 48" in document and "Run report: run-" in document
+
+    # A new run replaces the previous run folder (and the report made from it).
+    previous = session.run_dir
+    train(client, steps=3, batch_size=16)
+    assert not previous.exists() and session.run_dir.is_dir()
+    assert [p.name for p in session.folder.iterdir()] == [session.run_dir.name]
+
+
 def test_stop_ends_a_long_run_within_moments_and_the_page_stays_responsive(client, tmp_path):
     assert client.predict(api_name="/stop") == "Nothing is training."
     load_colours(client, tmp_path, ("red", "blue"), per_class=6)
@@ -458,7 +538,7 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
     app, url = studio
     limits = app.sessions.limits
     clients = [Client(url, verbose=False) for _ in range(4)]
-    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4]
+    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4, "auto"]  # ..., batch_size, good_class
     try:
         for client in clients[:3]:
             load_colours(client, tmp_path, ("red", "blue"), per_class=6)  # 10 training images
@@ -482,7 +562,7 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
         full = r"The training queue is full: 1 runs are waiting for a slot \(at most 1, --max-queued-jobs\)"
         with pytest.raises(ValidationError, match=full):
             clients[3].predict(steps=3, batch_size=4, api_name="/train")
-        event, detail = call_route(url, "train", [*raw_train[:-4], 3, 0, 0.01, 4])
+        event, detail = call_route(url, "train", [*raw_train[:-5], 3, 0, 0.01, 4, "auto"])
         assert event == "http 422" and re.search(full, detail[14]["message"])
         for client in clients[:2]:
             client.predict(api_name="/stop")
@@ -597,8 +677,36 @@ def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: 
         first = export_model(["adapter"], sessions, request)
         second = export_model(["adapter"], sessions, request)
         assert not Path(first[0]).exists() and Path(second[0]).is_file()
-        folder = sessions.peek("tab").folder
-        assert [p.name for p in folder.iterdir()] == [Path(second[0]).parent.name]
+        session = sessions.peek("tab")
+        # The session's folder holds the run (the report's source) and the latest export only.
+        assert sorted(p.name for p in session.folder.iterdir()) == sorted([Path(second[0]).parent.name,
+                                                                          session.run_dir.name])
+    finally:
+        sessions.close_all()
+
+
+def test_an_abandoned_run_leaves_no_run_folder_and_the_previous_run_stays(tiny_model, tmp_path):  # noqa: F811
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, export_report, load_data, train_model
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
+                  sessions, request)
+        list(train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions, request=request))
+        session = sessions.peek("tab")
+        kept = session.run_dir
+        run = train_model(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4, sessions=sessions, request=request)
+        next(run), next(run)  # "Loading the model…", then the first progress line: the new run folder exists
+        (started,) = [p for p in session.folder.glob("run-*") if p != kept]
+        run.close()  # the page went away mid-run
+        deadline = time.monotonic() + 60
+        while started.exists():
+            assert time.monotonic() < deadline, "the abandoned run's folder was not deleted"
+            time.sleep(0.1)
+        assert session.run_dir == kept and session.phase == "idle"
+        assert Path(export_report("auto", sessions, request)).parent == kept  # the report is still the kept run's
     finally:
         sessions.close_all()
 
@@ -748,6 +856,34 @@ def test_app_py_limit_flags_are_the_studio_limits_and_bad_values_are_refused():
         done = subprocess.run([sys.executable, str(ROOT / "app.py"), *argv], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 2 and message in done.stderr
+
+
+def test_max_classes_bounds_an_uploaded_checkpoint_and_is_an_app_py_flag(tiny_model):  # noqa: F811
+    from types import SimpleNamespace
+
+    from superlora.errors import CheckpointError
+    from superlora.models import MAX_CLASSES
+    from superlora.studio import SessionStore, StudioLimits, upload_checkpoint
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(ROOT))
+    assert StudioLimits().max_classes == MAX_CLASSES and app.parse_args(["--max-classes", "3"]).max_classes == 3
+    weights, request = str(tiny_model / "model.safetensors"), SimpleNamespace(session_hash="tab")
+    strict = SessionStore(StudioLimits(max_classes=3), extra_models=(str(tiny_model),))
+    try:
+        with pytest.raises(CheckpointError, match=r"declares 4 classes; at most 3 are accepted .*--max-classes N"):
+            upload_checkpoint(weights, str(tiny_model), strict, request)
+        assert strict.peek("tab").checkpoint is None and not list(strict.peek("tab").folder.iterdir())
+    finally:
+        strict.close_all()
+    lenient = SessionStore(StudioLimits(max_classes=4), extra_models=(str(tiny_model),))
+    try:
+        assert upload_checkpoint(weights, str(tiny_model), lenient, request)[0] == "uploaded checkpoint"
+    finally:
+        lenient.close_all()
 
 
 def test_app_py_explains_its_flags_and_refuses_bad_values():

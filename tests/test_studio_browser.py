@@ -1,6 +1,7 @@
 """The studio in headless Chromium, as a new user walks through it: open the page, move the rank slider and see
 the count change, make an impossible combination and read the message next to the controls, pick a preset, use
-the sample data, train with live curves and stop, inspect ΔW, classify an image, download the adapter.
+the sample data, train with live curves and stop, read the mistakes and the per-class table, inspect ΔW, classify
+an image, download the adapter and the one-page report (opened in Chromium too).
 
 Each step saves a screenshot under the test's output folder (printed at the end; keep it with
 `pytest --basetemp=DIR`). Needs Debian's Chromium at /usr/bin/chromium (`.ci/run` installs it) and the
@@ -72,6 +73,51 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def check_validation_results(page, app) -> None:
+    """The Train tab after a run: the missed-defect / false-alarm line, the per-class table and the mistakes,
+    one of which opens with its caption (true and predicted class, confidence, top classes)."""
+    from playwright.sync_api import expect
+
+    quality = page.locator("#validation-quality")
+    expect(quality).to_contain_text("validation images misclassified", timeout=30_000)
+    expect(quality).to_contain_text("Missed defects (defect images predicted 'ok')")
+    wrong = int(re.search(r"(\d+) of 64 validation images misclassified", quality.inner_text()).group(1))
+    table = page.locator("#class-metrics")
+    for name in ("precision", "recall", "F1", "support", "crack", "scratch"):
+        expect(table).to_contain_text(name)
+    thumbnails = page.locator("#mistakes button.thumbnail-item")
+    expect(thumbnails).to_have_count(min(wrong, 100))
+    if wrong:
+        thumbnails.first.click()
+        expect(page.locator("#mistakes")).to_contain_text(re.compile(r"true \w+, predicted \w+ \(\d+ %\) · top: "))
+
+
+def check_report(page, context, tmp_path: Path, shots: Path) -> None:
+    """The Export tab's report: downloaded, then opened offline in Chromium with every section."""
+    from playwright.sync_api import expect
+
+    page.locator("#report-button").click()
+    link = page.locator("#report-file a").first
+    expect(link).to_be_visible(timeout=60_000)
+    with page.expect_download() as download_info:
+        link.click()
+    report = tmp_path / "report.html"
+    download_info.value.save_as(report)
+    page.screenshot(path=str(shots / "11-report-download.png"), full_page=True)
+    viewer = context.new_page()
+    viewer.goto(report.as_uri())
+    for anchor, title in (("summary", "Summary"), ("data", "Data"), ("model", "Model and adapter"),
+                          ("training", "Training settings"), ("curves", "Curves"), ("per-class", "Per-class results"),
+                          ("quality", "Missed defects and false alarms"), ("confusion", "Confusion matrix"),
+                          ("mistakes", "Mistakes"), ("reproduce", "Reproduce this run")):
+        expect(viewer.locator(f"section#{anchor} h2")).to_have_text(title)
+    images = viewer.locator("section#mistakes img")
+    if images.count():  # the thumbnails are embedded, so they load from the file alone
+        assert viewer.evaluate("img => img.naturalWidth", images.first.element_handle()) > 0
+    viewer.screenshot(path=str(shots / "12-report.png"), full_page=True)
+    viewer.close()
 
 
 def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, tmp_path):  # noqa: F811
@@ -159,6 +205,8 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     expect(page.locator("#confusion .js-plotly-plot")).to_be_visible()
     expect(page.locator("#start")).to_be_enabled()
     shot("07-stopped")
+    check_validation_results(page, app)
+    shot("07b-mistake")
 
     # 8. Inspect ΔW.
     page.get_by_role("tab", name="4 · Inspect ΔW").click()
@@ -195,6 +243,7 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     assert any(name.endswith("adapter_config.json") for name in names), names
     assert any(name.endswith(".safetensors") for name in names), names
     shot("10-export")
+    check_report(page, context, tmp_path, shots)
 
     assert not errors, errors
     context.close()
