@@ -53,7 +53,7 @@ class TrainOptions:
     checkpoint_every: write the resumable checkpoint every N steps (None: after every epoch); a final one is
         always written. Needs `output_dir`.
     output_dir: the run folder (config, metrics, adapter, checkpoint, TensorBoard). None: nothing is written,
-        the run lives in memory only (the app's quick runs).
+        the run lives in memory only (so `superlora report` has nothing to read).
     device: "auto" (GPU when there is one), "cpu" or "cuda".
     precision: "auto" (bf16 autocast on GPUs that support it, else fp16 on GPU, fp32 on CPU), "fp32",
         "bf16" or "fp16".
