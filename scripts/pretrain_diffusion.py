@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=256)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this much wall time")
     p.add_argument("--export", default=None, help="after the last step, write the model and its figures here")
+    p.add_argument("--note", default="", help="recorded in the exported config.json (e.g. how the run was resumed)")
     return p.parse_args(argv)
 
 
@@ -162,6 +163,7 @@ def export(folder: Path, ema, history: list[dict], args, held_out: torch.Tensor)
             "minutes": round(sum(r["seconds"] for r in history) / 60, 1),
             "held_out_loss": round(eval_loss, 5),
             "held_out_loss_images": min(args.eval_images, len(held_out)),
+            **({"note": args.note} if args.note else {}),
         },
     }
     atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))

@@ -207,7 +207,7 @@ class SuperLoRAAdapter(nn.Module):
             return result
         shapes = self.layout.target_shapes
         if self.config.shuffle:
-            vector = torch.cat([self._group_vector(g) for g in range(len(self.groups))])
+            vector = torch.cat([self.group_vector(g) for g in range(len(self.groups))])
             delta = proj.permute(vector, self._unshuffle, self._shuffle)
             pieces = delta.split([rows * cols for rows, cols in shapes])
             for t in wanted:
@@ -215,7 +215,7 @@ class SuperLoRAAdapter(nn.Module):
             return result
         # Every target's spans, in order, from the groups it draws on (targets may straddle contiguous groups).
         needed = sorted({g for t in wanted for g, _, _ in self._spans[t]})
-        chunks = {g: list(self._group_vector(g).split(self._cuts[g])) for g in needed}
+        chunks = {g: list(self.group_vector(g).split(self._cuts[g])) for g in needed}
         position = {g: 0 for g in needed}
         for t in range(len(shapes)):
             parts = []

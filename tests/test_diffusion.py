@@ -154,6 +154,24 @@ def test_save_unet_and_load_unet_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def test_the_bundled_unet_matches_its_config_and_model_card():
+    import json
+    import re
+
+    folder = diffusion.DIFFUSION_ASSET
+    assert (folder / "model.safetensors").stat().st_size <= 5_000_000  # the size budget of the bundled weights
+    config = json.loads((folder / "config.json").read_text())
+    unet = diffusion.load_unet()
+    assert config["unet"] == diffusion.UNET_CONFIG and config["scheduler"] == diffusion.SCHEDULER_CONFIG
+    assert sum(p.numel() for p in unet.parameters()) == config["parameters"] == 1_163_105
+    card = (folder / "MODEL_CARD.md").read_text()
+    training = config["training"]
+    assert f"**{training['held_out_loss']}**" in card and f"{training['steps']:,} steps" in card
+    assert re.search(rf"{round(training['minutes'])} minutes of step time", card)
+    for figure in ("loss_curve.png", "samples.png"):
+        assert figure in card and (folder / figure).stat().st_size > 10_000
+
+
 def test_bold_strokes_dilate_by_one_pixel_each_side():
     image = torch.zeros(1, 1, 7, 7)
     image[0, 0, 3, 3] = 0.8
