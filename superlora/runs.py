@@ -54,6 +54,17 @@ def default_run_name(model: str, adapter: Mapping[str, Any]) -> str:
     return f"{stamp}-{model_name}-{adapter.get('name', 'custom')}-r{_rank_text(adapter.get('rank', 1))}"
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: strings starting with =, +, -, @ (a formula) get a leading '.
+
+    File and class names come from users' uploads; a name like `=HYPERLINK(...).png` must not become a live formula
+    when a manager opens predictions.csv or skipped.csv in a spreadsheet.
+    """
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def reserve_run_folder(root: str | os.PathLike[str], name: str) -> Path:
     """Create and return a new, empty run folder `root/name`, or `root/name-2`, `-3`, ... if that exists.
 
@@ -135,7 +146,7 @@ class RunFolder:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["file", "reason"])
-        writer.writerows([item.name, item.reason] for item in rejected)
+        writer.writerows([spreadsheet_safe(item.name), spreadsheet_safe(item.reason)] for item in rejected)
         _write_text(self.path / SKIPPED_FILE, buffer.getvalue())
 
     def write_summary(self, config: Mapping[str, Any], record: Mapping[str, Any]) -> None:

@@ -196,3 +196,16 @@ def test_a_multi_process_run_without_output_is_refused(capsys, workspace, monkey
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model")
     assert code == 1 and "needs one shared folder: add --output RUN_DIR" in one_error_line(err)
+
+
+def test_csv_files_never_carry_a_live_spreadsheet_formula(tmp_path):
+    import csv
+
+    from superlora.data.imageset import Rejected
+    from superlora.runs import RunFolder, spreadsheet_safe
+
+    assert [spreadsheet_safe(v) for v in ("=1+1", "+a", "-b", "@c", "ok.png", 3)] == ["'=1+1", "'+a", "'-b", "'@c",
+                                                                                     "ok.png", 3]
+    RunFolder(tmp_path).write_skipped([Rejected('=HYPERLINK("x").png', "not an image"), Rejected("a.png", "empty")])
+    rows = list(csv.reader((tmp_path / "skipped.csv").open()))
+    assert rows == [["file", "reason"], ["'=HYPERLINK(\"x\").png", "not an image"], ["a.png", "empty"]]

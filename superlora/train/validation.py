@@ -23,6 +23,7 @@ from PIL import Image
 
 from superlora.errors import ConfigError
 from superlora.model import atomic_write
+from superlora.runs import spreadsheet_safe
 from superlora.train.metrics import Evaluation, ImagePrediction, class_stats, good_class_summary, macro_average
 
 VALIDATION_FORMAT = "superlora-validation/1"
@@ -89,7 +90,7 @@ def _predictions_csv(evaluation: Evaluation, classes: Sequence[str], names: Sequ
         row = [p.index, names[p.index], classes[p.label], classes[p.predicted], f"{p.confidence:.6f}", int(p.correct)]
         for c, probability in p.top:
             row += [classes[c], f"{probability:.6f}"]
-        writer.writerow(row)
+        writer.writerow([spreadsheet_safe(cell) for cell in row])
     return buffer.getvalue()
 
 
