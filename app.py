@@ -24,7 +24,7 @@ LIMIT_FLAGS = (
     ("--max-upload-files", 5000, "files in one upload (put more into a .zip)"),
     ("--max-queued-jobs", 8, "training runs that may wait for a slot; more are refused"),
     ("--max-steps", 10_000, "optimizer steps of one training run"),
-    ("--max-classes", 32_768, "classes an uploaded model file's head may declare (superlora.models.MAX_CLASSES)"),
+    ("--max-classes", 32_768, "classes an uploaded model file's head may declare (superlora.base_models.MAX_CLASSES)"),
 )
 
 

@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 import superlora  # noqa: E402
 from superlora.data import sample_dataset  # noqa: E402
-from superlora.models import DEFAULT_MODEL, _atomic_write_bytes, data_config, load_model  # noqa: E402
+from superlora.base_models import DEFAULT_MODEL, data_config, load_model  # noqa: E402
+from superlora.files import atomic_write_bytes  # noqa: E402
 
 TASKS = {"inspection": dict(train_per_class=60, val_per_class=20),
          "digits": dict(train_per_class=100, val_per_class=100)}
@@ -182,7 +183,7 @@ def run_cached(key: str, cache: Path, fn) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     result = fn()
-    _atomic_write_bytes(path, json.dumps(result).encode())
+    atomic_write_bytes(path, json.dumps(result).encode())
     return result
 
 
@@ -278,9 +279,9 @@ def main(argv=None) -> None:
                 weights_sha256_10=weights_tag,
                 torch=torch.__version__)
     out = Path(args.out)
-    _atomic_write_bytes(out.with_suffix(".json"),
+    atomic_write_bytes(out.with_suffix(".json"),
                         (json.dumps(dict(meta=meta, summary=summary, runs=results), indent=2) + "\n").encode())
-    _atomic_write_bytes(out.with_suffix(".md"), markdown(summary, meta).encode())
+    atomic_write_bytes(out.with_suffix(".md"), markdown(summary, meta).encode())
     print(markdown(summary, meta))
 
 

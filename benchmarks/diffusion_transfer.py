@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:
 
 from superlora import SuperLoRAConfig, count_parameters, get_superlora_model, preset  # noqa: E402
 from superlora import diffusion  # noqa: E402
-from superlora.model import atomic_write  # noqa: E402
+from superlora.files import atomic_write  # noqa: E402
 
 
 def _load_pareto():

@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from superlora import SuperLoRAConfig, count_parameters, preset  # noqa: E402
-from superlora.model import atomic_write  # noqa: E402
+from superlora.files import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -207,13 +207,13 @@ class Counted:
 
 def count_grid(points: Sequence[Point], model: str, num_classes: int) -> list[Counted]:
     """Exact parameter counts of every point on `model` (a meta-device build: shapes only, instant)."""
-    from superlora.models import create_meta_model
+    from superlora.base_models import create_meta_model
 
     meta = create_meta_model(model, num_classes=num_classes)
     counted = []
     for point in points:
         c = count_parameters(meta, point.config)
-        counted.append(Counted(point, c.adapter, c.trainable_modules, c.base_model, c.update_size, c.lora_r1))
+        counted.append(Counted(point, c.adapter, c.trainable_module_parameters, c.base_model, c.update_size, c.lora_r1))
     return counted
 
 
@@ -400,7 +400,7 @@ class Setup:
 
 
 def weights_digest(model: str) -> str:
-    from superlora.models import DEFAULT_MODEL_DIR, WEIGHTS_FILE
+    from superlora.base_models import DEFAULT_MODEL_DIR, WEIGHTS_FILE
 
     path = DEFAULT_MODEL_DIR / WEIGHTS_FILE if model == DEFAULT_MODEL else Path(model)
     if path.is_dir():

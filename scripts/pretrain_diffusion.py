@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from superlora import diffusion  # noqa: E402
 from superlora.diffusion import DATA_SEED, digit_split  # noqa: E402
-from superlora.model import atomic_write  # noqa: E402
+from superlora.files import atomic_write  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

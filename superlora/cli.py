@@ -201,7 +201,7 @@ def adapter_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
 
 def _check_model_name(name: str) -> None:
     """Unknown names fail here, before any data is loaded."""
-    from superlora.models import create_meta_model
+    from superlora.base_models import create_meta_model
 
     if os.path.exists(name) or os.sep in name or name.lower().endswith((".safetensors", ".pth", ".pt", ".bin")):
         if not Path(name).exists():
@@ -328,14 +328,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _default_model() -> str:
-    from superlora.models import DEFAULT_MODEL
+    from superlora.base_models import DEFAULT_MODEL
 
     return DEFAULT_MODEL
 
 
 def cmd_count(args: argparse.Namespace) -> int:
     from superlora.counting import count_parameters
-    from superlora.models import create_meta_model
+    from superlora.base_models import create_meta_model
 
     saved: dict[str, Any] = {}
     if args.config:
@@ -378,7 +378,7 @@ def format_count(model_name: str, config: SuperLoRAConfig, count: Any, all_group
     lines += [
         "",
         f"adapter parameters          {count.adapter:>14,}   ({size / 1024:.1f} KiB as float32)",
-        f"head (trainable)            {count.trainable_modules:>14,}",
+        f"head (trainable)            {count.trainable_module_parameters:>14,}",
         f"total trainable             {count.total_trainable:>14,}   ({count.percent_of_model:.4f} % of "
         f"{count.base_model:,})",
         f"LoRA r=1 on the same targets {count.lora_r1:>13,}   ({_relative(count.factor_vs_lora_r1)})",
@@ -439,7 +439,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "merged" in written:
         config = json.loads((written["merged"] / "config.json").read_text())
         how = timm_load_snippet(written["merged"], config) if config.get("architecture") and \
-            not config.get("model_args") else f"superlora.models.load_model({str(written['merged'])!r})"
+            not config.get("model_args") else f"superlora.base_models.load_model({str(written['merged'])!r})"
         print(f"merged: {written['merged'] / 'model.safetensors'}  (load: {how})")
     if "onnx" in written:
         report = written["onnx"]
@@ -473,7 +473,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from superlora.models import list_models
+    from superlora.base_models import list_models
 
     for info in list_models():
         where = "offline" if info.available_offline else "needs download"

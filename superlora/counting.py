@@ -15,7 +15,7 @@ from torch import nn
 
 from superlora.config import SuperLoRAConfig, as_config
 from superlora.functional.layout import Layout, plan_layout
-from superlora.targets import Target, resolve_targets, trainable_modules
+from superlora.targets import Target, resolve_targets, resolve_trainable
 
 BYTES_PER_PARAMETER = 4  # adapters are stored in float32
 
@@ -58,7 +58,7 @@ def default_trainable(model: nn.Module) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ParameterCount:
     adapter: int  # adapter factors only (what the paper reports)
-    trainable_modules: int  # e.g. the classifier head
+    trainable_module_parameters: int  # parameters of the modules trained in full, e.g. the classifier head
     base_model: int  # all parameters of the base model
     update_size: int  # D, entries of all ΔW together
     lora_r1: int  # LoRA with rank 1 on the same targets, for comparison
@@ -72,7 +72,7 @@ class ParameterCount:
 
     @property
     def total_trainable(self) -> int:
-        return self.adapter + self.trainable_modules
+        return self.adapter + self.trainable_module_parameters
 
     @property
     def adapter_bytes(self) -> int:
@@ -90,7 +90,7 @@ class ParameterCount:
     def as_dict(self) -> dict[str, Any]:
         return {
             "adapter": self.adapter,
-            "trainable_modules": self.trainable_modules,
+            "trainable_modules": self.trainable_module_parameters,  # key kept: the studio's /count JSON
             "total_trainable": self.total_trainable,
             "base_model": self.base_model,
             "percent_of_model": self.percent_of_model,
@@ -136,11 +136,11 @@ def count_parameters(
     config = as_config(config)
     targets = resolve_targets(model, config.targets)
     layout = plan_layout([t.shape for t in targets], config)
-    module_names = trainable_modules(model, default_trainable(model) if trainable is None else trainable)
+    module_names = resolve_trainable(model, default_trainable(model) if trainable is None else trainable)
     head = sum(p.numel() for name in module_names for p in model.get_submodule(name).parameters())
     return ParameterCount(
         adapter=layout.num_parameters,
-        trainable_modules=head,
+        trainable_module_parameters=head,
         base_model=sum(p.numel() for p in model.parameters()),
         update_size=layout.total,
         lora_r1=sum(rows + cols for rows, cols in layout.target_shapes),

@@ -98,7 +98,7 @@ def save_unet(model: nn.Module, folder: str | Path, info: dict[str, Any] | None 
     """Write a UNet as `load_unet` reads it: `model.safetensors` and `config.json` ({"unet": its config, ...info})."""
     from safetensors.torch import save
 
-    from superlora.model import atomic_write
+    from superlora.files import atomic_write
 
     folder = Path(folder)
     unet_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _unet_config(model).items()

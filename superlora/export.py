@@ -30,7 +30,8 @@ from torch import Tensor
 from superlora.errors import ConfigError, SuperLoRAError
 from superlora.inference import input_config, jsonable_data_config
 from superlora.layers import AdaptedLinear
-from superlora.model import SuperLoRAModel, atomic_folder, atomic_write
+from superlora.files import atomic_folder, atomic_write
+from superlora.model import SuperLoRAModel
 
 MERGED_WEIGHTS = "model.safetensors"
 MERGED_CONFIG = "config.json"
@@ -77,8 +78,8 @@ def merged_state_dict(model: SuperLoRAModel) -> dict[str, Tensor]:
 
 
 def _merged_config(model: SuperLoRAModel, classes: Sequence[str] | None) -> dict[str, Any]:
-    """config.json of a merged model: what superlora.models.load_model reads, plus timm's `label_names`."""
-    from superlora.models import model_config
+    """config.json of a merged model: what superlora.base_models.load_model reads, plus timm's `label_names`."""
+    from superlora.base_models import model_config
 
     try:
         config = model_config(model.base_model)

@@ -126,7 +126,7 @@ def load_trained(path: str | os.PathLike, model: str | os.PathLike | None = None
     """
     from superlora.errors import CheckpointError, ConfigError
     from superlora.model import SuperLoRAModel, read_adapter_config
-    from superlora.models import load_model
+    from superlora.base_models import load_model
 
     folder = adapter_folder(path)
     info = read_adapter_config(folder)

@@ -25,9 +25,10 @@ from superlora.adapter import SuperLoRAAdapter
 from superlora.config import SuperLoRAConfig, as_config
 from superlora.counting import default_trainable
 from superlora.errors import CheckpointError, ConfigError
+from superlora.files import atomic_folder
 from superlora.functional.layout import Layout, plan_layout
 from superlora.layers import AdaptedLinear, AdapterRuntime
-from superlora.targets import Target, resolve_targets, trainable_modules
+from superlora.targets import Target, resolve_targets, resolve_trainable
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -37,70 +38,6 @@ FORMAT_VERSION = 1
 def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
     return (root.get_submodule(parent_name) if parent_name else root), child
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write a file through a temporary sibling and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        # Flush to disk before the rename, so a crash cannot leave a renamed but empty file.
-        with open(tmp, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def atomic_folder(folder: str | os.PathLike[str], files: Mapping[str, Callable[[str], None]]) -> Path:
-    """Write the files of one folder as a unit: into a temporary sibling folder, then renamed into place.
-
-    `files` maps a file name to a function that writes it to a given path. An existing folder holding only
-    these names is swapped out and removed, so a crash leaves either the old folder or the new one, never a
-    mix. A folder that also holds other files is not replaced (they would be lost): its files are then
-    replaced one by one, each atomically, in the order given.
-    """
-    folder = Path(folder).resolve()
-    if folder.is_dir() and set(os.listdir(folder)) - set(files):
-        for name, write in files.items():
-            atomic_write(folder / name, write)
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
-    old: Path | None = None
-    try:
-        for name, write in files.items():
-            atomic_write(staging / name, write)
-        os.chmod(staging, 0o777 & ~_umask())
-        if folder.exists():
-            # rename() onto an empty directory replaces it, which reserves a fresh name for the old folder.
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old)
-        try:
-            os.replace(staging, folder)
-        except BaseException:
-            if old is not None:
-                os.replace(old, folder)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 class SuperLoRAModel(nn.Module):
@@ -118,7 +55,7 @@ class SuperLoRAModel(nn.Module):
         layout = plan_layout([t.shape for t in targets], config)
         if trainable is None:
             trainable = default_trainable(model)
-        self.trainable_names = trainable_modules(model, trainable)
+        self.trainable_modules = resolve_trainable(model, trainable)
         first_weight = model.get_submodule(targets[0].module_name).weight
         adapter = SuperLoRAAdapter(layout, config)
         self.base_model = model
@@ -129,7 +66,7 @@ class SuperLoRAModel(nn.Module):
 
         for param in model.parameters():
             param.requires_grad_(False)
-        for name in self.trainable_names:
+        for name in self.trainable_modules:
             for param in model.get_submodule(name).parameters():
                 param.requires_grad_(True)
 
@@ -166,7 +103,7 @@ class SuperLoRAModel(nn.Module):
         count = sum(p.numel() for p in self.adapter.parameters())
         if include_trainable_modules:
             count += sum(
-                p.numel() for name in self.trainable_names for p in self.base_model.get_submodule(name).parameters()
+                p.numel() for name in self.trainable_modules for p in self.base_model.get_submodule(name).parameters()
             )
         return count
 
@@ -248,7 +185,7 @@ class SuperLoRAModel(nn.Module):
             "library": "superlora",
             "config": self.config.to_dict(),
             "targets": [{"name": t.name, "shape": list(t.shape)} for t in self.targets],
-            "trainable_modules": list(self.trainable_names),
+            "trainable_modules": list(self.trainable_modules),
             "num_adapter_parameters": self.num_trainable_parameters(include_trainable_modules=False),
             "fixed_maps_fingerprint": self.adapter.fingerprint(),
         }
@@ -256,7 +193,7 @@ class SuperLoRAModel(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Adapter factors (prefix `adapter.`) and trainable modules' tensors (prefix `modules.`), on CPU."""
         state = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
-        for name in self.trainable_names:
+        for name in self.trainable_modules:
             for key, value in self.base_model.get_submodule(name).state_dict().items():
                 state[f"modules.{name}.{key}"] = value
         return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}

@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from superlora.errors import ConfigError
-from superlora.model import atomic_write
+from superlora.files import atomic_write
 from superlora.runs import CONFIG_FILE, METRICS_JSON, RUN_FORMAT, TENSORBOARD_DIR, describe_adapter, read_json
 from superlora.train.metrics import Evaluation, resolve_good_class
 from superlora.train.validation import (

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from superlora.errors import ConfigError
-from superlora.model import atomic_write
+from superlora.files import atomic_write
 
 RUN_FORMAT = "superlora-run/1"
 CONFIG_FILE = "config.json"

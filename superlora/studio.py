@@ -62,8 +62,8 @@ from superlora.data import (SAMPLES, ImageSet, MemoryBudgetExceeded, decode_imag
                             train_val_split)
 from superlora.data.decode import ImageRejected
 from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
-from superlora.model import atomic_write
-from superlora.models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
+from superlora.files import atomic_write
+from superlora.base_models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
     list_models, load_model
 from superlora.report import CLASS_TABLE_HEADERS, validation_view, write_report
 
@@ -572,7 +572,7 @@ def format_count(count: ParameterCount) -> str:
         "| trainable parameters | |",
         "|---|---:|",
         f"| **adapter** | **{count.adapter:,}** |",
-        f"| classifier head | {count.trainable_modules:,} |",
+        f"| classifier head | {count.trainable_module_parameters:,} |",
         f"| total | {count.total_trainable:,} |",
         f"| share of the model ({count.base_model:,}) | {count.percent_of_model:.3f} % |",
         f"| LoRA r=1 on the same targets | {count.lora_r1:,} |",
@@ -1267,7 +1267,7 @@ def export_help(formats: list[str], sessions: SessionStore, request: gr.Request 
                      ".predict(['photo.jpg'])`; it holds only the adapter and the head, so it needs the base model.")
     if "merged" in (formats or []):
         lines.append("- merged: the base model with the update merged in, a plain checkpoint: "
-                     "`superlora.models.load_model('superlora-merged')` (or timm, see its config.json).")
+                     "`superlora.base_models.load_model('superlora-merged')` (or timm, see its config.json).")
     if "onnx" in (formats or []):
         lines.append("- onnx: for onnxruntime and other runtimes; input `pixel_values` (normalised as in the model's "
                      "data config, stored in the file's metadata with the class names), output `logits`.")
@@ -1394,7 +1394,7 @@ def _wire_results(bind: Callable, start: Any, training: Any, good_class: Any, va
 def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
               sessions: SessionStore | None = None, limits: StudioLimits | None = None) -> gr.Blocks:
     """The studio's Blocks. `max_training_jobs` bounds concurrent training runs across all sessions (others
-    wait in the queue); `extra_models` are local model folders (written by `superlora.models.save_model`) offered
+    wait in the queue); `extra_models` are local model folders (written by `superlora.base_models.save_model`) offered
     first; `limits` bound what sessions may hold and start (ignored when `sessions` is given). The returned
     Blocks carries its `SessionStore` as `.sessions`. `launch` also queues it with `api_open=False` and adds the
     `HeartbeatWatch` middleware; whoever serves the Blocks another way must do both, or sessionless `/run/` calls

@@ -117,7 +117,7 @@ def resolve_targets(model: nn.Module, patterns: Sequence[str]) -> list[Target]:
     return targets
 
 
-def trainable_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+def resolve_trainable(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Names of the modules kept trainable (e.g. the classifier head); each pattern must match something."""
     modules = dict(model.named_modules())
     names: list[str] = []

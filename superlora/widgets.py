@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, as_config, preset
 from superlora.counting import ParameterCount, count_parameters
 from superlora.errors import ConfigError, SuperLoRAError
-from superlora.targets import resolve_targets, trainable_modules
+from superlora.targets import resolve_targets, resolve_trainable
 from superlora.viz import budget_figure, confusion_figure, curves_figure, delta_heatmap, delta_norms_figure, \
     metric_records, spectra_figure, split_block
 from superlora.viz.common import fmt_count
@@ -42,7 +42,7 @@ def show_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
 def target_choices(model: nn.Module, exclude: Sequence[str] = ("head",)) -> list[str]:
     """Target patterns worth offering for `model`: q, k, v of fused qkv layers and each Linear's last name
     (qkv, proj, fc1, ...), minus the modules in `exclude` (kept trainable, e.g. the classifier head)."""
-    excluded = set(trainable_modules(model, exclude)) if exclude else set()
+    excluded = set(resolve_trainable(model, exclude)) if exclude else set()
     suffixes = ["q", "k", "v"]
     for name, module in model.named_modules():
         suffix = name.rsplit(".", 1)[-1]
@@ -215,7 +215,7 @@ class ConfigPanel:
             f"<b>adapter parameters: {fmt_count(count.adapter)}</b><br>"
             f"{comparison} LoRA r=1 on the same targets ({fmt_count(count.lora_r1)})<br>"
             f"{len(count.targets)} targets, {len(count.groups)} group(s), D = {fmt_count(count.update_size)}<br>"
-            f"+ trainable modules (head): {fmt_count(count.trainable_modules)}<br>"
+            f"+ trainable modules (head): {fmt_count(count.trainable_module_parameters)}<br>"
             f"total trainable: {fmt_count(count.total_trainable)} ({count.percent_of_model:.3f}% of the model)"
         )
 

@@ -34,7 +34,7 @@ def tiny_model_folder(folder: Path) -> Path:
     """The bundled default's architecture (hybrid ViT) shrunk to 32 px, 2 blocks of width 32: trains in ms."""
     import torch
 
-    from superlora.models import build_hybrid_vit, save_model
+    from superlora.base_models import build_hybrid_vit, save_model
 
     torch.manual_seed(0)
     return save_model(build_hybrid_vit(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=4), folder)

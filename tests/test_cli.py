@@ -18,7 +18,7 @@ from train_helpers import colour_images
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A folder of class folders of PNGs and a small local model folder (the bundled default's architecture)."""
-    from superlora.models import build_hybrid_vit, save_model
+    from superlora.base_models import build_hybrid_vit, save_model
 
     root = tmp_path_factory.mktemp("cli")
     image_set = colour_images(per_class=8)

@@ -35,7 +35,7 @@ def test_vit_b16_q_v_worked_numbers(vit_base_meta, config, expected):
     assert count.update_size == 14_155_776
     assert len(count.targets) == 24
     assert count.adapter == expected
-    assert count.trainable_modules == 768 * 1000 + 1000
+    assert count.trainable_module_parameters == 768 * 1000 + 1000
     assert next(vit_base_meta.parameters()).is_meta
 
 
@@ -110,7 +110,7 @@ def test_lora_count_matches_formula_on_mixed_shapes():
     model = TwoLayerMLP((12, 20, 16, 4))
     count = count_parameters(model, preset("lora", rank=3, targets=("fc1", "fc2")), trainable=("head",))
     assert count.adapter == 3 * (20 + 12) + 3 * (16 + 20)
-    assert count.trainable_modules == 16 * 4 + 4
+    assert count.trainable_module_parameters == 16 * 4 + 4
 
 
 def test_layer_grouping_with_more_groups_than_targets_is_a_config_error():

@@ -82,7 +82,7 @@ def test_counts_equal_the_real_modules_trainable_parameters(config):
     wrapped = get_superlora_model(tiny_unet(), config, trainable=())
     live = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     assert counted.adapter == live == wrapped.num_trainable_parameters() > 0
-    assert counted.trainable_modules == 0
+    assert counted.trainable_module_parameters == 0
     assert counted.update_size == 16 * 16 * 16
 
 
@@ -106,7 +106,7 @@ def test_a_unet_has_no_head_so_only_the_adapter_trains_by_default():
     with pytest.raises(ConfigError, match=r"trainable: 'head' matches no module.*trainable=\(\)"):
         get_superlora_model(tiny_unet(), preset("lora", targets=TARGETS), trainable=("head",))
     wrapped = get_superlora_model(tiny_unet(), preset("lora", targets=TARGETS))  # no classifier: nothing extra
-    assert wrapped.trainable_names == []
+    assert wrapped.trainable_modules == []
     assert wrapped.num_trainable_parameters() == sum(p.numel() for p in wrapped.adapter.parameters())
     assert all(not p.requires_grad for p in wrapped.base_model.parameters() if p.dtype.is_floating_point
                and not any(p is q for q in wrapped.adapter.parameters()))

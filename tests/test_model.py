@@ -487,7 +487,7 @@ def test_int_of_a_parameter_count_is_the_adapter_count():
 
     count = count_parameters(tiny_vit(), preset("lora", rank=2))
     assert int(count) == count.adapter == 4 * 2 * (24 + 24)
-    assert count.trainable_modules == 24 * 3 + 3  # the default trainable module is the classifier, `head`
+    assert count.trainable_module_parameters == 24 * 3 + 3  # the default trainable module is the classifier, `head`
 
 
 class _Tagger(nn.Module):
@@ -510,12 +510,12 @@ def test_trainable_defaults_to_the_classifier_or_to_nothing():
 
     headless = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     wrapped = get_superlora_model(headless, preset("lora", targets=("0",)))
-    assert wrapped.trainable_names == []
+    assert wrapped.trainable_modules == []
     assert [n for n, p in wrapped.named_parameters() if p.requires_grad] == ["adapter.groups.0.pieces.0.left",
                                                                           "adapter.groups.0.pieces.0.right"]
-    assert count_parameters(nn.Sequential(nn.Linear(8, 8)), preset("lora", targets=("0",))).trainable_modules == 0
+    assert count_parameters(nn.Sequential(nn.Linear(8, 8)), preset("lora", targets=("0",))).trainable_module_parameters == 0
     tagger = get_superlora_model(_Tagger(), preset("lora", targets=("body",)))
-    assert tagger.trainable_names == ["classifier"]
-    assert count_parameters(_Tagger(), preset("lora", targets=("body",))).trainable_modules == 8 * 2 + 2
-    assert get_superlora_model(tiny_vit(num_classes=0), preset("lora")).trainable_names == []  # Identity head
-    assert get_superlora_model(tiny_vit(), preset("lora"), trainable=()).trainable_names == []
+    assert tagger.trainable_modules == ["classifier"]
+    assert count_parameters(_Tagger(), preset("lora", targets=("body",))).trainable_module_parameters == 8 * 2 + 2
+    assert get_superlora_model(tiny_vit(num_classes=0), preset("lora")).trainable_modules == []  # Identity head
+    assert get_superlora_model(tiny_vit(), preset("lora"), trainable=()).trainable_modules == []

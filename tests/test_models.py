@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import superlora.models as models
+import superlora.base_models as models
 from superlora.errors import CheckpointError, ConfigError
-from superlora.models import (DEFAULT_MODEL, create_meta_model, create_model, data_config, list_models,
+from superlora.base_models import (DEFAULT_MODEL, create_meta_model, create_model, data_config, list_models,
                               load_model, save_model)
 
 # The documented architecture of the bundled default (docs/models.md, assets/default/MODEL_CARD.md): parameters
@@ -345,7 +345,7 @@ def test_pickled_objects_are_never_unpickled(tmp_path):
 _PEAK_SCRIPT = """
 import resource, sys, timm
 from superlora.errors import CheckpointError
-from superlora.models import create_meta_model, load_model
+from superlora.base_models import create_meta_model, load_model
 create_meta_model(sys.argv[2])  # imports and caches done: what follows is the file's own cost
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

@@ -180,7 +180,7 @@ def test_the_docs_page_keeps_its_prose_around_the_generated_block():
 
 
 def test_the_study_grid_is_valid_and_its_budgets_overlap_on_the_default_architecture():
-    from superlora.models import build_hybrid_vit
+    from superlora.base_models import build_hybrid_vit
 
     points = pareto.study_grid()
     pareto.check_grid(points)
@@ -206,7 +206,7 @@ def test_quick_refuses_to_write_into_the_committed_results():
 # ------------------------------------------------------------------------------------------------ a real run
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from superlora.models import build_hybrid_vit, save_model
+    from superlora.base_models import build_hybrid_vit, save_model
 
     folder = tmp_path_factory.mktemp("pareto-model") / "model"
     save_model(build_hybrid_vit(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=3), folder)
@@ -223,7 +223,7 @@ def run_quick(model: Path, out: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_quick_run_writes_rows_that_match_count_parameters_and_the_analysis_uses_them(tiny_model, tmp_path):
-    from superlora.models import create_meta_model
+    from superlora.base_models import create_meta_model
 
     out = tmp_path / "quick"
     run_quick(tiny_model, out)
@@ -242,7 +242,7 @@ def test_quick_run_writes_rows_that_match_count_parameters_and_the_analysis_uses
             assert pareto.config_hash(config) == r["config_hash"]
             counted = count_parameters(meta, config)
             assert int(r["adapter_params"]) == counted.adapter > 0
-            assert int(r["head_params"]) == counted.trainable_modules == 33 * classes
+            assert int(r["head_params"]) == counted.trainable_module_parameters == 33 * classes
             assert r["status"] == "ok" and 0.0 <= float(r["accuracy"]) <= 1.0
             assert int(r["steps"]) == 3 and int(r["val_size"]) == 3 * classes
         assert {r["phase"] for r in rows} == {"sweep", "main"}

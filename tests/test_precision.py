@@ -157,7 +157,7 @@ def test_the_layer_takes_the_separate_path_only_in_16_bit(monkeypatch):
 @pytest.mark.slow
 def test_cli_train_with_bf16_works_for_every_preset(tmp_path, capsys):
     from superlora.cli import main
-    from superlora.models import build_hybrid_vit, save_model
+    from superlora.base_models import build_hybrid_vit, save_model
 
     from train_helpers import colour_images
 

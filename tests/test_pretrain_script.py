@@ -43,7 +43,7 @@ def straight(tmp_path_factory) -> Path:
 
 
 def test_a_tiny_run_exports_the_default_architecture_with_its_pretraining_summary(straight):
-    from superlora.models import DEFAULT_MODEL, load_model
+    from superlora.base_models import DEFAULT_MODEL, load_model
 
     exported = load_model(str(straight / "export"))
     default = load_model(DEFAULT_MODEL)

@@ -300,7 +300,7 @@ def test_a_run_saved_before_validation_results_gets_a_report_with_a_note(stripes
 
 
 def test_cli_trains_with_a_good_class_prints_the_numbers_and_writes_the_report(tmp_path, capsys):
-    from superlora.models import build_hybrid_vit, save_model
+    from superlora.base_models import build_hybrid_vit, save_model
 
     image_set = colour_images(per_class=6)
     for index, (image, label) in enumerate(zip(image_set.images, image_set.labels)):

@@ -34,7 +34,7 @@ from gradio_client.utils import Status
 from superlora.config import preset
 from superlora.counting import count_parameters
 from superlora.errors import SuperLoRAError
-from superlora.models import create_meta_model
+from superlora.base_models import create_meta_model
 
 from studio_helpers import (UPLOAD_LIMIT_MB, class_folder_zip, colour_image, corrupt_png, free_port,  # noqa: F401
                             many_images_zip, page_call, page_fn_index, prefixed_images, resident_bytes, studio,
@@ -862,7 +862,7 @@ def test_max_classes_bounds_an_uploaded_checkpoint_and_is_an_app_py_flag(tiny_mo
     from types import SimpleNamespace
 
     from superlora.errors import CheckpointError
-    from superlora.models import MAX_CLASSES
+    from superlora.base_models import MAX_CLASSES
     from superlora.studio import SessionStore, StudioLimits, upload_checkpoint
 
     sys.path.insert(0, str(ROOT))

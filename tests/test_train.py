@@ -312,7 +312,7 @@ def test_predict_returns_sorted_top_k_probabilities():
 def test_frozen_batch_norm_statistics_do_not_move_during_training():
     """The bundled default's architecture has BatchNorm in its convolutional stem; adapter training must leave
     the frozen base model's running statistics alone, also after evaluations switch modes back and forth."""
-    from superlora.models import build_hybrid_vit
+    from superlora.base_models import build_hybrid_vit
 
     torch.manual_seed(0)
     model = build_hybrid_vit(img_size=32, embed_dim=32, depth=1, num_heads=2, num_classes=3)

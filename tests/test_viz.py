@@ -69,7 +69,7 @@ def test_budget_preset_that_does_not_fit_has_no_points_and_says_why():
 
 
 def test_budget_reproduces_the_worked_vit_b_numbers():
-    from superlora.models import create_meta_model
+    from superlora.base_models import create_meta_model
 
     model = create_meta_model("vit_base_patch16_224")
     config = preset("superlora-2d", rank=1)

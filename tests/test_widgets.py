@@ -92,7 +92,7 @@ def test_config_panel_starts_from_a_preset(model):
 
 
 def test_config_panel_on_a_meta_vit_b():
-    from superlora.models import create_meta_model
+    from superlora.base_models import create_meta_model
 
     panel = ConfigPanel(create_meta_model("vit_base_patch16_224"), "superlora-2d")
     assert _shown(panel) == 7_526  # METHOD.md's worked check

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from superlora.errors import CheckpointError
-from superlora.model import atomic_write
+from superlora.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "superlora-checkpoint/1"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import random
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -24,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -67,12 +65,6 @@ class WarmupCosine:
             return (step + 1) / self.warmup
         progress = (step - self.warmup) / max(1, self.total - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def resolve_precision(precision: str, on_gpu: bool) -> str:
@@ -133,7 +125,7 @@ def prepare_model(model: nn.Module | str | os.PathLike, config: SuperLoRAConfig 
                   num_classes: int) -> tuple[str | None, SuperLoRAModel]:
     """(name, SuperLoRAModel) from a registry name or path, a plain model, or an already adapted model.
 
-    The name is the one `superlora.models.load_model` can load again, so it is None for model objects.
+    The name is the one `superlora.base_models.load_model` can load again, so it is None for model objects.
     """
     if isinstance(model, SuperLoRAModel):
         if config is not None and as_config(config) != model.config:
@@ -148,7 +140,7 @@ def prepare_model(model: nn.Module | str | os.PathLike, config: SuperLoRAConfig 
                           "such as 'lora'")
     config = as_config(config)
     if isinstance(model, (str, os.PathLike)):
-        from superlora.models import load_model
+        from superlora.base_models import load_model
 
         name = os.fspath(model)
         base = load_model(name, num_classes=num_classes)
@@ -212,7 +204,9 @@ class _Run:
         self.accelerator = acc = make_accelerator(options.device, options.precision)
         self.is_main, self.world, self.rank = acc.is_main_process, acc.num_processes, acc.process_index
 
-        seed_everything(options.seed)
+        from accelerate.utils import set_seed
+
+        set_seed(options.seed % 2**32)  # numpy's seeds are 32-bit
         self.model_name, self.model = prepare_model(model, config, len(self.classes))
         self.model_label = self.model_name or _model_name(self.model.base_model) or type(self.model.base_model).__name__
         self.config = self.model.config
@@ -233,7 +227,7 @@ class _Run:
 
         # Optimizer: adapter factors at lr, head at head_lr; no weight decay on biases.
         adapter_params = list(self.model.adapter.parameters())
-        head_params = [p for name in self.model.trainable_names
+        head_params = [p for name in self.model.trainable_modules
                        for p in self.model.base_model.get_submodule(name).parameters()]
         groups = [
             dict(params=adapter_params, lr=options.lr, weight_decay=options.weight_decay),
@@ -665,7 +659,7 @@ def train(
 ) -> TrainResult:
     """Fine-tune `model` with a SuperLoRA adapter on `train_set`, validating on `val_set`.
 
-    model: a model name or path (`superlora.models.load_model`), a timm-style nn.Module with a `head` (adapted in
+    model: a model name or path (`superlora.base_models.load_model`), a timm-style nn.Module with a `head` (adapted in
         place; its head is resized to the classes), or a SuperLoRAModel (then `config` may be None).
     config: the adapter: a SuperLoRAConfig, a dict of its fields, or a preset name ("lora").
     callbacks: functions called with every `TrainEvent` (main process only).

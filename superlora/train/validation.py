@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from superlora.errors import ConfigError
-from superlora.model import atomic_write
+from superlora.files import atomic_write
 from superlora.runs import spreadsheet_safe
 from superlora.train.metrics import Evaluation, ImagePrediction, class_stats, good_class_summary, macro_average
 

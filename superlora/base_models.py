@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from superlora.errors import CheckpointError, ConfigError
+from superlora.files import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -188,15 +189,8 @@ def efficientnet_lite0_imagenet() -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Files: reading weights safely, the folder format, atomic writes
+# Files: reading weights safely, the folder format
 # ----------------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path, data: bytes) -> None:
-    """Write bytes through `superlora.model.atomic_write` (temporary file, fsync, rename)."""
-    from superlora.model import atomic_write
-
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: `.safetensors`, or `.pth`/`.pt`/`.bin` through `torch.load(weights_only=True)`.
 
@@ -246,7 +240,7 @@ def model_config(model: nn.Module) -> dict:
     architecture = cfg.get("architecture")
     if architecture is None:
         raise ConfigError("this model has no timm `pretrained_cfg['architecture']`; build it with "
-                          "superlora.models.load_model or timm.create_model so that it can be saved and rebuilt")
+                          "superlora.base_models.load_model or timm.create_model so that it can be saved and rebuilt")
     data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in _DATA_KEYS}
     return dict(format=FORMAT_VERSION, architecture=architecture,
                 model_args=dict(getattr(model, "superlora_model_args", {})),
@@ -264,8 +258,8 @@ def save_model(model: nn.Module, folder, *, extra: dict | None = None) -> Path:
     config = model_config(model)
     config.update(extra or {})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT_VERSION}))
-    _atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT_VERSION}))
+    atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return folder
 
 
