@@ -123,14 +123,15 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
 )
 
 TRAINING_CONTROLS: tuple[Control, ...] = (
-    Control("steps", "int", "Steps", "optimizer steps of the run (when epochs is 0)", 150, 1, 2000, 1),
-    Control("epochs", "int", "Epochs (0 = use steps)", "passes over the training images; 0 = use steps", 0, 0, 50, 1,
+    Control("steps", "int", "Steps", "optimizer steps of the run", 150, 1, 2000, 1),
+    Control("epochs", "int", "Epochs (0 = use steps)", "passes over the training images", 0, 0, 50, 1,
             short="Epochs"),
     Control("lr", "float", "Learning rate (adapter)", "AdamW learning rate of the adapter factors", 3e-3, 0.0, None,
             short="Learning rate"),
     Control("batch_size", "int", "Batch size", "images per optimizer step (the global batch)", 32, 1, 128, 1),
-    Control("good_class", "choice", "Good (defect-free) class", "counts missed defects (defects predicted good) and "
-            "false alarms (good parts flagged)", AUTO_GOOD_CLASS, choices=(AUTO_GOOD_CLASS,)),
+    Control("good_class", "choice", "Good (defect-free) class", "the class of defect-free parts: counts missed "
+            "defects (defects predicted good) and false alarms (good parts flagged)", AUTO_GOOD_CLASS,
+            choices=(AUTO_GOOD_CLASS,)),
 )
 
 ADAPTER_NAMES = tuple(c.name for c in ADAPTER_CONTROLS)
