@@ -27,6 +27,7 @@ from superlora.targets import resolve_targets, resolve_trainable
 PER_TARGET_GROUPS = 0  # the groups control's value for "one group per target weight"
 AUTO_GOOD_CLASS = "auto"  # the good-class value that leaves the pick to the library (ok/good/pass/normal)
 DEFAULT_PRESET = "lorta"
+KINDS = ("int", "float", "choice", "multi", "bool")
 
 # The target names the studio offers on a timm ViT, and the pattern each stands for (q/k/v are the row blocks of
 # the fused qkv layer; "proj" is the attention output, not the patch embedding's convolution).
@@ -63,6 +64,8 @@ class Control:
     log_scale: bool = False
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"control {self.name!r}: kind={self.kind!r} is not a kind; use one of {', '.join(KINDS)}")
         if not self.short:
             object.__setattr__(self, "short", self.label)
 
@@ -82,9 +85,7 @@ class Control:
             return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
         if self.kind == "choice":
             return value in self.choices
-        if self.kind == "multi":
-            return isinstance(value, (list, tuple)) and all(item in self.choices for item in value)
-        raise ConfigError(f"control {self.name!r} has an unknown kind {self.kind!r}")
+        return isinstance(value, (list, tuple)) and all(item in self.choices for item in value)  # "multi"
 
 
 ADAPTER_CONTROLS: tuple[Control, ...] = (
@@ -211,11 +212,11 @@ def config_from_values(values: Mapping[str, Any], target_names: Mapping[str, str
                        ) -> SuperLoRAConfig:
     """The SuperLoRAConfig the control values describe.
 
-    `values` maps control names (ADAPTER_NAMES, plus an optional "seed") to values; a missing one is the preset's.
-    groups 0 means one group per target weight; alpha empty or 0 means alpha = rank; LoTR's uncompressed mode is
-    kept only while a piece is Tucker. `target_names` maps the target names a face offers to patterns (the
-    studio's VIT_TARGETS); None takes the names as patterns. Raises ConfigError whose message starts with the
-    field (see FIELD_LABELS)."""
+    `values` maps control names (ADAPTER_NAMES, plus an optional "seed") to values; a missing one is the preset's,
+    other keys are ignored. groups 0 (or "per-target") means one group per target weight; alpha empty or 0 means
+    alpha = rank; LoTR's uncompressed mode is kept only while a piece is Tucker. `target_names` maps the target
+    names a face offers to patterns (the studio's VIT_TARGETS); None takes the names as patterns. Raises
+    ConfigError whose message starts with the field (see FIELD_LABELS)."""
     preset_name = _check_preset(values.get("preset_name", DEFAULT_PRESET))
     base = preset(preset_name)
     given = {**values_from_config(base), **{k: v for k, v in values.items() if v is not None or k == "alpha"}}
@@ -223,7 +224,7 @@ def config_from_values(values: Mapping[str, Any], target_names: Mapping[str, str
     if factoring not in FACTORING_CHOICES:
         raise ConfigError(f"factoring={factoring!r}: not a factoring; choose one of {', '.join(FACTORING_CHOICES)}")
     pieces = FACTORING_CHOICES[factoring]
-    groups = _number("groups", given["groups"], int)
+    groups = given["groups"] if given["groups"] == PER_TARGET else _number("groups", given["groups"], int)
     changes: dict[str, Any] = dict(
         targets=_target_patterns(given["targets"], target_names),
         rank=_number("rank", given["rank"], int),

@@ -115,9 +115,9 @@ class ConfigPanel:
                          for name in PANEL_CONTROLS if name != "preset_name"}
         self.preset = control_widget(CONTROLS["preset_name"], start.name,
                                      options=[(_preset_label(k), k) for k in PRESETS])
-        self.rank, self.groups, self.grouping = self.controls["rank"], self.controls["groups"], self.controls["grouping"]
-        self.order, self.splits = self.controls["order"], self.controls["splits"]
-        self.ratio, self.shuffle = self.controls["ratio"], self.controls["shuffle"]
+        # Each control is also an attribute (panel.rank, panel.groups, ...), as notebooks use them.
+        self.rank, self.groups, self.grouping, self.order, self.splits, self.ratio, self.shuffle = (
+            self.controls[name] for name in PANEL_CONTROLS[1:])
         self.target_boxes = {name: w.Checkbox(value=name in start.targets, description=name, indent=False,
                                               tooltip=CONTROLS["targets"].help, layout=w.Layout(width="70px"))
                              for name in target_choices(model, self.trainable)}

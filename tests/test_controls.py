@@ -50,6 +50,7 @@ def test_control_rules_groups_alpha_and_lotr_modes():
     lorta = {"preset_name": "lorta", **preset_values("lorta")}
     assert config_from_values({**lorta, "groups": 3}).groups == 3
     assert config_from_values({**lorta, "groups": 0, "grouping": "layer"}).groups == "per-target"
+    assert config_from_values({**lorta, "groups": "per-target", "grouping": "layer"}).groups == "per-target"
     for empty in (0, 0.0, "", None):
         assert config_from_values({**lorta, "alpha": empty}).alpha is None
     assert config_from_values({**lorta, "rank": 4.0, "alpha": 8}).scaling == 2.0
@@ -83,6 +84,13 @@ def test_every_default_lies_in_its_range_and_the_defaults_are_the_studio_opening
                              "factoring", "projection", "ratio", "shuffle", "targets")
     assert [c.flag for c in ADAPTER_CONTROLS[:2]] == ["--preset", "--rank"] and CONTROLS["batch_size"].flag == \
         "--batch-size"
+
+
+def test_a_control_of_an_unknown_kind_is_refused():
+    from superlora.controls import Control
+
+    with pytest.raises(ConfigError, match="kind='slider' is not a kind"):
+        Control("rank", "slider", "Rank r", "r", 4, 1, 64, 1)
 
 
 def test_field_labels_name_the_control_of_each_field():
