@@ -1,7 +1,8 @@
 """Jupyter widgets for exploring SuperLoRA: a config panel, a ΔW explorer and a training panel.
 
-The widgets are thin: every number and picture comes from the library (`preset`, `count_parameters`,
-`superlora.viz`, `superlora.train.train`), exactly as the CLI and the app get them. Each panel exposes its
+The widgets are thin: every number and picture comes from the library (`superlora.controls`, `count_parameters`,
+`superlora.viz`, `superlora.train.train`), exactly as the CLI and the studio get them; the config panel's controls
+are built from the controls' one description (`superlora.controls.ADAPTER_CONTROLS`). Each panel exposes its
 controls as attributes, so a notebook (or a test) can set values programmatically, and `.widget` to display.
 
     panel = ConfigPanel(model, "lora")
@@ -12,6 +13,7 @@ controls as attributes, so a notebook (or a test) can set values programmaticall
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,14 +23,23 @@ import ipywidgets as w
 import plotly.graph_objects as go
 from torch import Tensor, nn
 
-from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, as_config, preset
+from superlora.config import PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, as_config
+from superlora.controls import CONTROLS, FACTORING_CHOICES, Control, config_from_values, format_count, \
+    preset_values, target_choices, values_from_config
 from superlora.counting import ParameterCount, count_parameters
 from superlora.errors import ConfigError, SuperLoRAError
-from superlora.targets import resolve_targets, resolve_trainable
 from superlora.viz import budget_figure, confusion_figure, curves_figure, delta_heatmap, delta_norms_figure, \
     metric_records, spectra_figure, split_block
-from superlora.viz.common import fmt_count
 from superlora.viz.deltas import NO_BLOCK
+
+__all__ = ["ConfigPanel", "DeltaExplorer", "TrainingPanel", "control_widget", "show_figure", "target_choices"]
+
+# The adapter controls the config panel shows; the others (fold, factoring, projection) are the preset's, and a
+# ratio below 1 is projected with Fastfood.
+PANEL_CONTROLS = ("preset_name", "rank", "groups", "grouping", "order", "splits", "ratio", "shuffle")
+LOG_SLIDER_STEP = 0.25  # a log-scale slider moves in quarter decades
+DESCRIPTION_STYLE = dict(description_width="130px")
+SLIDER_LAYOUT = dict(width="440px")
 
 
 def show_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
@@ -39,24 +50,34 @@ def show_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
         widget.layout = figure.layout
 
 
-def target_choices(model: nn.Module, exclude: Sequence[str] = ("head",)) -> list[str]:
-    """Target patterns worth offering for `model`: q, k, v of fused qkv layers and each Linear's last name
-    (qkv, proj, fc1, ...), minus the modules in `exclude` (kept trainable, e.g. the classifier head)."""
-    excluded = set(resolve_trainable(model, exclude)) if exclude else set()
-    suffixes = ["q", "k", "v"]
-    for name, module in model.named_modules():
-        suffix = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Linear) and suffix not in suffixes:
-            suffixes.append(suffix)
-    choices = []
-    for pattern in suffixes:
-        try:
-            found = resolve_targets(model, [pattern])
-        except SuperLoRAError:
-            continue  # e.g. q/k/v on a model without fused qkv layers
-        if not any(t.module_name == e or t.module_name.startswith(e + ".") for t in found for e in excluded):
-            choices.append(pattern)
-    return choices
+def control_widget(control: Control, value: Any = None, maximum: float | None = None,
+                   options: Sequence[Any] | None = None) -> w.ValueWidget:
+    """The ipywidget of a control: a slider (log scale where the control says so), a number box, toggle buttons
+    (up to three choices) or a dropdown, or a checkbox; `maximum` and `options` narrow the control's own."""
+    value = control.default if value is None else value
+    common: dict[str, Any] = dict(value=value, description=control.short, tooltip=control.help,
+                                  style=DESCRIPTION_STYLE)
+    top = control.maximum if maximum is None else maximum
+    if control.kind == "int":
+        return w.IntSlider(min=int(control.minimum), max=int(top), step=int(control.step or 1),
+                           layout=w.Layout(**SLIDER_LAYOUT), **common)
+    if control.kind == "float" and top is None:
+        return w.FloatText(layout=w.Layout(width="260px"), **common)
+    if control.kind == "float" and control.log_scale:
+        return w.FloatLogSlider(base=10, min=math.log10(control.minimum), max=math.log10(top), step=LOG_SLIDER_STEP,
+                                readout_format=".3g", layout=w.Layout(**SLIDER_LAYOUT), **common)
+    if control.kind == "float":
+        return w.FloatSlider(min=control.minimum, max=top, step=control.step, layout=w.Layout(**SLIDER_LAYOUT),
+                             **common)
+    if control.kind == "choice":
+        choices = list(options if options is not None else control.choices)
+        if len(choices) <= 3:
+            return w.ToggleButtons(options=choices, **{**common, "style": {**DESCRIPTION_STYLE,
+                                                                            "button_width": "100px"}})
+        return w.Dropdown(options=choices, layout=w.Layout(**SLIDER_LAYOUT), **common)
+    if control.kind == "bool":
+        return w.Checkbox(indent=False, **{**common, "description": control.label})
+    raise ConfigError(f"control {control.name!r} of kind {control.kind!r} has no widget; build it by hand")
 
 
 def _preset_label(key: str) -> str:
@@ -64,11 +85,12 @@ def _preset_label(key: str) -> str:
 
 
 class ConfigPanel:
-    """Preset, rank, groups, order, splits, ratio, shuffle and targets, with a live parameter count and the
-    budget figure. `on_change(fn)` calls fn(config, count) after every valid change.
+    """Preset, rank, groups, grouping, order, splits, ratio, shuffle and targets, with a live parameter count and
+    the budget figure. `on_change(fn)` calls fn(config, count) after every valid change.
 
     config: a preset name or a config made by `preset(...)`; the controls start at its values, and the fields
-    without a control (fold, factoring, alpha, ...) are the preset's.
+    without a control (fold, factoring, alpha, seed) are the preset's (alpha and seed as the config has them).
+    Groups 0 means one group per target weight, as in the studio.
     """
 
     def __init__(self, model: nn.Module, config: SuperLoRAConfig | str = "lora",
@@ -80,48 +102,37 @@ class ConfigPanel:
         if start.name not in PRESETS:
             raise ConfigError(f"ConfigPanel starts from a preset, but this config is {start.name!r}; pass a preset "
                               f"name or preset(name, ...) with one of {', '.join(PRESETS)}")
-        key = start.name
-        self._seed = start.seed
+        values = values_from_config(start)
+        self._fixed = {"alpha": values["alpha"], "seed": values["seed"]}
         self._callbacks: list[Callable[[SuperLoRAConfig, ParameterCount], None]] = []
         self._quiet = False
         self.config: SuperLoRAConfig | None = None
         self.count: ParameterCount | None = None
         self.error: str | None = None
 
-        style = dict(description_width="110px")
-        layout = w.Layout(width="420px")
-        self.preset = w.Dropdown(options=[(_preset_label(k), k) for k in PRESETS], value=key,
-                                 description="preset", style=style, layout=layout)
+        maxima = {"rank": max(max_rank, start.reference_rank), "groups": max(max_groups, values["groups"])}
+        self.controls = {name: control_widget(CONTROLS[name], values[name], maxima.get(name))
+                         for name in PANEL_CONTROLS if name != "preset_name"}
+        self.preset = control_widget(CONTROLS["preset_name"], start.name,
+                                     options=[(_preset_label(k), k) for k in PRESETS])
+        # Each control is also an attribute (panel.rank, panel.groups, ...), as notebooks use them.
+        self.rank, self.groups, self.grouping, self.order, self.splits, self.ratio, self.shuffle = (
+            self.controls[name] for name in PANEL_CONTROLS[1:])
         self.target_boxes = {name: w.Checkbox(value=name in start.targets, description=name, indent=False,
-                                              layout=w.Layout(width="70px"))
+                                              tooltip=CONTROLS["targets"].help, layout=w.Layout(width="70px"))
                              for name in target_choices(model, self.trainable)}
-        self.rank = w.IntSlider(value=start.reference_rank, min=1, max=max(max_rank, start.reference_rank),
-                                description="rank r", style=style, layout=layout)
-        self.per_target = w.Checkbox(value=start.groups == PER_TARGET, description="one group per target",
-                                     indent=False)
-        self.groups = w.IntSlider(value=1 if start.groups == PER_TARGET else start.groups, min=1, max=max_groups,
-                                  description="groups G", style=style, layout=layout)
-        self.grouping = w.ToggleButtons(options=["contiguous", "layer"], value=start.grouping, description="grouping",
-                                        style=dict(description_width="110px", button_width="100px"))
-        self.order = w.IntSlider(value=start.order, min=2, max=6, description="order M", style=style, layout=layout)
-        self.splits = w.IntSlider(value=start.splits, min=1, max=4, description="Kronecker K", style=style,
-                                  layout=layout)
-        self.ratio = w.FloatLogSlider(value=start.ratio, base=10, min=-3, max=0, step=0.25, description="ratio ρ",
-                                      readout_format=".3g", style=style, layout=layout)
-        self.shuffle = w.Checkbox(value=start.shuffle, description="shuffle", indent=False)
         self.count_label = w.HTML()
         self.message = w.HTML()
         self.figure = go.FigureWidget()
 
-        self._apply_preset_rules(key)
+        self._apply_preset_rules(start.name)
         for control in self._controls():
             control.observe(self._changed, names="value")
         self.preset.observe(self._preset_changed, names="value")
+        targets_row = w.HBox([w.Label(CONTROLS["targets"].short, layout=w.Layout(width="130px")),
+                              *self.target_boxes.values()])
         self.widget = w.VBox([
-            w.HBox([w.VBox([self.preset, self.rank, w.HBox([self.groups, self.per_target]), self.grouping,
-                            self.order, self.splits, w.HBox([self.ratio, self.shuffle]),
-                            w.HBox([w.Label("targets", layout=w.Layout(width="110px")),
-                                    *self.target_boxes.values()])]),
+            w.HBox([w.VBox([self.preset, *self.controls.values(), targets_row]),
                     w.VBox([self.count_label, self.message], layout=w.Layout(padding="0 0 0 20px"))]),
             self.figure,
         ])
@@ -129,32 +140,26 @@ class ConfigPanel:
 
     # ------------------------------------------------------------------ wiring
     def _controls(self) -> list[w.ValueWidget]:
-        return [self.rank, self.per_target, self.groups, self.grouping, self.order, self.splits, self.ratio,
-                self.shuffle, *self.target_boxes.values()]
+        return [*self.controls.values(), *self.target_boxes.values()]
 
     def _apply_preset_rules(self, key: str) -> None:
         """Grey out the knobs a preset's fold or factoring fixes (they would only produce a ConfigError)."""
-        fields = PRESETS[key]
-        whole_weights = fields.get("fold") in ("native", "stack")
-        factoring = fields.get("factoring", "lora")
+        values = preset_values(key)
+        whole_weights = values["fold"] in ("native", "stack")
+        factoring = FACTORING_CHOICES[values["factoring"]]
         self.order.disabled = whole_weights or "lora" in (factoring if isinstance(factoring, tuple) else (factoring,))
         self.ratio.disabled = whole_weights
         self.grouping.disabled = whole_weights
         self.splits.disabled = isinstance(factoring, tuple)
-        self.groups.disabled = self.per_target.value
 
     def _preset_changed(self, change: dict) -> None:
         key = change["new"]
-        reference = preset(key)
+        values = preset_values(key)
         self._quiet = True
         try:
-            self.per_target.value = reference.groups == PER_TARGET
-            self.groups.value = 1 if reference.groups == PER_TARGET else reference.groups
-            self.grouping.value = reference.grouping
-            self.order.value = reference.order
-            self.splits.value = reference.splits
-            self.ratio.value = reference.ratio
-            self.shuffle.value = reference.shuffle
+            for name, control in self.controls.items():
+                if name in values:
+                    control.value = values[name]
         finally:
             self._quiet = False
         self._apply_preset_rules(key)
@@ -162,7 +167,6 @@ class ConfigPanel:
 
     def _changed(self, _change: dict) -> None:
         if not self._quiet:
-            self.groups.disabled = self.per_target.value
             self.update()
 
     def on_change(self, callback: Callable[[SuperLoRAConfig, ParameterCount], None]) -> None:
@@ -172,22 +176,16 @@ class ConfigPanel:
     def selected_targets(self) -> tuple[str, ...]:
         return tuple(name for name, box in self.target_boxes.items() if box.value)
 
+    def values(self) -> dict[str, Any]:
+        """The control values as `superlora.controls.config_from_values` takes them."""
+        values = {name: control.value for name, control in self.controls.items()}
+        ratio = 1.0 if self.ratio.disabled else float(self.ratio.value)
+        return {**values, **self._fixed, "preset_name": self.preset.value, "targets": self.selected_targets(),
+                "ratio": ratio, "projection": "fastfood" if ratio < 1.0 else "none"}
+
     def build_config(self) -> SuperLoRAConfig:
         """The config the controls describe (raises ConfigError for an impossible combination)."""
-        ratio = 1.0 if self.ratio.disabled else float(self.ratio.value)
-        return preset(
-            self.preset.value,
-            targets=self.selected_targets(),
-            rank=self.rank.value,
-            groups=PER_TARGET if self.per_target.value else self.groups.value,
-            grouping=self.grouping.value,
-            order=self.order.value,
-            splits=self.splits.value,
-            ratio=ratio,
-            projection="fastfood" if ratio < 1.0 else "none",
-            shuffle=self.shuffle.value,
-            seed=self._seed,
-        )
+        return config_from_values(self.values())
 
     def update(self) -> None:
         """Recount and redraw for the current control values; an invalid combination shows its message."""
@@ -209,15 +207,8 @@ class ConfigPanel:
 
     @staticmethod
     def count_html(count: ParameterCount) -> str:
-        ratio = count.factor_vs_lora_r1
-        comparison = f"{ratio:.3g}× fewer than" if ratio >= 1 else f"{1 / ratio:.3g}× more than"
-        return (
-            f"<b>adapter parameters: {fmt_count(count.adapter)}</b><br>"
-            f"{comparison} LoRA r=1 on the same targets ({fmt_count(count.lora_r1)})<br>"
-            f"{len(count.targets)} targets, {len(count.groups)} group(s), D = {fmt_count(count.update_size)}<br>"
-            f"+ trainable modules (head): {fmt_count(count.trainable_module_parameters)}<br>"
-            f"total trainable: {fmt_count(count.total_trainable)} ({count.percent_of_model:.3f}% of the model)"
-        )
+        """The count label: `superlora.controls.format_count` in its HTML style."""
+        return format_count(count, "html")
 
 
 class DeltaExplorer:

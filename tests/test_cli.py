@@ -3,6 +3,7 @@ weights, and a whole session: train on a folder, list runs, predict, export, re-
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -89,6 +90,48 @@ def test_count_prints_the_lora_table_for_vit_base_from_shapes_alone(capsys):
     code, out, _ = run_cli(capsys, "count", "--model", "vit_base_patch16_224", "--preset", "lorta", "--order", "3",
                            "--rank", "4", "--json")
     assert json.loads(out)["adapter"] == 2968  # the worked example of docs/method.md
+
+
+def _flags(command: str) -> dict:
+    from superlora.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return subcommands.choices[command]._option_string_actions
+
+
+def test_the_adapter_and_training_flags_come_from_the_controls():
+    from superlora.cli.parser import TRAINING_NOTES
+    from superlora.controls import ADAPTER_CONTROLS, TRAINING_CONTROLS
+    from superlora.train import TrainOptions
+
+    train_flags, count_flags = _flags("train"), _flags("count")
+    for control in ADAPTER_CONTROLS:
+        assert train_flags[control.flag].help.startswith(control.help), control.name
+        assert count_flags[control.flag].help == train_flags[control.flag].help
+    for control in TRAINING_CONTROLS:
+        assert train_flags[control.flag].help.startswith(control.help), control.name
+        assert control.flag not in count_flags
+    for name in ("epochs", "batch_size", "lr"):  # the help states TrainOptions' defaults
+        assert float(TRAINING_NOTES[name]) == getattr(TrainOptions(), name)
+    assert {"--preset", "--rank", "--targets", "--shuffle", "--no-shuffle", "--uncompressed-modes",
+            "--adapter-seed", "--epochs", "--steps", "--batch-size", "--lr", "--head-lr", "--good-class"} <= \
+        set(train_flags)
+
+
+def test_count_reads_alpha_and_groups_0_as_the_studio_does_and_prints_the_shared_count_panel(capsys):
+    from superlora import count_parameters, preset
+    from superlora.base_models import create_meta_model
+    from superlora.controls import format_count
+
+    code, out, _ = run_cli(capsys, "count", "--model", "vit_base_patch16_224", "--preset", "superlora-2d",
+                           "--grouping", "layer", "--groups", "0", "--alpha", "0", "--json")
+    assert code == 0
+    config = json.loads(out)["config"]
+    assert config["groups"] == "per-target" and config["alpha"] is None  # 0 = one group per target, alpha = r
+    code, out, _ = run_cli(capsys, "count", "--model", "vit_base_patch16_224", "--preset", "lorta", "--rank", "4")
+    count = count_parameters(create_meta_model("vit_base_patch16_224"), preset("lorta", rank=4))
+    assert code == 0 and out.endswith(format_count(count, "text") + "\n")
+    assert out.splitlines()[-1].startswith("The adapter has 12.4x fewer parameters than LoRA r=1")  # 36,864 / 2,968
 
 
 def test_train_runs_predict_export_rerun_and_resume(capsys, workspace, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from superlora import ConfigError, SuperLoRAConfig, count_parameters, get_superlora_model, preset
+from superlora.controls import CONTROLS, format_count
 from superlora.train import TrainEvent
 from superlora.viz import trace_by_key
 from superlora.widgets import ConfigPanel, DeltaExplorer, TrainingPanel, target_choices
@@ -89,6 +90,24 @@ def test_config_panel_starts_from_a_preset(model):
     assert panel.config == preset("lorta", rank=3, groups=2, shuffle=True)
     with pytest.raises(ConfigError, match="starts from a preset"):
         ConfigPanel(model, SuperLoRAConfig(rank=2))
+
+
+def test_config_panel_controls_come_from_the_control_description(model):
+    panel = ConfigPanel(model, preset("lorta", alpha=8.0, seed=3), max_rank=12)
+    for name in ("order", "splits"):
+        control = getattr(panel, name)
+        assert (control.min, control.max) == (CONTROLS[name].minimum, CONTROLS[name].maximum)
+        assert control.description == CONTROLS[name].short and control.tooltip == CONTROLS[name].help
+    assert (panel.rank.min, panel.rank.max, panel.groups.min, panel.groups.max) == (1, 12, 0, 32)
+    assert (panel.ratio.min, panel.ratio.max) == (-3, 0)  # powers of ten: ratio 0.001 .. 1
+    assert panel.grouping.options == CONTROLS["grouping"].choices
+    assert panel.config == preset("lorta", alpha=8.0, seed=3)  # alpha and seed of the start config are kept
+    assert panel.count_label.value == format_count(panel.count, "html")
+    panel.grouping.value = "layer"
+    panel.groups.value = 0  # 0 = one group per target weight, as in the studio
+    assert panel.config == preset("lorta", alpha=8.0, seed=3, grouping="layer", groups="per-target")
+    panel.preset.value = "lotr"
+    assert panel.config == preset("lotr", alpha=8.0, seed=3)
 
 
 def test_config_panel_on_a_meta_vit_b():
