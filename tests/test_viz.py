@@ -11,8 +11,8 @@ import torch
 
 from superlora import count_parameters, get_superlora_model, preset
 from superlora.adapter import SuperLoRAAdapter
+from superlora.config import PRESETS
 from superlora.viz import (
-    REFERENCE_PRESETS,
     budget_figure,
     budget_map_figure,
     confusion_figure,
@@ -24,7 +24,7 @@ from superlora.viz import (
     entry_groups,
     layout_figure,
     metric_records,
-    model_layout,
+    model_plan,
     numerical_rank,
     spectra_figure,
     split_block,
@@ -35,7 +35,7 @@ from tests.toy_models import TwoLayerMLP, randomize_trainable, tiny_vit
 
 
 def _shapes(model, config):
-    targets, _ = model_layout(model, config)
+    targets, _ = model_plan(model, config)
     return [t.shape for t in targets]
 
 
@@ -45,7 +45,7 @@ def _shapes(model, config):
 def test_budget_curves_are_count_parameters(config):
     model = tiny_vit()
     figure = budget_figure(_shapes(model, config), config, max_rank=6)
-    for key in REFERENCE_PRESETS:
+    for key in PRESETS:
         trace = trace_by_key(figure, key)
         assert list(trace.x) == list(range(1, 7))
         expected = [count_parameters(model, preset(key, rank=r, targets=config.targets)).adapter for r in trace.x]
@@ -113,7 +113,7 @@ def _adapter_assignment(layout, config):
     preset("lorta", groups=2, grouping="layer", shuffle=True, targets=("q", "k", "v")),
 ])
 def test_entry_groups_match_the_adapter(config):
-    _, layout = model_layout(tiny_vit(), config)
+    _, layout = model_plan(tiny_vit(), config)
     assert np.array_equal(entry_groups(layout, config.seed), _adapter_assignment(layout, config))
     before = entry_groups(layout, config.seed, shuffled=False)
     assert np.array_equal(before, np.repeat(np.arange(len(layout.groups)), [g.size for g in layout.groups]))
@@ -121,7 +121,7 @@ def test_entry_groups_match_the_adapter(config):
 
 def test_layout_figure_colours_each_entry_by_its_group():
     config = preset("superlora-2d", groups=3, shuffle=True, seed=1)
-    targets, layout = model_layout(tiny_vit(), config)
+    targets, layout = model_plan(tiny_vit(), config)
     figure = layout_figure(layout, targets, seed=config.seed, max_bins=10_000)  # 576 entries: one cell each
     before, after = figure.data[0], figure.data[1]
     assert list(before.y) == [t.name for t in targets]
@@ -139,7 +139,7 @@ def test_layout_figure_colours_each_entry_by_its_group():
 
 def test_layout_figure_bins_show_the_majority_group():
     config = preset("superlora-2d", groups=3, shuffle=True, seed=2)
-    targets, layout = model_layout(tiny_vit(), config)
+    targets, layout = model_plan(tiny_vit(), config)
     figure = layout_figure(layout, targets, seed=config.seed, max_bins=7)
     assert "group producing most" in figure.layout.annotations[0].text
     ids = entry_groups(layout, config.seed)
@@ -152,7 +152,7 @@ def test_layout_figure_bins_show_the_majority_group():
 
 def test_layout_figure_without_shuffle_has_one_panel_and_zoom_is_exact():
     config = preset("lora", rank=2)
-    targets, layout = model_layout(tiny_vit(), config)
+    targets, layout = model_plan(tiny_vit(), config)
     figure = layout_figure(layout, targets, first_entries=50)
     heatmaps = [t for t in figure.data if t.type == "heatmap"]
     assert len(heatmaps) == 1  # shuffle off: before == after
