@@ -1,4 +1,4 @@
-"""The pure tensor functions: layout arithmetic, factor builders, Walsh-Hadamard, Fastfood, shuffle."""
+"""The pure tensor functions: plan arithmetic, factor builders, Walsh-Hadamard, Fastfood, shuffle."""
 
 from __future__ import annotations
 
