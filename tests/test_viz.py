@@ -99,12 +99,12 @@ def test_budget_map_places_each_config_at_its_count():
 
 
 # ---------------------------------------------------------------------------------------------- layout
-def _adapter_assignment(layout, config):
+def _adapter_assignment(plan, config):
     """Group of every δ entry as the real adapter produces it: each group emits its own id."""
-    adapter = SuperLoRAAdapter(layout, config)
-    adapter.group_vector = lambda g: torch.full((layout.groups[g].size,), float(g))
+    adapter = SuperLoRAAdapter(plan, config)
+    adapter.group_vector = lambda g: torch.full((plan.groups[g].size,), float(g))
     deltas = adapter.delta_weights(include_direct=False)
-    return torch.cat([deltas[t].reshape(-1) for t in range(len(layout.target_shapes))]).numpy().astype(np.int32)
+    return torch.cat([deltas[t].reshape(-1) for t in range(len(plan.target_shapes))]).numpy().astype(np.int32)
 
 
 @pytest.mark.parametrize("config", [
@@ -113,38 +113,38 @@ def _adapter_assignment(layout, config):
     preset("lorta", groups=2, grouping="layer", shuffle=True, targets=("q", "k", "v")),
 ])
 def test_entry_groups_match_the_adapter(config):
-    _, layout = model_plan(tiny_vit(), config)
-    assert np.array_equal(entry_groups(layout, config.seed), _adapter_assignment(layout, config))
-    before = entry_groups(layout, config.seed, shuffled=False)
-    assert np.array_equal(before, np.repeat(np.arange(len(layout.groups)), [g.size for g in layout.groups]))
+    _, plan = model_plan(tiny_vit(), config)
+    assert np.array_equal(entry_groups(plan, config.seed), _adapter_assignment(plan, config))
+    before = entry_groups(plan, config.seed, shuffled=False)
+    assert np.array_equal(before, np.repeat(np.arange(len(plan.groups)), [g.size for g in plan.groups]))
 
 
 def test_layout_figure_colours_each_entry_by_its_group():
     config = preset("superlora-2d", groups=3, shuffle=True, seed=1)
-    targets, layout = model_plan(tiny_vit(), config)
-    figure = layout_figure(layout, targets, seed=config.seed, max_bins=10_000)  # 576 entries: one cell each
+    targets, plan = model_plan(tiny_vit(), config)
+    figure = layout_figure(plan, targets, seed=config.seed, max_bins=10_000)  # 576 entries: one cell each
     before, after = figure.data[0], figure.data[1]
     assert list(before.y) == [t.name for t in targets]
-    for panel, ids in ((before, entry_groups(layout, 1, shuffled=False)), (after, entry_groups(layout, 1))):
+    for panel, ids in ((before, entry_groups(plan, 1, shuffled=False)), (after, entry_groups(plan, 1))):
         for row in range(len(targets)):
-            start = layout.offsets[row]
+            start = plan.offsets[row]
             assert np.array_equal(np.asarray(panel.z[row]), ids[start : start + 576])
     table = figure.data[2]
     columns = [header.replace("<b>", "").replace("</b>", "") for header in table.header.values]
     cells = dict(zip(columns, table.cells.values))
-    assert cells["parameters"] == [f"{g.num_parameters:,d}" for g in layout.groups]
-    assert cells["folded shape"] == ["×".join(map(str, g.shape)) for g in layout.groups]
-    assert cells["P_g"] == [f"{g.input_size:,d}" for g in layout.groups]
+    assert cells["parameters"] == [f"{g.num_parameters:,d}" for g in plan.groups]
+    assert cells["folded shape"] == ["×".join(map(str, g.shape)) for g in plan.groups]
+    assert cells["P_g"] == [f"{g.input_size:,d}" for g in plan.groups]
 
 
 def test_layout_figure_bins_show_the_majority_group():
     config = preset("superlora-2d", groups=3, shuffle=True, seed=2)
-    targets, layout = model_plan(tiny_vit(), config)
-    figure = layout_figure(layout, targets, seed=config.seed, max_bins=7)
+    targets, plan = model_plan(tiny_vit(), config)
+    figure = layout_figure(plan, targets, seed=config.seed, max_bins=7)
     assert "group producing most" in figure.layout.annotations[0].text
-    ids = entry_groups(layout, config.seed)
+    ids = entry_groups(plan, config.seed)
     for row in range(len(targets)):
-        entries = ids[layout.offsets[row] : layout.offsets[row] + 576]
+        entries = ids[plan.offsets[row] : plan.offsets[row] + 576]
         edges = np.linspace(0, 576, 8).round().astype(int)
         expected = [np.bincount(entries[a:b], minlength=3).argmax() for a, b in zip(edges[:-1], edges[1:])]
         assert list(figure.data[1].z[row]) == expected
@@ -152,8 +152,8 @@ def test_layout_figure_bins_show_the_majority_group():
 
 def test_layout_figure_without_shuffle_has_one_panel_and_zoom_is_exact():
     config = preset("lora", rank=2)
-    targets, layout = model_plan(tiny_vit(), config)
-    figure = layout_figure(layout, targets, first_entries=50)
+    targets, plan = model_plan(tiny_vit(), config)
+    figure = layout_figure(plan, targets, first_entries=50)
     heatmaps = [t for t in figure.data if t.type == "heatmap"]
     assert len(heatmaps) == 1  # shuffle off: before == after
     assert np.array_equal(np.asarray(heatmaps[0].z), np.repeat(np.arange(len(targets))[:, None], 50, axis=1))
