@@ -136,8 +136,8 @@ class SuperLoRAAdapter(nn.Module):
     def direct_targets(self) -> frozenset[int]:
         return frozenset(self._direct)
 
-    def delta_weights(self, include_direct: bool = False, scaling: float = 1.0) -> dict[int, Tensor]:
-        """target index -> scaling · ΔW (rows x cols) in float32 whatever the autocast, in one pass over the groups.
+    def delta_weights(self, include_direct: bool = False, scaling: float | None = None) -> dict[int, Tensor]:
+        """target index -> ΔW (rows x cols; scaling · ΔW when given) in float32 whatever the autocast, in one pass.
 
         Targets on the direct x·R·Lᵀ path are left out unless `include_direct` (their layers never need ΔW).
         """

@@ -9,10 +9,10 @@ The pipeline of docs/method.md ("Forward: all updates at once"), in one place:
 `delta_weights` runs all four. `SuperLoRAAdapter` calls `group_vector` and `assemble` on its parameters and
 buffers, so the module and this function are one path.
 
-Scaling: these ΔW are unscaled unless `scaling` is given. The update added to a weight is s·ΔW with
-s = `SuperLoRAConfig.scaling` (α / r). `SuperLoRAModel.delta_weights` passes s here; the layers and `merge`
-apply s inside their own products (`add_(ΔW, alpha=s)`, and on the rank-r intermediate of the direct x·R·Lᵀ path
-of single-target LoRA groups), so their rounding stays what it was.
+Scaling: these ΔW are unscaled unless `scaling` is given (then each is a new tensor, scaling · ΔW). The update
+added to a weight is s·ΔW with s = `SuperLoRAConfig.scaling` (α / r). `SuperLoRAModel.delta_weights` passes s
+here; the layers and `merge` apply s inside their own products (`add_(ΔW, alpha=s)`, and on the rank-r
+intermediate of the direct x·R·Lᵀ path of single-target LoRA groups), so their rounding stays what it was.
 """
 
 from __future__ import annotations
@@ -121,13 +121,13 @@ def group_vector(group: GroupPlan, factors: GroupFactors, projection: Projection
     return proj.fastfood(flat, dict(projection), group.size)
 
 
-def _scaled(delta: Tensor, scaling: float) -> Tensor:
-    return delta if scaling == 1.0 else delta * scaling
+def _scaled(delta: Tensor, scaling: float | None) -> Tensor:
+    return delta if scaling is None else delta * scaling
 
 
 def assemble(plan: AdapterPlan, maps: FixedMaps, vector_of: Callable[[int], Tensor], targets: Iterable[int],
-             scaling: float = 1.0) -> dict[int, Tensor]:
-    """target index -> ΔW (rows x cols) times `scaling`, for the chosen targets, from the group outputs.
+             scaling: float | None = None) -> dict[int, Tensor]:
+    """target index -> ΔW (rows x cols; scaling · ΔW when given) for the chosen targets, from the group outputs.
 
     `vector_of(g)` gives d_g (see `group_vector`); it is called once for each group the chosen targets draw on
     (every group when shuffled), in group order.
@@ -161,8 +161,8 @@ def assemble(plan: AdapterPlan, maps: FixedMaps, vector_of: Callable[[int], Tens
 
 
 def delta_weights(plan: AdapterPlan, factors: Sequence[GroupFactors], maps: FixedMaps,
-                  targets: Iterable[int] | None = None, scaling: float = 1.0) -> dict[int, Tensor]:
-    """target index -> scaling · ΔW for `targets` (default: all), built from plain tensors in float32.
+                  targets: Iterable[int] | None = None, scaling: float | None = None) -> dict[int, Tensor]:
+    """target index -> ΔW (scaling · ΔW when given) for `targets` (default: all), from plain tensors, in float32.
 
     `factors[g][k]` holds the tensors of piece k of group g; `maps` comes from `make_fixed_maps` with the
     adapter's projection kind and seed. Half-precision factors are upcast and autocast is suspended, as in the
