@@ -33,7 +33,7 @@ from superlora.functional.plan import AdapterPlan, GroupPlan
 Projection = Mapping[str, Tensor] | Tensor | None
 # The factor tensors of one group: one name -> tensor mapping per Kronecker piece (names as in
 # `PiecePlan.parameter_shapes`).
-GroupFactors = Sequence[Mapping[str, Tensor]]
+GroupTensors = Sequence[Mapping[str, Tensor]]
 FASTFOOD_KEYS = ("signs", "perm", "unperm", "gauss", "scale")
 
 
@@ -106,7 +106,7 @@ def full_precision(device: torch.device) -> Iterator[None]:
         yield
 
 
-def group_vector(group: GroupPlan, factors: GroupFactors, projection: Projection) -> Tensor:
+def group_vector(group: GroupPlan, factors: GroupTensors, projection: Projection) -> Tensor:
     """d_g: the D_g update entries one group produces (before un-shuffling, unscaled)."""
     tensor = group_tensor(group.pieces, factors)
     if group.fold == "native" and group.native_count > 1:
@@ -160,7 +160,7 @@ def assemble(plan: AdapterPlan, maps: FixedMaps, vector_of: Callable[[int], Tens
     return result
 
 
-def delta_weights(plan: AdapterPlan, factors: Sequence[GroupFactors], maps: FixedMaps,
+def delta_weights(plan: AdapterPlan, factors: Sequence[GroupTensors], maps: FixedMaps,
                   targets: Iterable[int] | None = None, scaling: float | None = None) -> dict[int, Tensor]:
     """target index -> ΔW (scaling · ΔW when given) for `targets` (default: all), from plain tensors, in float32.
 
