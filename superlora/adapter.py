@@ -1,29 +1,27 @@
-"""`SuperLoRAAdapter`: the module that owns every group's trainable factors and produces all ΔW at once.
+"""`SuperLoRAAdapter`: the module that owns every group's trainable factors and fixed maps, and gives all ΔW at once.
 
-Pipeline per forward (docs/method.md): build each group tensor from its factors -> flatten -> keep the first
-P_g (or D_g) entries -> fixed projection to D_g entries -> concatenate -> un-shuffle -> split into the ΔW of
-each target. Groups that are exactly one target in LoRA form are not materialised here: their layer applies
-x A B^T directly (see `direct_factors`).
+The ΔW themselves come from the pure functions of `superlora.functional.delta` (factors -> group vector ->
+concatenate, un-shuffle, split per target), called on this module's parameters and buffers. Groups that are
+exactly one target in LoRA form are skipped in the layers' forward: their layer applies x A B^T directly (see
+`direct_factors`); `delta_weights(include_direct=True)` builds their ΔW too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from superlora.config import SuperLoRAConfig
-from superlora.errors import ConfigError
+from superlora.functional import delta
 from superlora.functional import projection as proj
-from superlora.functional.factors import group_tensor, lora_matrix
-from superlora.functional.layout import GroupPlan, Layout, PiecePlan
+from superlora.functional.plan import AdapterPlan, GroupPlan, PiecePlan
 
 
 class PieceFactors(nn.Module):
-    """The trainable tensors of one Kronecker piece, registered under the names the layout gives them."""
+    """The trainable tensors of one Kronecker piece, registered under the names the plan gives them."""
 
     def __init__(self, plan: PiecePlan, gen: torch.Generator, dtype: torch.dtype) -> None:
         super().__init__()
@@ -37,28 +35,7 @@ class PieceFactors(nn.Module):
 
     def named_tensors(self) -> dict[str, Tensor]:
         """The factors, upcast to at least float32 (a model cast to half precision keeps exact ΔW products)."""
-        return {name: _at_least_float32(p) for name, p in self.named_parameters(recurse=False)}
-
-
-def _at_least_float32(tensor: Tensor) -> Tensor:
-    if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < 32:
-        return tensor.float()
-    return tensor
-
-
-@contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Run ΔW construction outside autocast: every contraction then sees float32 operands.
-
-    Autocast casts only some ops (matmul, and so the matmul inside tensordot) to half precision, which mixes
-    dtypes in chained products and lets the unnormalised Hadamard transforms overflow fp16. ΔW is small next to
-    the model's activations, so building it in float32 costs little; it is cast where it meets the activations.
-    """
-    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
-        with torch.autocast(device.type, enabled=False):
-            yield
-    else:
-        yield
+        return {name: delta.at_least_float32(p) for name, p in self.named_parameters(recurse=False)}
 
 
 def _init_bound(name: str, shape: tuple[int, ...]) -> float:
@@ -78,105 +55,74 @@ def _init_bound(name: str, shape: tuple[int, ...]) -> float:
 
 
 class GroupFactors(nn.Module):
+    """The pieces of one group."""
+
     def __init__(self, plan: GroupPlan, gen: torch.Generator, dtype: torch.dtype) -> None:
         super().__init__()
         self.plan = plan
         self.pieces = nn.ModuleList(PieceFactors(piece, gen, dtype) for piece in plan.pieces)
 
-    def tensor(self) -> Tensor:
-        return group_tensor(self.plan.pieces, [piece.named_tensors() for piece in self.pieces])
+    def factor_tensors(self) -> list[dict[str, Tensor]]:
+        """The tensors of each piece (upcast to at least float32), as `functional.delta` takes them."""
+        return [piece.named_tensors() for piece in self.pieces]
 
 
 class SuperLoRAAdapter(nn.Module):
     """All trainable factors of one adapter plus the fixed maps (regenerated from the seed, not saved)."""
 
-    def __init__(self, layout: Layout, config: SuperLoRAConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, plan: AdapterPlan, config: SuperLoRAConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.layout = layout
+        self.plan = plan
         self.config = config
         gen = proj.generator(config.seed, "init")
-        self.groups = nn.ModuleList(GroupFactors(plan, gen, dtype) for plan in layout.groups)
-        self._direct = layout.direct_groups()
-        for g, plan in enumerate(layout.groups):
-            projection = self._make_projection(plan)
-            if isinstance(projection, dict):
-                for key, value in projection.items():
-                    self.register_buffer(f"_ff{g}_{key}", value, persistent=False)
-            elif isinstance(projection, Tensor):
+        self.groups = nn.ModuleList(GroupFactors(group, gen, dtype) for group in plan.groups)
+        self._direct = plan.direct_groups()
+        maps = delta.make_fixed_maps(plan, config.projection, config.seed)
+        # Buffers, so the maps follow the module's device; not persistent, so they never reach a saved file.
+        for g, projection in enumerate(maps.projections):
+            if isinstance(projection, Mapping):
+                for key in delta.FASTFOOD_KEYS:
+                    self.register_buffer(f"_ff{g}_{key}", projection[key], persistent=False)
+            elif projection is not None:
                 self.register_buffer(f"_gauss{g}", projection, persistent=False)
-        if config.shuffle:
-            perm = proj.shuffle_permutation(layout.total, config.seed)
-            # delta = d[inverse] is a gather; its gradient is the gather by the permutation itself.
-            self.register_buffer("_unshuffle", proj.inverse_permutation(perm).int(), persistent=False)
-            self.register_buffer("_shuffle", perm.int(), persistent=False)
-        self._spans = [layout.target_spans(t) for t in range(len(layout.target_shapes))]
-        # Each group's output cut at target boundaries: one split per group instead of one slice per target,
-        # since every slice's backward would allocate a zero gradient the size of the whole group.
-        self._cuts: list[list[int]] = [[] for _ in layout.groups]
-        for t, spans in enumerate(self._spans):
-            for g, lo, hi in spans:
-                self._cuts[g].append(hi - lo)
-
-    def _make_projection(self, plan: GroupPlan) -> dict[str, Tensor] | Tensor | None:
-        if not plan.projected:
-            return None
-        seed = proj.derive_seed(self.config.seed, "projection", plan.index)
-        if self.config.projection == "gaussian":
-            if plan.size * plan.input_size > proj.MAX_GAUSSIAN_ENTRIES:
-                raise ConfigError(
-                    f"projection='gaussian': group {plan.index} would need a dense {plan.size} x {plan.input_size} "
-                    f"matrix ({plan.size * plan.input_size * 4 / 2**30:.1f} GiB); use projection='fastfood'"
-                )
-            return proj.gaussian_matrix(plan.input_size, plan.size, seed)
-        return proj.fastfood_params(plan.input_size, plan.size, seed)
+        if maps.unshuffle is not None:
+            self.register_buffer("_unshuffle", maps.unshuffle, persistent=False)
+            self.register_buffer("_shuffle", maps.shuffle, persistent=False)
 
     # ------------------------------------------------------------------ fixed maps
     def projection_params(self, group: int) -> dict[str, Tensor] | Tensor | None:
         """The fixed projection of a group as it lives on the adapter's device (None without projection)."""
-        plan = self.layout.groups[group]
-        if not plan.projected:
+        if not self.plan.groups[group].projected:
             return None
         if self.config.projection == "gaussian":
             return getattr(self, f"_gauss{group}")
-        return {key: getattr(self, f"_ff{group}_{key}") for key in ("signs", "perm", "unperm", "gauss", "scale")}
+        return {key: getattr(self, f"_ff{group}_{key}") for key in delta.FASTFOOD_KEYS}
 
-    def fingerprint(self) -> str:
+    def fixed_maps(self) -> delta.FixedMaps:
+        """Every fixed map as it lives on the adapter's device."""
+        projections = tuple(self.projection_params(g) for g in range(len(self.groups)))
+        if not self.config.shuffle:
+            return delta.FixedMaps(projections, None, None)
+        return delta.FixedMaps(projections, self._unshuffle, self._shuffle)
+
+    def fixed_maps_fingerprint(self) -> str:
         """Checksum of the regenerated fixed maps; equal across runs when the generator is unchanged."""
-        parts: dict[str, Tensor] = {}
-        for g in range(len(self.groups)):
-            params = self.projection_params(g)
-            if isinstance(params, dict):
-                parts.update({f"{g}.{k}": v for k, v in params.items()})
-            elif params is not None:
-                parts[str(g)] = params
-        if self.config.shuffle:
-            parts["shuffle"] = self._unshuffle
-        return proj.projection_fingerprint(parts) if parts else ""
+        return delta.fixed_maps_fingerprint(self.fixed_maps())
 
-    # ------------------------------------------------------------------ forward pieces
+    # ------------------------------------------------------------------ ΔW
     def _device(self) -> torch.device:
         first = next(self.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
+    def factor_tensors(self) -> list[list[dict[str, Tensor]]]:
+        """[group][piece] name -> tensor: the factors as `functional.delta.delta_weights` takes them."""
+        return [group.factor_tensors() for group in self.groups]
+
     def group_vector(self, group: int) -> Tensor:
         """d_g: the D_g update entries produced by one group (before un-shuffling, unscaled), in float32."""
-        with full_precision(self._device()):
-            return self._group_vector(group)
-
-    def _group_vector(self, group: int) -> Tensor:
-        plan = self.layout.groups[group]
-        tensor = self.groups[group].tensor()
-        if plan.fold == "native" and plan.native_count > 1:
-            # m x (n * count) holds the targets side by side; emit them one after another.
-            rows, cols = plan.shape
-            tensor = tensor.reshape(rows, plan.native_count, cols // plan.native_count).transpose(0, 1)
-        flat = tensor.reshape(-1)[: plan.input_size]
-        projection = self.projection_params(group)
-        if projection is None:
-            return flat
-        if isinstance(projection, Tensor):
-            return projection @ flat
-        return proj.fastfood(flat, projection, plan.size)
+        with delta.full_precision(self._device()):
+            return delta.group_vector(self.plan.groups[group], self.groups[group].factor_tensors(),
+                                      self.projection_params(group))
 
     def direct_factors(self, target: int) -> tuple[Tensor, Tensor] | None:
         """(left, right) for a target whose layer may apply x right left^T itself, else None."""
@@ -190,40 +136,11 @@ class SuperLoRAAdapter(nn.Module):
     def direct_targets(self) -> frozenset[int]:
         return frozenset(self._direct)
 
-    def delta_weights(self, include_direct: bool = False) -> dict[int, Tensor]:
-        """target index -> unscaled ΔW (rows x cols) in float32 whatever the autocast, in one pass over the groups."""
-        with full_precision(self._device()):
-            return self._delta_weights(include_direct)
+    def delta_weights(self, include_direct: bool = False, scaling: float | None = None) -> dict[int, Tensor]:
+        """target index -> ΔW (rows x cols; scaling · ΔW when given) in float32 whatever the autocast, in one pass.
 
-    def _delta_weights(self, include_direct: bool) -> dict[int, Tensor]:
-        wanted = [t for t in range(len(self.layout.target_shapes)) if include_direct or t not in self._direct]
-        result: dict[int, Tensor] = {}
-        if include_direct:
-            for t in self._direct:
-                left, right = self.direct_factors(t)  # type: ignore[misc]
-                result[t] = lora_matrix(_at_least_float32(left), _at_least_float32(right))
-            wanted = [t for t in wanted if t not in self._direct]
-        if not wanted:
-            return result
-        shapes = self.layout.target_shapes
-        if self.config.shuffle:
-            vector = torch.cat([self.group_vector(g) for g in range(len(self.groups))])
-            delta = proj.permute(vector, self._unshuffle, self._shuffle)
-            pieces = delta.split([rows * cols for rows, cols in shapes])
-            for t in wanted:
-                result[t] = pieces[t].view(shapes[t])
-            return result
-        # Every target's spans, in order, from the groups it draws on (targets may straddle contiguous groups).
-        needed = sorted({g for t in wanted for g, _, _ in self._spans[t]})
-        chunks = {g: list(self.group_vector(g).split(self._cuts[g])) for g in needed}
-        position = {g: 0 for g in needed}
-        for t in range(len(shapes)):
-            parts = []
-            for g, _, _ in self._spans[t]:
-                if g in chunks:
-                    parts.append(chunks[g][position[g]])
-                    position[g] += 1
-            if t in wanted:
-                flat = parts[0] if len(parts) == 1 else torch.cat(parts)
-                result[t] = flat.view(shapes[t])
-        return result
+        Targets on the direct x·R·Lᵀ path are left out unless `include_direct` (their layers never need ΔW).
+        """
+        targets = [t for t in range(len(self.plan.target_shapes)) if include_direct or t not in self._direct]
+        with delta.full_precision(self._device()):
+            return delta.assemble(self.plan, self.fixed_maps(), self.group_vector, targets, scaling)

@@ -1,6 +1,6 @@
 """`count_parameters`: the exact trainable-parameter count of an adapter from shapes alone.
 
-It resolves the targets and plans the layout (integers only), so it works on a `meta`-device model and is fast
+It resolves the targets and plans the adapter (integers only), so it works on a `meta`-device model and is fast
 enough to run on every slider move in the app. The real module builds its parameters from the same plan, and
 the tests check that the two agree.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from superlora.config import SuperLoRAConfig, as_config
-from superlora.functional.layout import Layout, plan_layout
+from superlora.functional.plan import AdapterPlan, plan_adapter
 from superlora.targets import Target, resolve_targets, resolve_trainable
 
 BYTES_PER_PARAMETER = 4  # adapters are stored in float32
@@ -110,7 +110,8 @@ def _describe_piece(piece: Any) -> str:
     return f"{piece.factoring} {sides} r={ranks}"
 
 
-def count_from_layout(layout: Layout, targets: Sequence[Target]) -> tuple[GroupCount, ...]:
+def count_from_plan(plan: AdapterPlan, targets: Sequence[Target]) -> tuple[GroupCount, ...]:
+    """One `GroupCount` per group of `plan`, naming the targets each group covers."""
     names = [t.name for t in targets]
     return tuple(
         GroupCount(
@@ -122,7 +123,7 @@ def count_from_layout(layout: Layout, targets: Sequence[Target]) -> tuple[GroupC
             pieces=tuple(_describe_piece(p) for p in g.pieces),
             parameters=g.num_parameters,
         )
-        for g in layout.groups
+        for g in plan.groups
     )
 
 
@@ -135,15 +136,15 @@ def count_parameters(
     """
     config = as_config(config)
     targets = resolve_targets(model, config.targets)
-    layout = plan_layout([t.shape for t in targets], config)
+    plan = plan_adapter([t.shape for t in targets], config)
     module_names = resolve_trainable(model, default_trainable(model) if trainable is None else trainable)
     head = sum(p.numel() for name in module_names for p in model.get_submodule(name).parameters())
     return ParameterCount(
-        adapter=layout.num_parameters,
+        adapter=plan.num_parameters,
         trainable_module_parameters=head,
         base_model=sum(p.numel() for p in model.parameters()),
-        update_size=layout.total,
-        lora_r1=sum(rows + cols for rows, cols in layout.target_shapes),
-        groups=count_from_layout(layout, targets),
+        update_size=plan.total,
+        lora_r1=sum(rows + cols for rows, cols in plan.target_shapes),
+        groups=count_from_plan(plan, targets),
         targets=tuple(targets),
     )

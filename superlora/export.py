@@ -14,11 +14,10 @@ bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from torch import Tensor
 
 from superlora.errors import ConfigError, SuperLoRAError
 from superlora.inference import input_config, jsonable_data_config
-from superlora.layers import AdaptedLinear
 from superlora.files import atomic_folder, atomic_write
 from superlora.model import SuperLoRAModel
 
@@ -42,39 +40,6 @@ FORMATS = ("adapter", "merged", "onnx")
 
 class ExportError(SuperLoRAError):
     """An export that could not be written or does not reproduce the PyTorch model."""
-
-
-@contextlib.contextmanager
-def merged_weights(model: SuperLoRAModel) -> Iterator[SuperLoRAModel]:
-    """Inside the block the update is merged into the base weights; afterwards the exact originals are back."""
-    if model.runtime.merged:
-        yield model
-        return
-    weights = {t.module_name: model.base_model.get_submodule(t.module_name).weight for t in model.targets}
-    originals = {name: weight.detach().clone() for name, weight in weights.items()}
-    model.merge()
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, weight in weights.items():
-                weight.copy_(originals[name])  # unmerge() would subtract ΔW again, exact only to rounding
-        model.runtime.merged = False
-
-
-def merged_state_dict(model: SuperLoRAModel) -> dict[str, Tensor]:
-    """The base model's state dict with the update merged in, under the plain (un-adapted) tensor names."""
-    adapted = [name for name, module in model.base_model.named_modules() if isinstance(module, AdaptedLinear)]
-    with merged_weights(model):
-        state = {}
-        for key, value in model.base_model.state_dict().items():
-            for name in adapted:
-                prefix = f"{name}.base_layer."
-                if key.startswith(prefix):
-                    key = f"{name}.{key[len(prefix):]}"
-                    break
-            state[key] = value.detach().to("cpu").clone().contiguous()
-    return state
 
 
 def _merged_config(model: SuperLoRAModel, classes: Sequence[str] | None) -> dict[str, Any]:
@@ -111,7 +76,7 @@ def export_adapter(model: SuperLoRAModel, folder: str | os.PathLike,
 def export_merged(model: SuperLoRAModel, folder: str | os.PathLike, classes: Sequence[str] | None = None) -> Path:
     """(b) The merged model as a plain checkpoint: folder/model.safetensors + folder/config.json."""
     folder = Path(folder)
-    state = merged_state_dict(model)
+    state = model.merged_state_dict()
     config = _merged_config(model, classes)
     # Weights and config as one unit: an interrupted export leaves the previous folder, never a mismatched pair.
     atomic_folder(folder, {
@@ -145,7 +110,7 @@ def export_onnx(model: SuperLoRAModel, path: str | os.PathLike, classes: Sequenc
     try:
         with torch.no_grad():
             reference = model(sample.to(device)).float().cpu()
-        with merged_weights(model), warnings.catch_warnings():
+        with model.temporarily_merged(), warnings.catch_warnings():
             # Tracing warns about Python conditions in timm's forward; they are constant for a fixed model.
             warnings.simplefilter("ignore")
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """`AdaptedLinear`: the wrapper that adds the adapter's update to one `nn.Linear` (whole or by row blocks).
 
 The layer holds no factors of its own. It asks the shared `AdapterRuntime` for this pass's ΔW (built once per
-model forward for all targets) or, for LoRA-form targets, applies x right left^T without building ΔW.
+model forward for all targets by `functional.delta`, unscaled) or, for LoRA-form targets, applies x right left^T
+without building ΔW. The scale s is applied here, inside the layer's own products (see `functional.delta`).
 """
 
 from __future__ import annotations

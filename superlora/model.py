@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from superlora.config import SuperLoRAConfig, as_config
 from superlora.counting import default_trainable
 from superlora.errors import CheckpointError, ConfigError
 from superlora.files import atomic_folder
-from superlora.functional.layout import Layout, plan_layout
+from superlora.functional.plan import AdapterPlan, plan_adapter
 from superlora.layers import AdaptedLinear, AdapterRuntime
 from superlora.targets import Target, resolve_targets, resolve_trainable
 
@@ -52,12 +50,12 @@ class SuperLoRAModel(nn.Module):
         super().__init__()
         config = as_config(config)
         targets = resolve_targets(model, config.targets)
-        layout = plan_layout([t.shape for t in targets], config)
+        plan = plan_adapter([t.shape for t in targets], config)
         if trainable is None:
             trainable = default_trainable(model)
         self.trainable_modules = resolve_trainable(model, trainable)
         first_weight = model.get_submodule(targets[0].module_name).weight
-        adapter = SuperLoRAAdapter(layout, config)
+        adapter = SuperLoRAAdapter(plan, config)
         self.base_model = model
         self.adapter = adapter.to(device=first_weight.device, dtype=torch.float32)
         self.config = config
@@ -95,8 +93,9 @@ class SuperLoRAModel(nn.Module):
             return getattr(self.base_model, name)
 
     @property
-    def layout(self) -> Layout:
-        return self.adapter.layout
+    def plan(self) -> AdapterPlan:
+        """The adapter's plan: groups, folds, pieces and spans (see `superlora.functional.plan`)."""
+        return self.adapter.plan
 
     # ------------------------------------------------------------------ counting and inspection
     def num_trainable_parameters(self, include_trainable_modules: bool = True) -> int:
@@ -116,8 +115,8 @@ class SuperLoRAModel(nn.Module):
     def delta_weights(self) -> dict[str, Tensor]:
         """Target name -> the update s * ΔW that is added to its weight (detached, float32)."""
         with torch.no_grad():
-            deltas = self.adapter.delta_weights(include_direct=True)
-            return {self.targets[t].name: (delta * self.runtime.scaling).detach() for t, delta in sorted(deltas.items())}
+            deltas = self.adapter.delta_weights(include_direct=True, scaling=self.runtime.scaling)
+            return {self.targets[t].name: delta.detach() for t, delta in sorted(deltas.items())}
 
     # ------------------------------------------------------------------ merge / unload
     def _adapted_layers(self) -> Iterator[tuple[str, AdaptedLinear]]:
@@ -178,6 +177,43 @@ class SuperLoRAModel(nn.Module):
         finally:
             self.runtime.enabled = previous
 
+    @contextlib.contextmanager
+    def temporarily_merged(self) -> Iterator[SuperLoRAModel]:
+        """Inside the block the update is merged into the base weights; afterwards the exact originals are back.
+
+        The weights are restored from a copy: unmerge() would subtract ΔW again, exact only to rounding.
+        """
+        if self.runtime.merged:
+            yield self
+            return
+        weights = {t.module_name: self.base_model.get_submodule(t.module_name).weight for t in self.targets}
+        originals = {name: weight.detach().clone() for name, weight in weights.items()}
+        self.merge()
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for name, weight in weights.items():
+                    weight.copy_(originals[name])
+            self.runtime.merged = False
+
+    def merged_state_dict(self) -> dict[str, Tensor]:
+        """The base model's state dict with the update merged in, under the plain (un-adapted) names, on CPU.
+
+        It loads into an unadapted copy of the base model; this model is left exactly as it was.
+        """
+        adapted = [name for name, _ in self._adapted_layers()]
+        with self.temporarily_merged():
+            state = {}
+            for key, value in self.base_model.state_dict().items():
+                for name in adapted:
+                    prefix = f"{name}.base_layer."
+                    if key.startswith(prefix):
+                        key = f"{name}.{key[len(prefix):]}"
+                        break
+                state[key] = value.detach().to("cpu").clone().contiguous()
+        return state
+
     # ------------------------------------------------------------------ save / load
     def _metadata(self) -> dict[str, Any]:
         return {
@@ -187,7 +223,7 @@ class SuperLoRAModel(nn.Module):
             "targets": [{"name": t.name, "shape": list(t.shape)} for t in self.targets],
             "trainable_modules": list(self.trainable_modules),
             "num_adapter_parameters": self.num_trainable_parameters(include_trainable_modules=False),
-            "fixed_maps_fingerprint": self.adapter.fingerprint(),
+            "fixed_maps_fingerprint": self.adapter.fixed_maps_fingerprint(),
         }
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
@@ -226,7 +262,7 @@ class SuperLoRAModel(nn.Module):
         check_targets(info["targets"], targets)
         wrapped = cls(model, config, trainable=info.get("trainable_modules", ()))
         expected = info.get("fixed_maps_fingerprint", "")
-        if expected and expected != wrapped.adapter.fingerprint():
+        if expected and expected != wrapped.adapter.fixed_maps_fingerprint():
             wrapped.unload()
             raise CheckpointError(
                 "the fixed projection/shuffle regenerated from the seed differs from the one the adapter was trained "

@@ -33,10 +33,6 @@ class Target:
     rows: tuple[int, int]
     shape: tuple[int, int]
 
-    @property
-    def is_block(self) -> bool:
-        return self.name != self.module_name
-
 
 def _is_fused_qkv(name: str, module: nn.Linear) -> bool:
     return name.rsplit(".", 1)[-1].lower().endswith("qkv") and module.out_features % 3 == 0

@@ -14,7 +14,7 @@ import torch
 
 from superlora import SuperLoRAModel, get_superlora_model, preset
 from superlora.errors import ConfigError
-from superlora.export import export, export_merged, export_onnx, merged_state_dict, timm_load_snippet
+from superlora.export import export, export_merged, export_onnx, timm_load_snippet
 
 from toy_models import randomize_trainable
 
@@ -49,7 +49,7 @@ def test_a_merged_model_predicts_like_the_adapted_model(name):
     with torch.no_grad():
         adapted = model(x)
         plain = timm.create_model(ARCH, pretrained=False, **ARGS).eval()
-        plain.load_state_dict(merged_state_dict(model))
+        plain.load_state_dict(model.merged_state_dict())
         merged = plain(x)
         assert torch.equal(model(x), adapted)  # exporting left the adapted model untouched, bit for bit
         with model.disable_adapter():

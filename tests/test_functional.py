@@ -1,4 +1,4 @@
-"""The pure tensor functions: layout arithmetic, factor builders, Walsh-Hadamard, Fastfood, shuffle."""
+"""The pure tensor functions: plan arithmetic, factor builders, Walsh-Hadamard, Fastfood, shuffle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from peft.tuners.lokr.layer import factorization
 
 from superlora.functional import projection as proj
 from superlora.functional.factors import kronecker, lora_matrix, tucker_tensor
-from superlora.functional.layout import balanced_split, ceil_root, projected_size
+from superlora.functional.plan import balanced_split, ceil_root, projected_size
 
 
 @pytest.mark.parametrize(("value", "order", "expected"), [(64, 3, 4), (65, 3, 5), (14_155_776, 2, 3763),

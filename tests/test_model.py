@@ -99,6 +99,29 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs():
         torch.testing.assert_close(plain(x), adapted, rtol=1e-5, atol=1e-5)
 
 
+def test_merged_state_dict_loads_into_the_plain_model_and_leaves_the_wrapper_untouched():
+    wrapped = get_superlora_model(TwoLayerMLP(), preset("lorta", rank=2, targets=("fc1", "fc2")))
+    randomize_trainable(wrapped.adapter, scale=0.3)
+    x = torch.randn(4, 12, generator=torch.Generator().manual_seed(0))
+    before = {key: value.clone() for key, value in wrapped.base_model.state_dict().items()}
+    with torch.no_grad():
+        adapted = wrapped(x)
+        with wrapped.temporarily_merged():
+            assert wrapped.runtime.merged
+            torch.testing.assert_close(wrapped(x), adapted, rtol=1e-5, atol=1e-5)
+    state = wrapped.merged_state_dict()
+    assert not wrapped.runtime.merged
+    after = wrapped.base_model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)  # bit for bit
+    plain = TwoLayerMLP(seed=1)
+    plain.load_state_dict(state)  # strict: the plain names, no `.base_layer.`
+    deltas = wrapped.delta_weights()
+    assert deltas["fc1"].abs().max() > 1e-3
+    torch.testing.assert_close(state["fc1.weight"], before["fc1.base_layer.weight"] + deltas["fc1"], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), adapted, rtol=1e-5, atol=1e-5)
+
+
 def test_save_and_load_round_trip(tmp_path):
     config = preset("lorta", order=3, rank=2, ratio=0.5, projection="fastfood", shuffle=True, seed=4)
     wrapped = get_superlora_model(tiny_vit(num_classes=3, seed=0), config)

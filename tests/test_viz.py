@@ -11,8 +11,8 @@ import torch
 
 from superlora import count_parameters, get_superlora_model, preset
 from superlora.adapter import SuperLoRAAdapter
+from superlora.config import PRESETS
 from superlora.viz import (
-    REFERENCE_PRESETS,
     budget_figure,
     budget_map_figure,
     confusion_figure,
@@ -24,7 +24,7 @@ from superlora.viz import (
     entry_groups,
     layout_figure,
     metric_records,
-    model_layout,
+    model_plan,
     numerical_rank,
     spectra_figure,
     split_block,
@@ -35,7 +35,7 @@ from tests.toy_models import TwoLayerMLP, randomize_trainable, tiny_vit
 
 
 def _shapes(model, config):
-    targets, _ = model_layout(model, config)
+    targets, _ = model_plan(model, config)
     return [t.shape for t in targets]
 
 
@@ -45,7 +45,7 @@ def _shapes(model, config):
 def test_budget_curves_are_count_parameters(config):
     model = tiny_vit()
     figure = budget_figure(_shapes(model, config), config, max_rank=6)
-    for key in REFERENCE_PRESETS:
+    for key in PRESETS:
         trace = trace_by_key(figure, key)
         assert list(trace.x) == list(range(1, 7))
         expected = [count_parameters(model, preset(key, rank=r, targets=config.targets)).adapter for r in trace.x]
@@ -99,12 +99,12 @@ def test_budget_map_places_each_config_at_its_count():
 
 
 # ---------------------------------------------------------------------------------------------- layout
-def _adapter_assignment(layout, config):
+def _adapter_assignment(plan, config):
     """Group of every δ entry as the real adapter produces it: each group emits its own id."""
-    adapter = SuperLoRAAdapter(layout, config)
-    adapter.group_vector = lambda g: torch.full((layout.groups[g].size,), float(g))
+    adapter = SuperLoRAAdapter(plan, config)
+    adapter.group_vector = lambda g: torch.full((plan.groups[g].size,), float(g))
     deltas = adapter.delta_weights(include_direct=False)
-    return torch.cat([deltas[t].reshape(-1) for t in range(len(layout.target_shapes))]).numpy().astype(np.int32)
+    return torch.cat([deltas[t].reshape(-1) for t in range(len(plan.target_shapes))]).numpy().astype(np.int32)
 
 
 @pytest.mark.parametrize("config", [
@@ -113,38 +113,38 @@ def _adapter_assignment(layout, config):
     preset("lorta", groups=2, grouping="layer", shuffle=True, targets=("q", "k", "v")),
 ])
 def test_entry_groups_match_the_adapter(config):
-    _, layout = model_layout(tiny_vit(), config)
-    assert np.array_equal(entry_groups(layout, config.seed), _adapter_assignment(layout, config))
-    before = entry_groups(layout, config.seed, shuffled=False)
-    assert np.array_equal(before, np.repeat(np.arange(len(layout.groups)), [g.size for g in layout.groups]))
+    _, plan = model_plan(tiny_vit(), config)
+    assert np.array_equal(entry_groups(plan, config.seed), _adapter_assignment(plan, config))
+    before = entry_groups(plan, config.seed, shuffled=False)
+    assert np.array_equal(before, np.repeat(np.arange(len(plan.groups)), [g.size for g in plan.groups]))
 
 
 def test_layout_figure_colours_each_entry_by_its_group():
     config = preset("superlora-2d", groups=3, shuffle=True, seed=1)
-    targets, layout = model_layout(tiny_vit(), config)
-    figure = layout_figure(layout, targets, seed=config.seed, max_bins=10_000)  # 576 entries: one cell each
+    targets, plan = model_plan(tiny_vit(), config)
+    figure = layout_figure(plan, targets, seed=config.seed, max_bins=10_000)  # 576 entries: one cell each
     before, after = figure.data[0], figure.data[1]
     assert list(before.y) == [t.name for t in targets]
-    for panel, ids in ((before, entry_groups(layout, 1, shuffled=False)), (after, entry_groups(layout, 1))):
+    for panel, ids in ((before, entry_groups(plan, 1, shuffled=False)), (after, entry_groups(plan, 1))):
         for row in range(len(targets)):
-            start = layout.offsets[row]
+            start = plan.offsets[row]
             assert np.array_equal(np.asarray(panel.z[row]), ids[start : start + 576])
     table = figure.data[2]
     columns = [header.replace("<b>", "").replace("</b>", "") for header in table.header.values]
     cells = dict(zip(columns, table.cells.values))
-    assert cells["parameters"] == [f"{g.num_parameters:,d}" for g in layout.groups]
-    assert cells["folded shape"] == ["×".join(map(str, g.shape)) for g in layout.groups]
-    assert cells["P_g"] == [f"{g.input_size:,d}" for g in layout.groups]
+    assert cells["parameters"] == [f"{g.num_parameters:,d}" for g in plan.groups]
+    assert cells["folded shape"] == ["×".join(map(str, g.shape)) for g in plan.groups]
+    assert cells["P_g"] == [f"{g.input_size:,d}" for g in plan.groups]
 
 
 def test_layout_figure_bins_show_the_majority_group():
     config = preset("superlora-2d", groups=3, shuffle=True, seed=2)
-    targets, layout = model_layout(tiny_vit(), config)
-    figure = layout_figure(layout, targets, seed=config.seed, max_bins=7)
+    targets, plan = model_plan(tiny_vit(), config)
+    figure = layout_figure(plan, targets, seed=config.seed, max_bins=7)
     assert "group producing most" in figure.layout.annotations[0].text
-    ids = entry_groups(layout, config.seed)
+    ids = entry_groups(plan, config.seed)
     for row in range(len(targets)):
-        entries = ids[layout.offsets[row] : layout.offsets[row] + 576]
+        entries = ids[plan.offsets[row] : plan.offsets[row] + 576]
         edges = np.linspace(0, 576, 8).round().astype(int)
         expected = [np.bincount(entries[a:b], minlength=3).argmax() for a, b in zip(edges[:-1], edges[1:])]
         assert list(figure.data[1].z[row]) == expected
@@ -152,8 +152,8 @@ def test_layout_figure_bins_show_the_majority_group():
 
 def test_layout_figure_without_shuffle_has_one_panel_and_zoom_is_exact():
     config = preset("lora", rank=2)
-    targets, layout = model_layout(tiny_vit(), config)
-    figure = layout_figure(layout, targets, first_entries=50)
+    targets, plan = model_plan(tiny_vit(), config)
+    figure = layout_figure(plan, targets, first_entries=50)
     heatmaps = [t for t in figure.data if t.type == "heatmap"]
     assert len(heatmaps) == 1  # shuffle off: before == after
     assert np.array_equal(np.asarray(heatmaps[0].z), np.repeat(np.arange(len(targets))[:, None], 50, axis=1))

@@ -13,7 +13,7 @@ from functools import reduce
 import torch
 from torch import Tensor
 
-from superlora.functional.layout import PiecePlan
+from superlora.functional.plan import PiecePlan
 
 
 def lora_matrix(left: Tensor, right: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
-"""The budget figure: trainable adapter parameters against rank, for a config and the reference presets.
+"""The budget figure: trainable adapter parameters against rank, for a config and every preset.
 
-Every number is `plan_layout(target_shapes, config).num_parameters`, the plan `count_parameters` and the real
+Every number is `plan_adapter(target_shapes, config).num_parameters`, the plan `count_parameters` and the real
 adapter module read, so the curves are exact for the targets given (not a formula fitted to them).
 """
 
@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from superlora.config import PRESET_DESCRIPTIONS, SuperLoRAConfig, preset
+from superlora.config import PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, preset
 from superlora.errors import ConfigError
-from superlora.functional.layout import plan_layout
+from superlora.functional.plan import plan_adapter
 from superlora.viz.common import GROUP_PALETTE, fmt_count, new_figure
 
-REFERENCE_PRESETS: tuple[str, ...] = ("lora", "loha", "lokr", "lotr", "superlora-2d", "lorta", "lonkr")
 CURRENT = "current"
 MARKER = "marker"
 LORA_FLOOR = "lora-r1"
@@ -37,7 +36,7 @@ class BudgetCurve:
 
 def adapter_parameters(target_shapes: TargetShapes, config: SuperLoRAConfig) -> int:
     """Exact adapter parameter count of `config` on targets of these shapes (what count_parameters reports)."""
-    return plan_layout(target_shapes, config).num_parameters
+    return plan_adapter(target_shapes, config).num_parameters
 
 
 def _curve(name: str, label: str, target_shapes: TargetShapes, configs: Sequence[tuple[int, SuperLoRAConfig | str]]
@@ -65,7 +64,7 @@ def _preset_at(name: str, rank: int, config: SuperLoRAConfig) -> SuperLoRAConfig
 def budget_curves(
     target_shapes: TargetShapes,
     config: SuperLoRAConfig,
-    presets: Sequence[str] = REFERENCE_PRESETS,
+    presets: Sequence[str] = tuple(PRESETS),
     max_rank: int | None = None,
 ) -> list[BudgetCurve]:
     """The current config's curve (its other fields fixed, rank varied) and one curve per preset at defaults.
@@ -88,7 +87,7 @@ def budget_curves(
 def budget_figure(
     target_shapes: TargetShapes,
     config: SuperLoRAConfig,
-    presets: Sequence[str] = REFERENCE_PRESETS,
+    presets: Sequence[str] = tuple(PRESETS),
     max_rank: int | None = None,
     title: str | None = None,
 ) -> go.Figure:

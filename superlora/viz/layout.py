@@ -1,7 +1,7 @@
 """The layout figure: which entries of which target each group produces, before and after shuffling.
 
 `entry_groups` derives, for every entry of the update vector δ (target order, row-major), the group that produces
-it, from the same `Layout` spans and the same seeded permutation the adapter uses, so the picture is the
+it, from the same `AdapterPlan` spans and the same seeded permutation the adapter uses, so the picture is the
 adapter's real assignment. Targets with more entries than fit on screen are shown in bins: a cell's colour is
 the group that produces most of its entries, and the hover text gives that group's share.
 """
@@ -17,8 +17,8 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from superlora.config import SuperLoRAConfig
-from superlora.counting import count_from_layout
-from superlora.functional.layout import Layout, plan_layout
+from superlora.counting import count_from_plan
+from superlora.functional.plan import AdapterPlan, plan_adapter
 from superlora.functional.projection import inverse_permutation, shuffle_permutation
 from superlora.targets import Target, resolve_targets
 from superlora.viz.common import TEMPLATE, fmt_count, group_colorbar, group_colorscale, shape_text
@@ -26,23 +26,23 @@ from superlora.viz.common import TEMPLATE, fmt_count, group_colorbar, group_colo
 DEFAULT_BINS = 192
 
 
-def model_layout(model: nn.Module, config: SuperLoRAConfig) -> tuple[list[Target], Layout]:
-    """The targets of `config` in `model` and their layout, as the adapter would build them (meta models work)."""
+def model_plan(model: nn.Module, config: SuperLoRAConfig) -> tuple[list[Target], AdapterPlan]:
+    """The targets of `config` in `model` and their plan, as the adapter would build them (meta models work)."""
     targets = resolve_targets(model, config.targets)
-    return targets, plan_layout([t.shape for t in targets], config)
+    return targets, plan_adapter([t.shape for t in targets], config)
 
 
-def entry_groups(layout: Layout, seed: int, shuffled: bool | None = None) -> np.ndarray:
+def entry_groups(plan: AdapterPlan, seed: int, shuffled: bool | None = None) -> np.ndarray:
     """Group id of every entry of δ = [vec(ΔW_1); …; vec(ΔW_L)], as an int32 array of length D.
 
-    shuffled=None follows the layout; False gives the assignment before the shuffle (group g produces the span
+    shuffled=None follows the plan; False gives the assignment before the shuffle (group g produces the span
     [start, stop) of δ). After the shuffle δ = d[P⁻¹], exactly as `SuperLoRAAdapter.delta_weights` gathers it.
     """
-    sizes = [group.size for group in layout.groups]
+    sizes = [group.size for group in plan.groups]
     before = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-    if not (layout.shuffle if shuffled is None else shuffled):
+    if not (plan.shuffle if shuffled is None else shuffled):
         return before
-    unshuffle = inverse_permutation(shuffle_permutation(layout.total, seed)).numpy()
+    unshuffle = inverse_permutation(shuffle_permutation(plan.total, seed)).numpy()
     return before[unshuffle]
 
 
@@ -66,17 +66,17 @@ class TargetStrip:
         return self.bins == int(self.edges[-1])
 
 
-def target_strips(layout: Layout, names: Sequence[str], groups_of_entries: np.ndarray,
+def target_strips(plan: AdapterPlan, names: Sequence[str], groups_of_entries: np.ndarray,
                   max_bins: int = DEFAULT_BINS, first_entries: int | None = None) -> list[TargetStrip]:
     """Cut each target's span of `groups_of_entries` (from `entry_groups`) into at most `max_bins` bins.
 
     first_entries=N keeps only the first N entries of each target, one per bin (a zoom that shows every entry).
     """
-    num_groups = len(layout.groups)
+    num_groups = len(plan.groups)
     strips = []
-    for target, (name, (rows, cols)) in enumerate(zip(names, layout.target_shapes)):
+    for target, (name, (rows, cols)) in enumerate(zip(names, plan.target_shapes)):
         size = rows * cols if first_entries is None else min(rows * cols, first_entries)
-        ids = groups_of_entries[layout.offsets[target] : layout.offsets[target] + size].astype(np.int64)
+        ids = groups_of_entries[plan.offsets[target] : plan.offsets[target] + size].astype(np.int64)
         bins = size if first_entries is not None else min(size, max_bins)
         edges = np.linspace(0, size, bins + 1).round().astype(np.int64)
         bin_of_entry = np.repeat(np.arange(bins), np.diff(edges))
@@ -106,21 +106,21 @@ def _strip_heatmap(strips: Sequence[TargetStrip], num_groups: int, show_scale: b
     )
 
 
-def group_table(layout: Layout, targets: Sequence[Target]) -> go.Table:
+def group_table(plan: AdapterPlan, targets: Sequence[Target]) -> go.Table:
     """One row per group: its span of the update vector, targets, D_g, P_g (and whether a fixed projection lifts
     P_g entries to D_g), fold shape, pieces, parameters."""
-    counts = count_from_layout(layout, targets)
+    counts = count_from_plan(plan, targets)
 
     def covered(names: Sequence[str]) -> str:
         return names[0] if len(names) == 1 else f"{names[0]} … {names[-1]} ({len(names)})"
 
     columns = {
         "group": [g.index for g in counts],
-        "span of d": [f"{fmt_count(p.start)}–{fmt_count(p.stop - 1)}" for p in layout.groups],
+        "span of d": [f"{fmt_count(p.start)}–{fmt_count(p.stop - 1)}" for p in plan.groups],
         "targets (unshuffled)": [covered(g.targets) for g in counts],
         "D_g": [fmt_count(g.size) for g in counts],
         "P_g": [fmt_count(g.input_size) for g in counts],
-        "P_g → D_g": ["fixed projection" if p.projected else "—" for p in layout.groups],
+        "P_g → D_g": ["fixed projection" if p.projected else "—" for p in plan.groups],
         "folded shape": [shape_text(g.shape) for g in counts],
         "pieces": [" ⊗ ".join(g.pieces) for g in counts],
         "parameters": [fmt_count(g.parameters) for g in counts],
@@ -133,7 +133,7 @@ def group_table(layout: Layout, targets: Sequence[Target]) -> go.Table:
 
 
 def layout_figure(
-    layout: Layout,
+    plan: AdapterPlan,
     targets: Sequence[Target],
     seed: int = 0,
     max_bins: int = DEFAULT_BINS,
@@ -148,11 +148,11 @@ def layout_figure(
     first_entries=N instead shows the first N entries of every target, one cell each.
     """
     names = [t.name for t in targets]
-    num_groups = len(layout.groups)
-    panels = [("before shuffle" if layout.shuffle else "shuffle off", entry_groups(layout, seed, shuffled=False))]
-    if layout.shuffle:
-        panels.append(("after shuffle (δ = P⁻¹ d)", entry_groups(layout, seed, shuffled=True)))
-    strips = [target_strips(layout, names, ids, max_bins, first_entries) for _, ids in panels]
+    num_groups = len(plan.groups)
+    panels = [("before shuffle" if plan.shuffle else "shuffle off", entry_groups(plan, seed, shuffled=False))]
+    if plan.shuffle:
+        panels.append(("after shuffle (δ = P⁻¹ d)", entry_groups(plan, seed, shuffled=True)))
+    strips = [target_strips(plan, names, ids, max_bins, first_entries) for _, ids in panels]
     exact = all(strip.exact for strip in strips[0])
     per_bin = max(int(np.diff(strip.edges).max()) for strip in strips[0])
     if first_entries is not None:
@@ -183,14 +183,14 @@ def layout_figure(
         figure.add_trace(_strip_heatmap(panel, num_groups, show_scale=row == 1), row=row, col=1)
         figure.update_yaxes(autorange="reversed", row=row, col=1, tickfont=dict(size=10))
         figure.update_xaxes(showgrid=False, row=row, col=1)
-    figure.add_trace(group_table(layout, targets), row=len(heights), col=1)
+    figure.add_trace(group_table(plan, targets), row=len(heights), col=1)
     # The colour bar spans the first strip panel only, not the table.
     low, high = figure.layout.yaxis.domain
     figure.data[0].colorbar.update(y=(low + high) / 2, len=high - low, yanchor="middle")
     figure.update_layout(
         template=TEMPLATE, height=sum(heights) + 110,
-        title=title or f"Layout: {len(names)} targets, D = {fmt_count(layout.total)} update entries, "
-                       f"{num_groups} group(s), {fmt_count(layout.num_parameters)} adapter parameters",
+        title=title or f"Layout: {len(names)} targets, D = {fmt_count(plan.total)} update entries, "
+                       f"{num_groups} group(s), {fmt_count(plan.num_parameters)} adapter parameters",
         margin=dict(l=40, r=30, t=90, b=20),
     )
     figure.update_annotations(font=dict(size=12))

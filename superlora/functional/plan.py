@@ -1,4 +1,4 @@
-"""The layout of a SuperLoRA adapter, computed from target shapes and a config with integers only.
+"""The plan of a SuperLoRA adapter (`AdapterPlan`), computed from target shapes and a config with integers only.
 
 It answers: how long is the update vector (D), which span of it each group produces, what tensor shape each
 group is folded to, how each group tensor is split into Kronecker pieces and factored, and how many trainable
@@ -137,7 +137,7 @@ class GroupPlan:
 
 
 @dataclass(frozen=True)
-class Layout:
+class AdapterPlan:
     """Where every update entry comes from. Target order is the order given (model order)."""
 
     target_shapes: tuple[tuple[int, int], ...]
@@ -177,6 +177,20 @@ class Layout:
             if lo < hi:
                 spans.append((group.index, lo - group.start, hi - group.start))
         return spans
+
+    @cached_property
+    def spans(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+        """`target_spans` of every target, in target order."""
+        return tuple(tuple(self.target_spans(t)) for t in range(len(self.target_shapes)))
+
+    @cached_property
+    def group_cuts(self) -> tuple[tuple[int, ...], ...]:
+        """Each group's output cut at target boundaries: the lengths of its pieces, in target order."""
+        cuts: list[list[int]] = [[] for _ in self.groups]
+        for spans in self.spans:
+            for g, lo, hi in spans:
+                cuts[g].append(hi - lo)
+        return tuple(tuple(c) for c in cuts)
 
 
 def _group_spans(sizes: Sequence[int], config: SuperLoRAConfig) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -242,8 +256,8 @@ def _pieces(shape: Shape, piece_shapes: list[Shape], config: SuperLoRAConfig) ->
     return tuple(pieces)
 
 
-def plan_layout(target_shapes: Sequence[tuple[int, int]], config: SuperLoRAConfig) -> Layout:
-    """Compute the full layout of an adapter for targets of the given (rows, cols) shapes."""
+def plan_adapter(target_shapes: Sequence[tuple[int, int]], config: SuperLoRAConfig) -> AdapterPlan:
+    """Compute the full plan of an adapter for targets of the given (rows, cols) shapes."""
     shapes = tuple((int(r), int(c)) for r, c in target_shapes)
     if not shapes:
         raise ConfigError("the adapter has no targets; check the targets field")
@@ -292,4 +306,4 @@ def plan_layout(target_shapes: Sequence[tuple[int, int]], config: SuperLoRAConfi
                 pieces=_pieces(shape, piece_shapes, config),
             )
         )
-    return Layout(target_shapes=shapes, groups=tuple(groups), shuffle=config.shuffle)
+    return AdapterPlan(target_shapes=shapes, groups=tuple(groups), shuffle=config.shuffle)
