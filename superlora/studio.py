@@ -618,7 +618,7 @@ def show_figures(values: dict[str, Any], sessions: SessionStore, request: gr.Req
         return gr.update(), gr.update()
     try:
         config, skeleton, _ = count_for_controls(values, session)
-        found, layout = viz.model_layout(skeleton, config)
+        found, layout = viz.model_plan(skeleton, config)
     except SuperLoRAError:
         return gr.update(), gr.update()
     return (viz.budget_figure([t.shape for t in found], config),
