@@ -10,7 +10,7 @@ and calls the callbacks. With `output_dir` set, everything goes to a run folder 
 adapter's validation results to its validation/, see `superlora.train.validation`) and the run can be resumed
 from its checkpoint with identical results.
 
-The pieces a run is set up from live beside this file: `setup` (model and data checks), `accelerator` (device
+The pieces a run is set up from live beside this file: `prepare` (model and data checks), `accelerator` (device
 and precision), `optim` (optimizer and schedule), `resume` (run identity, the run's config.json, folder checks).
 """
 
@@ -43,9 +43,9 @@ from superlora.train.options import (
     TrainOptions,
     TrainResult,
 )
+from superlora.train.prepare import architecture_name, check_sets, clone_state, keep_frozen_norms_eval, prepare_model
 from superlora.train.resume import check_run_folder, check_same_run, run_config, run_identity
 from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
-from superlora.train.setup import architecture_name, check_sets, clone_state, keep_frozen_norms_eval, prepare_model
 from superlora.train.validation import validation_record, write_validation
 
 # WarmupCosine is re-exported: `superlora.diffusion` imports the schedule from here.
