@@ -1,7 +1,8 @@
 """Predictions for the CLI, the app and the notebooks: top-k classes with probabilities for a list of images.
 
 `predict` works on any classifier: a SuperLoRAModel (adapter applied on the fly), a merged plain timm model, or
-the base model. `input_config` is the data config (input size, normalisation) the model was built for.
+the base model. The data config (input size, normalisation) a model was built for is
+`superlora.base_models.data_config`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from superlora import base_models
 from superlora.data import build_transforms, decode_image
 from superlora.data.decode import ImageRejected
 from superlora.errors import DataError
@@ -22,22 +24,8 @@ from superlora.errors import DataError
 ImageInput = Image.Image | str | os.PathLike
 
 
-def input_config(model: nn.Module) -> dict[str, Any]:
-    """timm's data config of `model`, with the input size the model was actually built for.
-
-    timm keeps the registered config when a model is created with another `img_size` (e.g. a 32 px test ViT
-    reports 224 px); a ViT's patch embedding knows the real size, so it wins.
-    """
-    from timm.data import resolve_data_config
-
-    base = getattr(model, "base_model", model)
-    config = dict(resolve_data_config(model=base))
-    patch_embed = getattr(base, "patch_embed", None)
-    img_size = getattr(patch_embed, "img_size", None)
-    if img_size is not None and not getattr(patch_embed, "dynamic_img_size", False):
-        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        config["input_size"] = (config["input_size"][0], int(height), int(width))
-    return config
+# The old name of `superlora.base_models.data_config`, kept while the studio and export move to it.
+input_config = base_models.data_config
 
 
 def jsonable_data_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,11 +56,12 @@ def predict(
 ) -> list[list[tuple[str, float]]]:
     """For each image (PIL image or file path), the `top_k` most probable classes as (class, probability).
 
-    data_config: the model's data config (None: `input_config(model)`); images get the evaluation transform.
+    data_config: the model's data config (None: `superlora.base_models.data_config(model)`); images get the
+        evaluation transform.
     """
     if top_k < 1:
         raise DataError(f"top_k={top_k}: ask for at least one class")
-    data_config = data_config if data_config is not None else input_config(model)
+    data_config = data_config if data_config is not None else base_models.data_config(model)
     transform = build_transforms(data_config, train=False)
     parameter = next(model.parameters())
     was_training = model.training
@@ -126,7 +115,6 @@ def load_trained(path: str | os.PathLike, model: str | os.PathLike | None = None
     """
     from superlora.errors import CheckpointError, ConfigError
     from superlora.model import SuperLoRAModel, read_adapter_config
-    from superlora.base_models import load_model
 
     folder = adapter_folder(path)
     info = read_adapter_config(folder)
@@ -138,8 +126,8 @@ def load_trained(path: str | os.PathLike, model: str | os.PathLike | None = None
     classes = metadata.get("classes")
     if not classes:
         raise CheckpointError(f"{folder} does not record its class names; it was not written by superlora.train")
-    base = load_model(base_name, num_classes=len(classes))
+    base = base_models.load_model(base_name, num_classes=len(classes))
     adapted = SuperLoRAModel.from_pretrained(base, folder)
-    config = metadata.get("data_config") or input_config(adapted)
+    config = metadata.get("data_config") or base_models.data_config(adapted)
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     return Trained(adapted.eval(), list(classes), config, base_name)

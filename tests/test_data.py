@@ -31,6 +31,7 @@ from superlora.data import (
     extract_zip,
     image_bytes,
     load_dataset,
+    resolve_label_mode,
     sample_dataset,
     train_val_split,
 )
@@ -169,6 +170,29 @@ def test_auto_labels_pick_prefix_folders_or_csv(tmp_path):
     table = tmp_path / "labels.csv"
     table.write_text("red_a.png,warm\nblue_b.png,cold\n")
     assert load_dataset(flat, csv=table).classes == ["cold", "warm"]  # a CSV wins
+
+
+def test_the_auto_label_rule_is_one_public_function(tmp_path):
+    # The cases load_dataset meets, in the order the rule checks them.
+    assert resolve_label_mode("auto", csv=True, class_folders=True) == "csv"
+    assert resolve_label_mode("auto", class_folders=True) == "folders"
+    assert resolve_label_mode("auto", class_folders=False) == "prefix"
+    assert resolve_label_mode("auto", file_names=["red_a.png", "blue_b.png"]) == "prefix"
+    assert resolve_label_mode("auto", file_names=["red_a.png", "b.png"]) == "folders"
+    # Files that lost their folders (a browser upload): prefixes, even when some names lack one.
+    assert resolve_label_mode("auto", class_folders=False, file_names=["red_a.png", "b.png"]) == "prefix"
+    assert resolve_label_mode("folders", file_names=["red_a.png"]) == "folders"  # an explicit mode is kept
+    # The list rule is the one load_dataset applies: not every name prefixed, so the parent folders are classes.
+    make_class_folders(tmp_path / "tree", {"cat": 1, "dog": 1})
+    files = sorted((tmp_path / "tree").rglob("*.png"))
+    assert resolve_label_mode("auto", file_names=[f.name for f in files]) == "folders"
+    assert load_dataset(files).classes == ["cat", "dog"]
+    with pytest.raises(DataError, match="labels must be one of"):
+        resolve_label_mode("names")
+    with pytest.raises(DataError, match="needs the csv= argument"):
+        resolve_label_mode("csv")
+    with pytest.raises(DataError, match="a CSV was given but labels='prefix'"):
+        resolve_label_mode("prefix", csv=True)
 
 
 def test_csv_labels_match_relative_paths_or_names_and_report_both_kinds_of_mismatch(tmp_path):

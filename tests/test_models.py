@@ -173,6 +173,19 @@ def test_num_classes_resets_the_head_only(default_model):
     assert data_config(model)["input_size"] == (3, 64, 64)
 
 
+def test_data_config_reports_the_input_size_a_model_was_built_with_and_sees_through_the_adapter():
+    from superlora import get_superlora_model, preset
+
+    small = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                              depth=1, num_heads=2, num_classes=3)
+    assert small.pretrained_cfg["input_size"] == (3, 224, 224)  # timm keeps the registered size...
+    config = data_config(small)
+    assert config["input_size"] == (3, 32, 32)  # ...the patch embedding knows the real one
+    assert config["mean"] == small.pretrained_cfg["mean"] and config["interpolation"] == "bicubic"
+    adapted = get_superlora_model(small, preset("lora", rank=1))
+    assert data_config(adapted) == config
+
+
 def test_pretrained_false_is_the_same_architecture_randomly_initialised(default_model):
     scratch = load_model(DEFAULT_MODEL, pretrained=False, num_classes=4)
     names = lambda m: [k for k in m.state_dict() if not k.endswith("num_batches_tracked")]  # noqa: E731

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from superlora import SuperLoRAModel, preset
+from superlora.base_models import data_config
 from superlora.data import ImageClassificationDataset, build_transforms
 from superlora.errors import CheckpointError, ConfigError
-from superlora.inference import input_config, predict
+from superlora.inference import predict
 from superlora.train import (
     EventLog,
     NonFiniteLossError,
@@ -29,8 +30,8 @@ from superlora.train import (
     train,
 )
 from superlora.train.checkpoint import load_checkpoint
-from superlora.train.loop import WarmupCosine
 from superlora.train.metrics import evaluate
+from superlora.train.optim import WarmupCosine
 from superlora.train.sampling import StepBatches, steps_per_epoch
 
 from train_helpers import colour_split, result_summary, tiny_vit, train_stripes
@@ -41,7 +42,7 @@ LORA = preset("lora", rank=2)
 
 
 def accuracy_of(model, image_set) -> float:
-    data = ImageClassificationDataset(image_set, build_transforms(input_config(model), train=False))
+    data = ImageClassificationDataset(image_set, build_transforms(data_config(model), train=False))
     loader = torch.utils.data.DataLoader(data, batch_size=16)
     return evaluate(model, loader, len(image_set.classes), torch.device("cpu")).accuracy
 

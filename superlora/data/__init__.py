@@ -7,13 +7,14 @@
     loader = DataLoader(ImageClassificationDataset(train_set, transform), batch_size=32, shuffle=True)
 
 Submodules, bottom up: `archive` (safe zip extraction), `decode` (one untrusted file → RGB image), `imageset`
-(the `ImageSet` container, split, torch dataset), `loading` (`load_dataset`), `transforms`, `samples`.
+(the `ImageSet` container, split, torch dataset), `loading` (`load_dataset`, `resolve_label_mode`),
+`transforms`, `samples`.
 """
 
 from superlora.data.archive import DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_ARCHIVE_FILES, extract_zip
 from superlora.data.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image
 from superlora.data.imageset import ImageClassificationDataset, ImageSet, Rejected, image_bytes, train_val_split
-from superlora.data.loading import LABEL_MODES, MemoryBudgetExceeded, load_dataset
+from superlora.data.loading import LABEL_MODES, MemoryBudgetExceeded, load_dataset, resolve_label_mode
 from superlora.data.samples import SAMPLE_DIR, SAMPLES, sample_dataset
 from superlora.data.transforms import build_transforms
 
@@ -34,6 +35,7 @@ __all__ = [
     "extract_zip",
     "image_bytes",
     "load_dataset",
+    "resolve_label_mode",
     "sample_dataset",
     "train_val_split",
 ]

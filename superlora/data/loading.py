@@ -1,4 +1,5 @@
-"""`load_dataset`: turn a folder of class folders, a `.zip` of one, or a list of files into a checked `ImageSet`.
+"""`load_dataset`: turn a folder of class folders, a `.zip` of one, or a list of files into a checked `ImageSet`;
+`resolve_label_mode`: the rule that picks where the classes come from when labels="auto".
 
 Loading never stops at a bad file: each one that cannot be used is skipped and reported (`ImageSet.rejected`,
 with the reason). It stops with `DataError` only when the dataset as a whole is unusable: fewer than two
@@ -77,7 +78,7 @@ def load_dataset(
       whose path (relative to the root; for a list, as given) ends with the row's path, e.g. `sub/b.png`
       or just `b.png`;
     - "auto": "csv" when `csv` is given; for a folder or zip, "folders" if the root has sub-folders, else
-      "prefix"; for a list, "prefix" if every file name has one, else "folders".
+      "prefix"; for a list, "prefix" if every file name has one, else "folders" (`resolve_label_mode`).
 
     Images over `max_pixels` pixels are rejected; larger than `max_side` per side, they are shrunk on load
     (None keeps full size). Archives over `max_archive_bytes` uncompressed or `max_archive_files` entries are
@@ -86,12 +87,7 @@ def load_dataset(
     With `max_image_bytes`, decoding stops with `MemoryBudgetExceeded` (a `DataError`) as soon as the decoded
     pixels (`image_bytes`) pass that many bytes, so memory never holds more than the budget plus one image.
     """
-    if labels not in LABEL_MODES:
-        raise DataError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
-    if labels == "csv" and csv is None:
-        raise DataError("labels='csv' needs the csv= argument: a file with rows 'path,label'")
-    if csv is not None and labels not in ("auto", "csv"):
-        raise DataError(f"a CSV was given but labels={labels!r}; use labels='csv' (or 'auto') with a CSV")
+    _check_label_options(labels, csv is not None)
     csv_labels = _read_label_csv(Path(csv)) if csv is not None else None
     checks = dict(max_pixels=max_pixels, max_side=max_side, min_images_per_class=min_images_per_class,
                   max_image_bytes=max_image_bytes)
@@ -118,6 +114,41 @@ def load_dataset(
     return _decode_and_check(labelled, f"the {len(files)} listed files", **checks)
 
 
+def resolve_label_mode(labels: str = "auto", *, csv: bool = False, class_folders: bool | None = None,
+                       file_names: Sequence[str] = ()) -> str:
+    """Where the images' classes come from ("folders", "prefix" or "csv"): `labels` itself unless it is "auto".
+
+    "auto" is resolved by this one rule, which `load_dataset` uses too:
+
+    1. "csv" when a label CSV is given (`csv=True`);
+    2. when it is known whether the images sit in class folders (`class_folders` True or False): "folders" if they
+       do, else "prefix". `load_dataset` passes whether a folder's (or a zip's) root has sub-folders; a caller
+       whose files lost their folders on the way (a browser upload of single images) passes False;
+    3. otherwise (a list of files on disk, `class_folders=None`): "prefix" when every name in `file_names` has a
+       `label_` prefix, else "folders" (each file's parent folder).
+
+    Raises `DataError` for an unknown mode, for "csv" without a CSV, and for a CSV with a mode other than "auto"
+    or "csv".
+    """
+    _check_label_options(labels, csv)
+    if labels != "auto":
+        return labels
+    if csv:
+        return "csv"
+    if class_folders is not None:
+        return "folders" if class_folders else "prefix"
+    return "prefix" if all(_prefix_label(name) is not None for name in file_names) else "folders"
+
+
+def _check_label_options(labels: str, csv_given: bool) -> None:
+    if labels not in LABEL_MODES:
+        raise DataError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
+    if labels == "csv" and not csv_given:
+        raise DataError("labels='csv' needs the csv= argument: a file with rows 'path,label'")
+    if csv_given and labels not in ("auto", "csv"):
+        raise DataError(f"a CSV was given but labels={labels!r}; use labels='csv' (or 'auto') with a CSV")
+
+
 def _tree_candidates(root: Path, display_root: Path, labels: str, csv_labels: dict[str, str] | None,
                      csv_path: PathLike | None) -> _Labelled:
     """Label every visible file under `root` (named relative to `display_root`), skipping the CSV itself."""
@@ -129,8 +160,7 @@ def _tree_candidates(root: Path, display_root: Path, labels: str, csv_labels: di
                 for f in linked_folders]
     class_folders = {entry.name for entry in root.iterdir()
                      if entry.is_dir() and not entry.is_symlink() and not _hidden(entry.name)}
-    if labels == "auto":
-        labels = "csv" if csv_labels is not None else "folders" if class_folders else "prefix"
+    labels = resolve_label_mode(labels, csv=csv_labels is not None, class_folders=bool(class_folders))
     if labels == "folders":
         candidates = []
         for name, file in named:
@@ -158,9 +188,7 @@ def _list_candidates(files: list[Path], names: list[str], labels: str, csv_label
             rejected.append(Rejected(name, reason))
         else:
             named.append((name, file))
-    if labels == "auto":
-        all_prefixed = all(_prefix_label(file.name) is not None for _, file in named)
-        labels = "csv" if csv_labels is not None else "prefix" if all_prefixed else "folders"
+    labels = resolve_label_mode(labels, csv=csv_labels is not None, file_names=[file.name for _, file in named])
     if labels == "folders":
         candidates = [_Candidate(name, file, file.absolute().parent.name) for name, file in named]
     elif labels == "prefix":

@@ -7,7 +7,9 @@
     result.best_accuracy    # validation accuracy of that adapter
     result.validation       # its per-class table, missed defects / false alarms and mistakes
 
-Modules: `options` (TrainOptions, TrainEvent, TrainResult, StopSignal, errors), `loop` (train), `sampling`
+Modules: `options` (TrainOptions, TrainEvent, TrainResult, StopSignal, errors), `loop` (train: the run and its
+step loop), `prepare` (the model and data a run starts from), `accelerator` (device, precision, DDP), `optim` (AdamW
+and the warm-up/cosine schedule), `resume` (the run's identity and config.json, run-folder checks), `sampling`
 (deterministic batches and augmentation), `metrics` (accuracy, per-class precision / recall / F1, confusion,
 missed defects and false alarms), `validation` (those results as a record and as the run folder's validation/),
 `checkpoint` (resumable state), `callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`, the

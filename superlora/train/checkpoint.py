@@ -1,7 +1,7 @@
 """The resumable training checkpoint: one safetensors file, written atomically, never unpickled.
 
 Tensors (trainable weights, the best weights so far, optimizer moments, RNG states) are safetensors entries;
-everything else (step, scheduler, optimizer hyper-parameters, history, the run's fingerprint) is JSON stored in
+everything else (step, scheduler, optimizer hyper-parameters, history, the run's identity) is JSON stored in
 the file's metadata. Reading it back runs no code from the file.
 
 Entry names: `model.<name>` and `best.<name>` (SuperLoRAModel.trainable_state_dict keys),
@@ -39,7 +39,8 @@ class TrainingState:
     scheduler: dict[str, Any]
     rng: dict[str, Any]
     progress: dict[str, Any]  # history, best accuracy/step/metrics, running epoch loss, elapsed time
-    fingerprint: dict[str, Any]
+    # what a resuming run must match (superlora.train.resume.run_identity); stored under the key "fingerprint"
+    run_identity: dict[str, Any]
     best: dict[str, Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +112,7 @@ def save_checkpoint(path: Path, state: TrainingState) -> None:
         "scheduler": state.scheduler,
         "rng": rng_info,
         "progress": state.progress,
-        "fingerprint": state.fingerprint,
+        "fingerprint": state.run_identity,
         "extra": state.extra,
         "has_best": state.best is not None,
     }
@@ -150,6 +151,6 @@ def load_checkpoint(path: Path) -> TrainingState:
         scheduler=info["scheduler"],
         rng={"tensors": groups["rng"], "info": info["rng"]},
         progress=info["progress"],
-        fingerprint=info["fingerprint"],
+        run_identity=info["fingerprint"],
         extra=info.get("extra", {}),
     )

@@ -9,187 +9,49 @@ is DDP on several processes, with the same global batch and the same numbers. On
 and calls the callbacks. With `output_dir` set, everything goes to a run folder (see `superlora.runs`; the best
 adapter's validation results to its validation/, see `superlora.train.validation`) and the run can be resumed
 from its checkpoint with identical results.
+
+The pieces a run is set up from live beside this file: `prepare` (model and data checks), `accelerator` (device
+and precision), `optim` (optimizer and schedule), `resume` (run identity, the run's config.json, folder checks).
 """
 
 from __future__ import annotations
 
-import math
-import os
-import platform
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
 
-from superlora.config import SuperLoRAConfig, as_config
+from superlora.base_models import data_config
+from superlora.config import SuperLoRAConfig
 from superlora.data import ImageClassificationDataset, ImageSet, build_transforms
-from superlora.errors import CheckpointError, ConfigError, DataError
-from superlora.inference import input_config, jsonable_data_config
-from superlora.model import SuperLoRAModel, get_superlora_model
+from superlora.inference import jsonable_data_config
 from superlora.runs import RunFolder
+from superlora.train.accelerator import make_accelerator
 from superlora.train.checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
 from superlora.train.metrics import Evaluation, evaluate, resolve_good_class
+from superlora.train.optim import WarmupCosine, build_optimizer
 from superlora.train.options import (
-    RESULT_OPTIONS,
     Callback,
     NonFiniteLossError,
     StopSignal,
     TrainEvent,
-    TrainingError,
     TrainOptions,
     TrainResult,
 )
+from superlora.train.prepare import architecture_name, check_sets, clone_state, keep_frozen_norms_eval, prepare_model
+from superlora.train.resume import check_run_folder, check_same_run, run_config, run_identity
 from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
 from superlora.train.validation import validation_record, write_validation
 
-
-# ---------------------------------------------------------------------------------------------------- pieces
-class WarmupCosine:
-    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay towards 0 at `total`.
-
-    A class rather than a lambda so that LambdaLR's state_dict (saved in checkpoints) holds plain numbers.
-    """
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = warmup, total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+# WarmupCosine is re-exported: `superlora.diffusion` imports the schedule from here.
+__all__ = ["WarmupCosine", "train"]
 
 
-def resolve_precision(precision: str, on_gpu: bool) -> str:
-    """Accelerate's mixed_precision value ("no", "bf16", "fp16") for an option value."""
-    if precision == "auto":
-        if not on_gpu:
-            return "no"
-        from_launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
-        if from_launcher:
-            return from_launcher
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and not on_gpu:
-        raise ConfigError("precision='fp16' needs a GPU; use precision='bf16' or 'fp32' on a CPU")
-    return "no" if precision == "fp32" else precision
-
-
-def make_accelerator(device: str, precision: str) -> Any:
-    """An `accelerate.Accelerator` for this run (single process, or one process of `accelerate launch`)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'")
-    on_gpu = device != "cpu" and torch.cuda.is_available()
-    kwargs = dict(
-        cpu=not on_gpu,
-        mixed_precision=resolve_precision(precision, on_gpu),
-        # Buffers never change here (frozen base, norms kept in eval mode, fixed maps regenerated from the seed on
-        # every process), and the fixed projection maps can be large: do not broadcast them on every forward.
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
-    try:
-        return Accelerator(**kwargs)
-    except ValueError:
-        # Accelerate keeps one process-wide state; a later run in the same process (the app) with another
-        # device or precision must reset it, which is safe only when no process group exists.
-        if PartialState().num_processes > 1:
-            raise
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(**kwargs)
-
-
-def _fit_head(model: nn.Module, num_classes: int) -> None:
-    """Give a plain model a classifier with `num_classes` outputs (timm's reset_classifier)."""
-    if getattr(model, "num_classes", None) == num_classes:
-        return
-    if hasattr(model, "reset_classifier"):
-        model.reset_classifier(num_classes)
-        return
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Linear) or head.out_features != num_classes:
-        raise ConfigError(f"the model's classifier does not have {num_classes} outputs and the model has no "
-                          "reset_classifier(); pass a timm model or a model whose `head` fits the classes")
-
-
-def prepare_model(model: nn.Module | str | os.PathLike, config: SuperLoRAConfig | dict | str | None,
-                  num_classes: int) -> tuple[str | None, SuperLoRAModel]:
-    """(name, SuperLoRAModel) from a registry name or path, a plain model, or an already adapted model.
-
-    The name is the one `superlora.base_models.load_model` can load again, so it is None for model objects.
-    """
-    if isinstance(model, SuperLoRAModel):
-        if config is not None and as_config(config) != model.config:
-            raise ConfigError("the model already carries a different adapter config; pass config=None to keep it, "
-                              "or pass the plain base model")
-        head = getattr(model.base_model, "num_classes", None)
-        if head is not None and head != num_classes:
-            raise ConfigError(f"the adapted model predicts {head} classes but the data has {num_classes}")
-        return None, model
-    if config is None:
-        raise ConfigError("train() needs an adapter config: a SuperLoRAConfig, a dict of fields, or a preset name "
-                          "such as 'lora'")
-    config = as_config(config)
-    if isinstance(model, (str, os.PathLike)):
-        from superlora.base_models import load_model
-
-        name = os.fspath(model)
-        base = load_model(name, num_classes=num_classes)
-    elif isinstance(model, nn.Module):
-        name = None
-        base = model
-        _fit_head(base, num_classes)
-    else:
-        raise ConfigError(f"model must be a model name, a path or an nn.Module, not {type(model).__name__}")
-    return name, get_superlora_model(base, config)
-
-
-def _model_name(model: nn.Module) -> str | None:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture")
-
-
-def _keep_frozen_norms_eval(model: nn.Module) -> None:
-    """Norm layers with frozen weights must not re-estimate running statistics in train mode."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and not any(
-                p.requires_grad for p in module.parameters(recurse=False)):
-            module.eval()
-
-
-def _check_sets(train_set: ImageSet, val_set: ImageSet | None) -> None:
-    if len(train_set) == 0:
-        raise DataError("the training set is empty; add images")
-    if len(train_set.classes) < 2:
-        raise DataError(f"training needs at least 2 classes, the data has {len(train_set.classes)}")
-    if val_set is not None and list(val_set.classes) != list(train_set.classes):
-        raise DataError("the training and validation sets have different class lists; split one ImageSet "
-                        "with superlora.data.train_val_split")
-
-
-def _clone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
-def _versions() -> dict[str, str]:
-    import timm
-
-    import superlora
-
-    return {"superlora": superlora.__version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
-
-
-# ---------------------------------------------------------------------------------------------------- the run
 class _Run:
     """The state of one call to `train` (a class so that the loop, checkpoints and resume share it plainly)."""
 
@@ -208,11 +70,39 @@ class _Run:
 
         set_seed(options.seed % 2**32)  # numpy's seeds are 32-bit
         self.model_name, self.model = prepare_model(model, config, len(self.classes))
-        self.model_label = self.model_name or _model_name(self.model.base_model) or type(self.model.base_model).__name__
+        base = self.model.base_model
+        self.model_label = self.model_name or architecture_name(base) or type(base).__name__
         self.config = self.model.config
-        self.data_config = input_config(self.model)
+        self.data_config = data_config(self.model)
+        self._prepare_data()
 
-        # Data: step t always sees the same images with the same augmentation (superlora.train.sampling).
+        optimizer, self.scheduler, adapter_params, head_params = build_optimizer(self.model, options,
+                                                                                  self.total_steps)
+        self.trainable_params = adapter_params + head_params
+        with warnings.catch_warnings():
+            # torch deprecates broadcast_buffers in favour of a flag accelerate cannot pass yet; ours is still right
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            self.ddp_model, self.optimizer = acc.prepare(self.model, optimizer)
+        self.parameters = {
+            "adapter": self.model.num_trainable_parameters(include_trainable_modules=False),
+            "head": sum(p.numel() for p in head_params),
+            "base_model": sum(p.numel() for p in self.model.base_model.parameters()),
+        }
+        self.run_identity = run_identity(self.model_label, self.config, self.classes, train_set, val_set, options,
+                                         self.steps_per_epoch)
+        self._reset_progress()
+
+        self.run = self._open_run_folder(resume, run_info)
+        if resume:
+            self._resume()
+        if self.run is not None:  # only now: a refused resume must not overwrite the run's config
+            self.run.write_config(self.run_config)
+            self.run.write_skipped(getattr(self.train_set, "rejected", None))
+
+    def _prepare_data(self) -> None:
+        """Datasets and run length. Step t always sees the same images with the same augmentation
+        (superlora.train.sampling); each process validates its own shard of the validation set."""
+        options, train_set, val_set = self.options, self.train_set, self.val_set
         train_transform = build_transforms(self.data_config, train=True, hflip=train_set.hflip_safe)
         self.train_data = AugmentedImages(train_set, train_transform, options.seed)
         self.steps_per_epoch = steps_per_epoch(len(train_set), options.batch_size, self.world)
@@ -225,40 +115,9 @@ class _Run:
         else:
             self.val_data, self.val_indices = None, []
 
-        # Optimizer: adapter factors at lr, head at head_lr; no weight decay on biases.
-        adapter_params = list(self.model.adapter.parameters())
-        head_params = [p for name in self.model.trainable_modules
-                       for p in self.model.base_model.get_submodule(name).parameters()]
-        groups = [
-            dict(params=adapter_params, lr=options.lr, weight_decay=options.weight_decay),
-            dict(params=[p for p in head_params if p.ndim >= 2], lr=options.head_lr, weight_decay=options.weight_decay),
-            dict(params=[p for p in head_params if p.ndim < 2], lr=options.head_lr, weight_decay=0.0),
-        ]
-        self.trainable_params = adapter_params + head_params
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
-        self.scheduler = LambdaLR(optimizer, WarmupCosine(options.warmup_steps(self.total_steps), self.total_steps))
-        with warnings.catch_warnings():
-            # torch deprecates broadcast_buffers in favour of a flag accelerate cannot pass yet; ours is still right
-            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-            self.ddp_model, self.optimizer = acc.prepare(self.model, optimizer)
-
-        self.parameters = {
-            "adapter": self.model.num_trainable_parameters(include_trainable_modules=False),
-            "head": sum(p.numel() for p in head_params),
-            "base_model": sum(p.numel() for p in self.model.base_model.parameters()),
-        }
-        self.fingerprint = {
-            "model": self.model_label,
-            "adapter": self.config.to_dict(),
-            "classes": self.classes,
-            "train_size": len(train_set),
-            "val_size": len(val_set) if val_set is not None else 0,
-            "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
-            # differs only if a last partial batch fits one number of processes and not another
-            "steps_per_epoch": self.steps_per_epoch,
-        }
-
-        # Progress (all of it goes into checkpoints, so that a resumed run continues with identical numbers).
+    def _reset_progress(self) -> None:
+        """Progress of a fresh run (all of it goes into checkpoints, so that a resumed run continues with
+        identical numbers)."""
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"accuracy": None, "step": None, "epoch": None, "evaluation": None}
@@ -266,78 +125,27 @@ class _Run:
         self.epoch_loss = [0.0, 0]  # sum of per-image losses and image count since the epoch began
         self.elapsed_before = 0.0  # seconds spent before a resume
         self.last_checkpoint_step: int | None = None
-        self.last_lr = options.lr
-        self.last_good: tuple[int, dict[str, Tensor]] = (0, _clone(self.model.trainable_state_dict()))
+        self.last_lr = self.options.lr
+        self.last_good: tuple[int, dict[str, Tensor]] = (0, clone_state(self.model.trainable_state_dict()))
         self.status = "running"
-
-        self.run = self._open_run_folder(resume, run_info)
-        if resume:
-            self._resume()
-        if self.run is not None:  # only now: a refused resume must not overwrite the run's config
-            self.run.write_config(self.run_config)
-            self.run.write_skipped(getattr(self.train_set, "rejected", None))
 
     # ------------------------------------------------------------------ run folder and resume
     def _open_run_folder(self, resume: bool, run_info: Mapping[str, Any] | None) -> RunFolder | None:
-        out = self.options.output_dir
-        if out is None:
-            if resume:
-                raise ConfigError("resume=True needs options.output_dir: the run folder to continue")
+        folder = check_run_folder(self.options.output_dir, resume)
+        if folder is None:
             return None
-        folder = RunFolder(out)
-        if resume and not folder.checkpoint_path.is_file():
-            raise CheckpointError(f"cannot resume: {folder.checkpoint_path} does not exist (the run was stopped "
-                                  "before its first checkpoint); start it again without --resume")
-        if not resume and RunFolder.holds_run(out):
-            raise TrainingError(f"{out} already holds a run; continue it with resume=True (--resume {out}) or "
-                                "choose a new output folder")
         self.accelerator.wait_for_everyone()  # every process checked before the main one writes anything
         if not self.is_main:
             return None
-        self.run_config = {
-            "model": self.model_name or self.model_label,
-            "model_loadable": self.model_name is not None,  # False: a model object, `--config` cannot rebuild it
-            "adapter": self.config.to_dict(),
-            "options": self.options.to_dict(),
-            "classes": self.classes,
-            "data": {"train_size": len(self.train_set),
-                     "val_size": len(self.val_set) if self.val_set is not None else 0,
-                     "class_counts": {"train": self.train_set.class_counts(),
-                                      "validation": self.val_set.class_counts() if self.val_set is not None else {}}},
-            "data_config": jsonable_data_config(self.data_config),
-            "num_processes": self.world,
-            "created": datetime.now().isoformat(timespec="seconds"),
-            "versions": _versions(),
-        }
-        for key, value in (run_info or {}).items():
-            if isinstance(value, Mapping) and isinstance(self.run_config.get(key), dict):
-                self.run_config[key] = {**self.run_config[key], **value}
-            else:
-                self.run_config[key] = value
-        if resume:
-            from superlora.runs import CONFIG_FILE, read_json
-
-            previous = folder.path / CONFIG_FILE
-            if previous.is_file():
-                self.run_config["created"] = read_json(previous).get("created", self.run_config["created"])
+        self.run_config = run_config(
+            folder.path, model_name=self.model_name, model_label=self.model_label, config=self.config,
+            options=self.options, classes=self.classes, train_set=self.train_set, val_set=self.val_set,
+            data_config=self.data_config, num_processes=self.world, run_info=run_info, resume=resume)
         return folder
 
     def _resume(self) -> None:
         state = load_checkpoint(RunFolder(self.options.output_dir).checkpoint_path)
-        for key, value in self.fingerprint.items():
-            saved = state.fingerprint.get(key)
-            if key == "options":
-                changed = [k for k in value if saved is None or saved.get(k) != value[k]]
-                if changed:
-                    k = changed[0]
-                    raise CheckpointError(
-                        f"cannot resume: the checkpoint was trained with {k}={saved.get(k) if saved else None!r} "
-                        f"but {k}={value[k]!r} was given; resume with the run's own config "
-                        f"(superlora train --resume {self.options.output_dir})")
-            elif saved != value:
-                raise CheckpointError(f"cannot resume: the run's {key} differs from the checkpoint's "
-                                      f"({saved!r} there, {value!r} now); resume with the same model, data and "
-                                      "adapter config")
+        check_same_run(self.run_identity, state.run_identity, self.options.output_dir)
         self.model.load_trainable_state_dict(state.trainable)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
@@ -352,12 +160,12 @@ class _Run:
         self.epoch_loss = progress["epoch_loss"]
         self.elapsed_before = progress["elapsed_s"]
         self.last_checkpoint_step = self.step
-        self.last_good = (self.step, _clone(state.trainable))
+        self.last_good = (self.step, clone_state(state.trainable))
 
     def _checkpoint(self) -> None:
         """Write the resumable state (main process) and remember it as the last good state (every process)."""
         trainable = self.model.trainable_state_dict()
-        self.last_good = (self.step, _clone(trainable))
+        self.last_good = (self.step, clone_state(trainable))
         self.last_checkpoint_step = self.step
         if self.run is None:
             return
@@ -371,7 +179,7 @@ class _Run:
             rng={},
             progress={"history": self.history, "best": best, "epoch_loss": self.epoch_loss,
                       "elapsed_s": self.elapsed()},
-            fingerprint=self.fingerprint,
+            run_identity=self.run_identity,
         ))
         self.emit("checkpoint", message=f"checkpoint at step {self.step}: {self.run.checkpoint_path}",
                   details={"path": str(self.run.checkpoint_path)})
@@ -446,7 +254,7 @@ class _Run:
                               gather=gather if self.world > 1 else None,
                               should_abort=lambda: self.world == 1 and self.stop.requested,
                               autocast=acc.autocast, indices=self.val_indices)
-        _keep_frozen_norms_eval(self.model)  # evaluate() put the whole model back in train mode
+        keep_frozen_norms_eval(self.model)  # evaluate() put the whole model back in train mode
         return evaluation
 
     def _end_epoch(self) -> bool:
@@ -469,7 +277,7 @@ class _Run:
                 if self.best["accuracy"] is None or evaluation.accuracy > self.best["accuracy"]:
                     self.best = {"accuracy": evaluation.accuracy, "step": self.step, "epoch": epoch,
                                  "evaluation": evaluation}
-                    self.best_state = _clone(self.model.trainable_state_dict())
+                    self.best_state = clone_state(self.model.trainable_state_dict())
                     self._write_validation()
                 metrics = {**evaluation.as_metrics(self.classes), "best_accuracy": self.best["accuracy"]}
                 if self.run is not None:
@@ -534,7 +342,7 @@ class _Run:
         loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=sampler, num_workers=options.num_workers,
                                              pin_memory=acc.device.type == "cuda")
         self.ddp_model.train()
-        _keep_frozen_norms_eval(self.model)
+        keep_frozen_norms_eval(self.model)
         session_start, session_steps = time.monotonic(), 0
         for images, labels in loader:
             images, labels = images.to(acc.device, non_blocking=True), labels.to(acc.device, non_blocking=True)
@@ -604,7 +412,7 @@ class _Run:
 
     def _save_adapter(self) -> None:
         """The model's current trainable state as the run's adapter (main process)."""
-        metadata = {"base_model": self.model_name, "architecture": _model_name(self.model.base_model),
+        metadata = {"base_model": self.model_name, "architecture": architecture_name(self.model.base_model),
                     "classes": self.classes,
                     "data_config": jsonable_data_config(self.data_config),
                     "best_accuracy": self.best["accuracy"], "step": self.step}
@@ -672,6 +480,6 @@ def train(
     """
     options = options if options is not None else TrainOptions()
     options.validate()
-    _check_sets(train_set, val_set)
+    check_sets(train_set, val_set)
     return _Run(model, train_set, val_set, config, options, callbacks, stop or StopSignal(), resume,
                 run_info).execute()
