@@ -251,7 +251,7 @@ def fine_tune(model: nn.Module, images: Tensor, steps: int, lr: float, batch_siz
     AdamW with a linear warm-up over `warmup` of the steps and cosine decay, as the classifier training does.
     Batches, timesteps and noise are drawn from `seed`, so a run is a function of its arguments. `on_step(step,
     loss)` is called after every step. Raises NonFiniteLossError when the loss becomes NaN or infinite."""
-    from superlora.train.loop import WarmupCosine
+    from superlora.train.optim import WarmupCosine
     from superlora.train.options import NonFiniteLossError
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -26,8 +26,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from superlora.base_models import data_config as model_data_config
 from superlora.errors import ConfigError, SuperLoRAError
-from superlora.inference import input_config, jsonable_data_config
+from superlora.inference import jsonable_data_config
 from superlora.files import atomic_folder, atomic_write
 from superlora.model import SuperLoRAModel
 
@@ -50,7 +51,7 @@ def _merged_config(model: SuperLoRAModel, classes: Sequence[str] | None) -> dict
         config = model_config(model.base_model)
     except ConfigError:
         config = {"architecture": None, "num_classes": getattr(model.base_model, "num_classes", None)}
-    config["pretrained_cfg"] = jsonable_data_config(input_config(model))
+    config["pretrained_cfg"] = jsonable_data_config(model_data_config(model))
     if classes is not None:
         config["label_names"] = list(classes)
     config["merged_adapter"] = {"config": model.config.to_dict(),
@@ -102,7 +103,7 @@ def export_onnx(model: SuperLoRAModel, path: str | os.PathLike, classes: Sequenc
     import onnx
 
     path = Path(path)
-    data_config = input_config(model)
+    data_config = model_data_config(model)
     sample = torch.randn(2, *data_config["input_size"], generator=torch.Generator().manual_seed(0))
     device = next(model.parameters()).device
     was_training = model.training

@@ -34,7 +34,7 @@ from superlora.runs import RunFolder
 from superlora.train.accelerator import make_accelerator
 from superlora.train.checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
 from superlora.train.metrics import Evaluation, evaluate, resolve_good_class
-from superlora.train.optim import WarmupCosine, build_optimizer
+from superlora.train.optim import build_optimizer
 from superlora.train.options import (
     Callback,
     NonFiniteLossError,
@@ -48,8 +48,7 @@ from superlora.train.resume import check_run_folder, check_same_run, run_config,
 from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
 from superlora.train.validation import validation_record, write_validation
 
-# WarmupCosine is re-exported: `superlora.diffusion` imports the schedule from here.
-__all__ = ["WarmupCosine", "train"]
+__all__ = ["train"]
 
 
 class _Run:
