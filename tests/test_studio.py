@@ -632,7 +632,7 @@ def test_memory_budgets_refuse_an_upload_with_a_clear_message_and_leave_no_files
 def test_uploads_are_deduplicated_limited_and_every_error_leaves_no_copies(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import superlora.studio as studio_module
+    import superlora.studio.data_tab as studio_module
     from superlora.studio import SessionStore, StudioError, StudioLimits, load_data
 
     copied = []
