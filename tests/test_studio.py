@@ -67,6 +67,13 @@ def load_colours(client: Client, folder: Path, colours: tuple[str, ...], per_cla
     return client.predict(files, None, "auto", api_name="/load_data")
 
 
+def run_values(*values) -> dict[str, Any]:
+    """The inputs of /train by name, given in the API's order (model, adapter controls, steps, epochs, lr, batch)."""
+    from superlora.studio import TRAIN_INPUT_NAMES
+
+    return dict(zip(TRAIN_INPUT_NAMES, values))
+
+
 def train(client: Client, **options) -> tuple:
     settings = dict(steps=8, batch_size=8, lr=0.01, api_name="/train")
     return client.predict(**{**settings, **options})
@@ -104,11 +111,12 @@ def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_
 
 @pytest.mark.parametrize("name", ["lora", "loha", "lokr", "lotr", "superlora-2d", "lorta", "lonkr"])
 def test_each_preset_sets_the_controls_to_the_library_preset(name, tiny_model):  # noqa: F811
-    from superlora.studio import config_from_controls, preset_settings
+    from superlora.controls import VIT_TARGETS, config_from_values
+    from superlora.studio import preset_settings
 
     settings = preset_settings(name)
     controls = {k: v for k, v in settings.items() if k != "preset_name"}
-    config = config_from_controls(name, rank=4, alpha=0, targets=["q", "v"], **controls)
+    config = config_from_values(dict(preset_name=name, rank=4, alpha=0, targets=["q", "v"], **controls), VIT_TARGETS)
     skeleton = create_meta_model(str(tiny_model), num_classes=4)
     library = preset(name, targets=("q", "v"), rank=4)
     assert count_parameters(skeleton, config).groups == count_parameters(skeleton, library).groups
@@ -416,8 +424,8 @@ def test_stop_while_queued_cancels_the_run_before_it_starts():
     try:
         mark_queued(sessions, request)  # the Start button's first step; the run then waits for a slot
         assert stop_training(sessions, request) == "Stopping after the current step…"
-        outputs = list(train_model("unused", "lorta", 4, 0, 1, "contiguous", "auto", 3, 1, "tucker", "none", 1.0,
-                                   False, ["q", "v"], 10, 0, 3e-3, 8, sessions=sessions, request=request))
+        outputs = list(train_model(run_values("unused", "lorta", 4, 0, 1, "contiguous", "auto", 3, 1, "tucker", "none",
+                                              1.0, False, ["q", "v"], 10, 0, 3e-3, 8), sessions, request))
         assert outputs == [("Stopped before training started.", *[outputs[0][1]] * 3)]
         assert sessions.get(request).phase == "idle"
     finally:
@@ -671,8 +679,7 @@ def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: 
     try:
         load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
                   sessions, request)
-        *_, (status, *_) = train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions,
-                                       request=request)
+        *_, (status, *_) = train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request)
         assert status.startswith("**Done** after 3 steps")
         first = export_model(["adapter"], sessions, request)
         second = export_model(["adapter"], sessions, request)
@@ -694,10 +701,10 @@ def test_an_abandoned_run_leaves_no_run_folder_and_the_previous_run_stays(tiny_m
     try:
         load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
                   sessions, request)
-        list(train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions, request=request))
+        list(train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request))
         session = sessions.peek("tab")
         kept = session.run_dir
-        run = train_model(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4, sessions=sessions, request=request)
+        run = train_model(run_values(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4), sessions, request)
         next(run), next(run)  # "Loading the model…", then the first progress line: the new run folder exists
         (started,) = [p for p in session.folder.glob("run-*") if p != kept]
         run.close()  # the page went away mid-run

@@ -26,8 +26,8 @@ from superlora.studio.endpoints import session_endpoint, user_errors, with_param
 from superlora.studio.export_tab import export_help, export_model, export_report
 from superlora.studio.inspect_tab import inspect_deltas
 from superlora.studio.layout import build_app
-from superlora.studio.model_tab import CONTROL_NAMES, config_from_controls, count_endpoint, describe_model, \
-    format_count, model_choices, preset_controls, preset_settings, show_count, show_figures, upload_checkpoint
+from superlora.studio.model_tab import CONTROL_NAMES, count_endpoint, describe_model, model_choices, \
+    preset_controls, preset_settings, show_count, show_figures, upload_checkpoint
 from superlora.studio.server import launch
 from superlora.studio.sessions import HeartbeatWatch, Session, SessionStore, StudioError, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
@@ -47,13 +47,11 @@ __all__ = [
     "build_app",
     "check_app_config",
     "check_training",
-    "config_from_controls",
     "count_endpoint",
     "describe_model",
     "export_help",
     "export_model",
     "export_report",
-    "format_count",
     "inspect_deltas",
     "launch",
     "load_data",

@@ -17,16 +17,9 @@ from typing import Any
 
 import gradio as gr
 
+from superlora.controls import FIELD_LABELS
 from superlora.errors import ConfigError, SuperLoRAError
 from superlora.studio.sessions import SessionStore
-
-# The control each config field is set with, so an error message can say where to look.
-FIELD_LABELS = {"targets": "Adapt these weights", "rank": "Rank r", "alpha": "α", "groups": "Groups G",
-                "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
-                "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ",
-                "shuffle": "Shuffle", "uncompressed_modes": "Method (preset)", "steps": "Steps", "epochs": "Epochs",
-                "lr": "Learning rate", "batch_size": "Batch size", "good_class": "Good (defect-free) class"}
-
 
 def friendly_message(err: Exception) -> str:
     """A library error in the words of the studio: the control to look at first, then the library's message."""

@@ -7,6 +7,7 @@ endpoint's inputs are looked up there from one ordered tuple of names (`CONTROL_
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import gradio as gr
 
 from superlora.base_models import DEFAULT_MODEL, load_model
 from superlora.config import PRESET_DESCRIPTIONS, PRESETS
+from superlora.controls import CONTROLS, PRESET_CONTROL_NAMES, Control, preset_note
 from superlora.data import LABEL_MODES, SAMPLES
 from superlora.errors import ConfigError
 from superlora.report import CLASS_TABLE_HEADERS
@@ -24,12 +26,11 @@ from superlora.studio.data_tab import THUMBNAILS_PER_CLASS, load_data, use_sampl
 from superlora.studio.endpoints import session_endpoint, user_errors, with_parameters
 from superlora.studio.export_tab import EXPORT_CHOICES, export_help, export_model, export_report
 from superlora.studio.inspect_tab import inspect_deltas
-from superlora.studio.model_tab import CONTROL_NAMES, FACTORING_CHOICES, FOLD_CHOICES, PRESET_CONTROL_NAMES, \
-    PROJECTION_CHOICES, TARGET_CHOICES, architecture_choices, count_endpoint, describe_model, model_choices, preset_controls, \
-    preset_note, preset_settings, show_count, show_figures, upload_checkpoint, warm_up
+from superlora.studio.model_tab import CONTROL_NAMES, architecture_choices, count_endpoint, describe_model, \
+    model_choices, preset_controls, preset_settings, show_count, show_figures, upload_checkpoint, warm_up
 from superlora.studio.sessions import SessionStore, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
-from superlora.studio.train_tab import AUTO_GOOD_CLASS, TRAIN_INPUT_NAMES, check_training, good_class_choices, \
+from superlora.studio.train_tab import TRAIN_INPUT_NAMES, check_training, good_class_choices, \
     good_class_items, mark_done, queue_training, recount_validation, show_validation, stop_training, train_model
 from superlora.studio.try_tab import pick_validation_image, predict_image
 
@@ -69,31 +70,41 @@ def _model_picker(page: Page, models: list[tuple[str, str]], default_model: str,
                                   file_types=[".safetensors", ".pth", ".bin", ".pt"], type="filepath")
 
 
+# The page's elem_ids (what the browser test and custom CSS find) and the controls shown as radio buttons.
+ELEM_IDS = {"preset_name": "preset", "targets": "targets", "rank": "rank", "groups": "groups",
+            "grouping": "grouping", "steps": "steps", "batch_size": "batch-size"}
+RADIO_CONTROLS = ("grouping",)
+# The adapter controls as the page lays them out, row by row (a row of one stands alone).
+ADAPTER_ROWS = (("targets",), ("rank",), ("groups", "grouping"), ("fold", "order", "splits"),
+                ("factoring", "projection", "ratio"), ("shuffle", "alpha"))
+
+
+def _component(control: Control, **options: Any) -> Any:
+    """The Gradio component of one control of `superlora.controls`: a slider for a bounded number, a number box
+    for an unbounded one, a dropdown (or radio buttons) for a choice, checkboxes for a subset, a checkbox."""
+    options = {"label": control.label, "elem_id": ELEM_IDS.get(control.name), **options}
+    if control.kind in ("int", "float") and control.maximum is not None:
+        return gr.Slider(control.minimum, control.maximum, value=control.default, step=control.step, **options)
+    if control.kind in ("int", "float"):
+        return gr.Number(control.default, minimum=control.minimum, **options)
+    if control.kind == "choice":
+        widget = gr.Radio if control.name in RADIO_CONTROLS else gr.Dropdown
+        return widget(options.pop("choices", list(control.choices)), value=control.default, **options)
+    if control.kind == "multi":
+        return gr.CheckboxGroup(list(control.choices), value=list(control.default), **options)
+    return gr.Checkbox(control.default, **options)
+
+
 def _adapter_controls(page: Page) -> None:
-    """Method, targets and the adapter's settings, in the order the page shows them."""
+    """Method, targets and the adapter's settings (`superlora.controls.ADAPTER_CONTROLS`), as ADAPTER_ROWS."""
     controls = page.controls
-    controls["preset_name"] = gr.Dropdown([(f"{k} — {PRESET_DESCRIPTIONS[k].split(':')[0]}", k) for k in PRESETS],
-                                          value="lorta", label="Method (preset)", elem_id="preset")
-    page.preset_note = gr.Markdown(preset_note("lorta"))
-    controls["targets"] = gr.CheckboxGroup(list(TARGET_CHOICES), value=["q", "v"],
-                                           label="Adapt these weights (in every block)", elem_id="targets")
-    controls["rank"] = gr.Slider(1, 64, value=4, step=1, label="Rank r", elem_id="rank")
-    with gr.Row():
-        controls["groups"] = gr.Slider(0, 64, value=1, step=1, label="Groups G (0 = one per weight)",
-                                       elem_id="groups")
-        controls["grouping"] = gr.Radio(["contiguous", "layer"], value="contiguous", label="Grouping",
-                                        elem_id="grouping")
-    with gr.Row():
-        controls["fold"] = gr.Dropdown(list(FOLD_CHOICES), value="auto", label="Fold")
-        controls["order"] = gr.Slider(2, 6, value=3, step=1, label="Tensor order M")
-        controls["splits"] = gr.Slider(1, 4, value=1, step=1, label="Kronecker splits K")
-    with gr.Row():
-        controls["factoring"] = gr.Dropdown(list(FACTORING_CHOICES), value="tucker", label="Factoring")
-        controls["projection"] = gr.Dropdown(list(PROJECTION_CHOICES), value="none", label="Projection")
-        controls["ratio"] = gr.Slider(0.001, 1.0, value=1.0, step=0.001, label="Projection ratio ρ")
-    with gr.Row():
-        controls["shuffle"] = gr.Checkbox(False, label="Shuffle entries across layers")
-        controls["alpha"] = gr.Number(0, label="α (scale numerator; 0 = same as rank)", minimum=0)
+    methods = [(f"{name} — {PRESET_DESCRIPTIONS[name].split(':')[0]}", name) for name in PRESETS]
+    controls["preset_name"] = _component(CONTROLS["preset_name"], choices=methods)
+    page.preset_note = gr.Markdown(preset_note(CONTROLS["preset_name"].default))
+    for row in ADAPTER_ROWS:
+        with gr.Row() if len(row) > 1 else contextlib.nullcontext():
+            for name in row:
+                controls[name] = _component(CONTROLS[name])
 
 
 def _model_tab(page: Page, models: list[tuple[str, str]], default_model: str, extra_models: tuple[str, ...]) -> None:
@@ -144,10 +155,9 @@ def _data_tab(page: Page) -> None:
 
 def _good_class_control() -> gr.Dropdown:
     # Custom values: the choices follow each session's data, which Gradio's own check of API inputs does not see.
-    return gr.Dropdown(good_class_items([]), value=AUTO_GOOD_CLASS, label="Good (defect-free) class",
-                       allow_custom_value=True,
-                       info="counts missed defects (defects predicted good) and false alarms (good parts flagged)",
-                       elem_id="good-class")
+    control = CONTROLS["good_class"]
+    return _component(control, choices=good_class_items([]), allow_custom_value=True, info=control.help,
+                      elem_id="good-class")
 
 
 def _validation_widgets() -> list[Any]:
@@ -165,10 +175,8 @@ def _train_tab(page: Page) -> None:
     controls = page.controls
     with gr.Tab("3 · Train", id="train"):
         with gr.Row():
-            controls["steps"] = gr.Slider(1, 2000, value=150, step=1, label="Steps", elem_id="steps")
-            controls["epochs"] = gr.Slider(0, 50, value=0, step=1, label="Epochs (0 = use steps)")
-            controls["lr"] = gr.Number(3e-3, label="Learning rate (adapter)", minimum=0)
-            controls["batch_size"] = gr.Slider(1, 128, value=32, step=1, label="Batch size", elem_id="batch-size")
+            for name in ("steps", "epochs", "lr", "batch_size"):
+                controls[name] = _component(CONTROLS[name])
         controls["good_class"] = _good_class_control()
         with gr.Row():
             page.start = gr.Button("Start training", variant="primary", elem_id="start")
@@ -270,15 +278,15 @@ def _wire_data_tab(page: Page, bind: Callable, counted: Callable) -> None:
         loaded.then(bind(good_class_choices), None, [page.controls["good_class"]], queue=False, api_name=False)
 
 
-def _wire_train_tab(page: Page, bind: Callable, max_training_jobs: int) -> None:
+def _wire_train_tab(page: Page, sessions: SessionStore, bind: Callable, max_training_jobs: int) -> None:
     """Start (a refusal or a queued mark, then the run), Stop, and the kept run's results (`_wire_results`)."""
     start, good_class = page.start, page.controls["good_class"]
     training = start.click(bind(queue_training), page.inputs(("steps", "epochs", "batch_size")), [start],
                            queue=False, api_name=False).then(
-        bind(train_model), page.inputs(TRAIN_INPUT_NAMES), [page.train_status, page.curves, page.per_class,
-                                                            page.confusion],
-        api_name="train", concurrency_limit=max_training_jobs, concurrency_id="training",
-        show_progress_on=[page.train_status], validator=bind(check_training))
+        with_parameters(train_model, TRAIN_INPUT_NAMES, sessions), page.inputs(TRAIN_INPUT_NAMES),
+        [page.train_status, page.curves, page.per_class, page.confusion], api_name="train",
+        concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[page.train_status],
+        validator=with_parameters(check_training, TRAIN_INPUT_NAMES, sessions))
     # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
     training.then(bind(mark_done), None, [start], queue=False, api_name=False)
     training.failure(bind(mark_done), None, [start], queue=False, api_name=False)
@@ -360,7 +368,7 @@ def build_app(max_training_jobs: int = 1, extra_models: tuple[str, ...] = (),
         _export_tab(page)
         counted = _wire_model_tab(app, page, sessions, bind)
         _wire_data_tab(page, bind, counted)
-        _wire_train_tab(page, bind, max_training_jobs)
+        _wire_train_tab(page, sessions, bind, max_training_jobs)
         _wire_inspect_try_export(page, bind)
         _wire_settings_file(page, sessions)
         app.unload(sessions.end)

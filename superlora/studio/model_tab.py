@@ -20,22 +20,17 @@ from torch import nn
 from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
     list_models, load_model
-from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, preset
+from superlora.config import SuperLoRAConfig
+from superlora.controls import ADAPTER_NAMES, PRESET_CONTROL_NAMES, VIT_TARGETS, config_from_values, format_count, \
+    preset_note, preset_values
 from superlora.counting import ParameterCount, count_parameters
-from superlora.errors import ConfigError, SuperLoRAError
+from superlora.errors import SuperLoRAError
 from superlora.studio.endpoints import friendly_message
 from superlora.studio.sessions import Session, SessionStore, StudioError
 
 log = logging.getLogger(__name__)
 
-# What the target checkboxes mean on a timm ViT (q/k/v are the row blocks of the fused qkv layer).
-TARGET_CHOICES = {"q": "q", "k": "k", "v": "v", "proj": "attn.proj", "mlp": "mlp"}
-FACTORING_CHOICES = {"lora": "lora", "tucker": "tucker", "hadamard": "hadamard", "full": "full",
-                     "full ⊗ lora": ("full", "lora")}
-FOLD_CHOICES = ("native", "stack", "auto")
-PROJECTION_CHOICES = ("none", "fastfood", "gaussian")
 UPLOADED = "uploaded checkpoint"
-PER_TARGET_GROUPS = 0  # the groups slider's "one group per target weight"
 DEFAULT_NUM_CLASSES = 4  # the classifier head counted before any data is loaded
 LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
 FIGURE_DELAY_S = 0.3  # figures wait this long for the controls to settle (the count never waits)
@@ -130,106 +125,26 @@ def describe_model(model_name: str, sessions: SessionStore, request: gr.Request 
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def config_from_controls(preset_name: str, rank: float, alpha: float | None, groups: float, grouping: str,
-                         fold: str, order: float, splits: float, factoring: str, projection: str, ratio: float,
-                         shuffle: bool, targets: list[str] | None, seed: int = 0) -> SuperLoRAConfig:
-    """The SuperLoRAConfig the controls describe. groups=0 means one group per target weight; alpha empty or 0
-    means alpha = rank. Raises ConfigError, whose message names the field (see FIELD_LABELS)."""
-    targets = list(targets or [])
-    unknown = [t for t in targets if t not in TARGET_CHOICES]
-    if unknown:
-        raise ConfigError(f"targets={unknown}: not a target the studio knows; choose from "
-                          f"{', '.join(TARGET_CHOICES)}")
-    patterns = tuple(TARGET_CHOICES[t] for t in targets)
-    if not patterns:
-        raise ConfigError("targets=(): tick at least one of q, k, v, proj or mlp")
-    if preset_name not in PRESETS:
-        raise ConfigError(f"preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}")
-    if factoring not in FACTORING_CHOICES:
-        raise ConfigError(f"factoring={factoring!r}: not a factoring; choose one of {', '.join(FACTORING_CHOICES)}")
-    chosen_factoring = FACTORING_CHOICES[factoring]
-    overrides: dict[str, Any] = {}
-    if "tucker" not in (chosen_factoring if isinstance(chosen_factoring, tuple) else (chosen_factoring,)):
-        overrides["uncompressed_modes"] = ()  # LoTR's identity mode belongs to its Tucker factoring only
-    return preset(
-        preset_name,
-        targets=patterns,
-        rank=int(rank),
-        alpha=float(alpha) if alpha else None,
-        groups=PER_TARGET if int(groups) == PER_TARGET_GROUPS else int(groups),
-        grouping=grouping,
-        fold=fold,
-        order=int(order),
-        splits=int(splits),
-        factoring=chosen_factoring,
-        projection=projection,
-        ratio=float(ratio),
-        shuffle=bool(shuffle),
-        seed=int(seed),
-        **overrides,
-    )
+# The inputs of the count, the figures and `/count_parameters`, in order: the model, then the adapter controls.
+CONTROL_NAMES = ("model_name", *ADAPTER_NAMES)
 
 
-def preset_controls(preset_name: str) -> tuple:
-    """Control values that reproduce a preset (rank and targets stay as the user set them)."""
-    settings = PRESETS[preset_name]
-    base = SuperLoRAConfig(**{**settings, "targets": ("q", "v")})
-    groups = PER_TARGET_GROUPS if settings.get("groups") == PER_TARGET else base.groups
-    factoring = next((label for label, value in FACTORING_CHOICES.items() if value == base.factoring), "lora")
-    return (groups, base.grouping, base.fold if isinstance(base.fold, str) else "auto", base.fold_order,
-            base.splits, factoring, "none", 1.0, False, preset_note(preset_name))
-
-
-PRESET_CONTROL_NAMES = ("groups", "grouping", "fold", "order", "splits", "factoring", "projection", "ratio",
-                        "shuffle")
+def preset_controls(preset_name: str) -> list[Any]:
+    """The page's preset change: the values of the controls the preset sets (PRESET_CONTROL_NAMES, in order), then
+    the preset's note (rank, α and targets stay as the user set them)."""
+    values = preset_values(preset_name)
+    return [*(values[name] for name in PRESET_CONTROL_NAMES), preset_note(preset_name)]
 
 
 def preset_settings(preset_name: str) -> dict[str, Any]:
     """The control values of a preset by name, to pass on to `count_parameters` or `train` (API callers set every
     control, so a preset name alone does not change the others)."""
-    if preset_name not in PRESETS:
-        raise StudioError(f"Method (preset): {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}")
-    return {"preset_name": preset_name, **dict(zip(PRESET_CONTROL_NAMES, preset_controls(preset_name)))}
-
-
-def preset_note(preset_name: str) -> str:
-    """The one-line description under the method picker."""
-    return f"*{PRESET_DESCRIPTIONS.get(preset_name, '')}*"
-
-
-def format_count(count: ParameterCount) -> str:
-    """The live panel: adapter, head, total, share of the model, factor vs LoRA r=1, adapter file size."""
-    size = count.adapter_bytes
-    size_text = f"{size / 1024:.1f} KiB" if size < 1024**2 else f"{size / 1024**2:.2f} MiB"
-    factor = count.factor_vs_lora_r1
-    if 0.95 <= factor <= 1.05:
-        factor_text = "about as many parameters as"
-    elif factor > 1:
-        factor_text = f"**{factor:.1f}×** fewer parameters than"
-    else:
-        factor_text = f"**{1 / factor:.1f}×** more parameters than"
-    return "\n".join([
-        "| trainable parameters | |",
-        "|---|---:|",
-        f"| **adapter** | **{count.adapter:,}** |",
-        f"| classifier head | {count.trainable_module_parameters:,} |",
-        f"| total | {count.total_trainable:,} |",
-        f"| share of the model ({count.base_model:,}) | {count.percent_of_model:.3f} % |",
-        f"| LoRA r=1 on the same targets | {count.lora_r1:,} |",
-        f"| adapter file (float32) | {size_text} |",
-        "",
-        f"The adapter has {factor_text} LoRA r=1 on the same {len(count.targets)} target matrices "
-        f"({count.update_size:,} update entries, {len(count.groups)} group(s)).",
-    ])
-
-
-CONTROL_NAMES = ("model_name", "preset_name", "rank", "alpha", "groups", "grouping", "fold", "order", "splits",
-                 "factoring", "projection", "ratio", "shuffle", "targets")
+    return {"preset_name": preset_name, **preset_values(preset_name)}
 
 
 def count_for_controls(values: dict[str, Any], session: Session) -> tuple[SuperLoRAConfig, nn.Module, ParameterCount]:
     """The config the controls describe, the model skeleton, and the exact count (from shapes, no weights)."""
-    config = config_from_controls(*(values[name] for name in CONTROL_NAMES[1:]))
+    config = config_from_values(values, VIT_TARGETS)
     skeleton = _counting_model(values["model_name"], session)
     return config, skeleton, count_parameters(skeleton, config, trainable=("head",))
 

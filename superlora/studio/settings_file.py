@@ -12,15 +12,17 @@ from typing import Any
 
 import gradio as gr
 
+from superlora.controls import TRAINING_NAMES
 from superlora.files import atomic_write
+from superlora.studio.model_tab import CONTROL_NAMES
 from superlora.studio.sessions import SessionStore, StudioError
 
 STUDIO_CONFIG_VERSION = 1
 
 
-CONFIG_KEYS = ("model_name", "preset_name", "rank", "alpha", "groups", "grouping", "fold", "order", "splits",
-               "factoring", "projection", "ratio", "shuffle", "targets", "steps", "epochs", "lr", "batch_size",
-               "sample", "labels", "top_k", "formats")
+# The controls a settings file holds, by API name: all but the good class, whose choices follow each session's data.
+CONFIG_KEYS = (*CONTROL_NAMES, *(name for name in TRAINING_NAMES if name != "good_class"), "sample", "labels",
+               "top_k", "formats")
 
 
 def save_app_config(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> str:

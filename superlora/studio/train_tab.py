@@ -23,15 +23,15 @@ import gradio as gr
 from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, HUB_MODELS, MAX_CLASSES
 from superlora.config import SuperLoRAConfig
+from superlora.controls import AUTO_GOOD_CLASS, TRAINING_NAMES, VIT_TARGETS, config_from_values
 from superlora.errors import CheckpointError, SuperLoRAError
 from superlora.report import validation_view
 from superlora.studio.data_tab import SPLIT_SEED, VAL_FRACTION
 from superlora.studio.endpoints import notes_text, sentence, unexpected
-from superlora.studio.model_tab import CONTROL_NAMES, UPLOADED, config_from_controls, training_base_model
+from superlora.studio.model_tab import CONTROL_NAMES, UPLOADED, training_base_model
 from superlora.studio.sessions import Session, SessionStore, StudioError, StudioLimits
 
 MAX_SHOWN_MISTAKES = 100  # mistakes in the Train tab's gallery; the report and predictions.csv list them all
-AUTO_GOOD_CLASS = "auto"  # the good-class choice that leaves the pick to the library (ok/good/pass/normal)
 
 
 def _progress_text(event: Any, best_accuracy: float | None) -> str:
@@ -104,6 +104,10 @@ def mark_queued(sessions: SessionStore, request: gr.Request | None) -> Any:
     return gr.update(interactive=False, value="Training…")
 
 
+# The inputs of `/train`, in order: the model and adapter controls, then the training controls.
+TRAIN_INPUT_NAMES = (*CONTROL_NAMES, *TRAINING_NAMES)
+
+
 def queue_training(steps: float, epochs: float, batch_size: float, sessions: SessionStore,
                    request: gr.Request | None) -> Any:
     """The Start button's first step: refuse a run that may not join the queue (a message; the button stays as
@@ -115,23 +119,16 @@ def queue_training(steps: float, epochs: float, batch_size: float, sessions: Ses
     return mark_queued(sessions, request)
 
 
-def check_training(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float,
-                   grouping: str, fold: str, order: float, splits: float, factoring: str, projection: str,
-                   ratio: float, shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float,
-                   batch_size: float, good_class: str | None = AUTO_GOOD_CLASS, *, sessions: SessionStore,
-                   request: gr.Request | None = None) -> list[Any]:
-    """Gradio's validator of `/train`, run on every route before the job joins the queue: a refusal is shown on
-    the Steps control (the page) or raised as a ValidationError (gradio_client). A /call/ request has no session
-    hash yet at this point (Gradio gives it one after validation), and no data."""
+def check_training(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> list[Any]:
+    """Gradio's validator of `/train` (its inputs are TRAIN_INPUT_NAMES), run on every route before the job joins
+    the queue: a refusal is shown on the Steps control (the page) or raised as a ValidationError (gradio_client).
+    A /call/ request has no session hash yet at this point (Gradio gives it one after validation), and no data."""
     session_hash = getattr(request, "session_hash", None)
     session = sessions.peek(session_hash) if session_hash else None
-    refusal = training_refusal(session, sessions, steps, epochs, batch_size)
+    refusal = training_refusal(session, sessions, values["steps"], values["epochs"], values["batch_size"])
     checks = [gr.validate(True, "")] * len(TRAIN_INPUT_NAMES)
     checks[TRAIN_INPUT_NAMES.index("steps")] = gr.validate(refusal is None, refusal or "")
     return checks
-
-
-TRAIN_INPUT_NAMES = (*CONTROL_NAMES, "steps", "epochs", "lr", "batch_size", "good_class")
 
 
 def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
@@ -141,16 +138,13 @@ def mark_done(sessions: SessionStore, request: gr.Request | None) -> Any:
     return gr.update(interactive=True, value="Start training")
 
 
-def train_model(model_name: str, preset_name: str, rank: float, alpha: float | None, groups: float, grouping: str,
-                fold: str, order: float, splits: float, factoring: str, projection: str, ratio: float,
-                shuffle: bool, targets: list[str], steps: float, epochs: float, lr: float, batch_size: float,
-                good_class: str | None = AUTO_GOOD_CLASS, *, sessions: SessionStore,
-                request: gr.Request | None = None) -> Iterator[tuple]:
+def train_model(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> Iterator[tuple]:
     """Train in a worker thread and stream (status, curves, per-class accuracy, confusion matrix). The status
     carries its own progress bar (Gradio's overlay would hide the line under it). The run is written to a new run
     folder in the session's folder; `good_class` ("auto": the library's pick) counts missed defects and false
-    alarms. The mistakes and the per-class table of the run come from `/validation`."""
-    from superlora.train import StopSignal, TrainOptions, train
+    alarms. The mistakes and the per-class table of the run come from `/validation`. (In Python, `values` maps
+    TRAIN_INPUT_NAMES to the controls' values; a missing good_class is "auto".)"""
+    from superlora.train import StopSignal, train
 
     session = sessions.get(request)
     if session.phase == "training":
@@ -163,18 +157,26 @@ def train_model(model_name: str, preset_name: str, rank: float, alpha: float | N
             return
         if session.train_set is None:
             raise StudioError("Load data first: upload images or press 'Use sample data' on the Data tab.")
-        too_many = _too_many_steps(_train_size(session), sessions.limits, steps, epochs, batch_size)
+        too_many = _too_many_steps(_train_size(session), sessions.limits, values["steps"], values["epochs"],
+                                   values["batch_size"])
         if too_many:
             raise StudioError(too_many)
-        config = config_from_controls(preset_name, rank, alpha, groups, grouping, fold, order, splits, factoring,
-                                      projection, ratio, shuffle, targets)
-        options = TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(steps),
-                               lr=float(lr), batch_size=int(batch_size), good_class=good_class_option(good_class),
-                               output_dir=str(session.workdir / f"run-{uuid.uuid4().hex[:8]}"))
+        config = config_from_values(values, VIT_TARGETS)
+        options = _train_options(values, session.workdir / f"run-{uuid.uuid4().hex[:8]}")
         session.phase, session.events = "training", []
-        yield from _run_training(session, model_name, config, options, train, sessions.limits.max_classes)
+        yield from _run_training(session, values["model_name"], config, options, train, sessions.limits.max_classes)
     finally:
         session.phase, session.last_used = "idle", time.monotonic()
+
+
+def _train_options(values: dict[str, Any], output_dir: Path) -> Any:
+    """The TrainOptions of the training controls: epochs when set (not 0), else steps."""
+    from superlora.train import TrainOptions
+
+    epochs = values["epochs"]
+    return TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(values["steps"]),
+                        lr=float(values["lr"]), batch_size=int(values["batch_size"]),
+                        good_class=good_class_option(values.get("good_class")), output_dir=str(output_dir))
 
 
 def good_class_option(good_class: str | None) -> str | None:
