@@ -87,6 +87,22 @@ def test_every_named_endpoint_is_served(client):
     assert parameters[:3] == ["model_name", "preset_name", "rank"] and "targets" in parameters
 
 
+def test_the_page_controls_are_those_of_superlora_controls(client):
+    """/train takes the model, then every adapter and training control of superlora.controls by its name and with
+    its default; the page shows each adapter control once."""
+    from superlora.controls import ADAPTER_NAMES, CONTROLS, TRAINING_NAMES
+    from superlora.studio import TRAIN_INPUT_NAMES
+    from superlora.studio.layout import ADAPTER_ROWS
+
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    parameters = {p["parameter_name"]: p for p in named["/train"]["parameters"]}
+    assert list(parameters) == ["model_name", *ADAPTER_NAMES, *TRAINING_NAMES] == list(TRAIN_INPUT_NAMES)
+    for name in (*ADAPTER_NAMES, *TRAINING_NAMES):
+        default = CONTROLS[name].default
+        assert parameters[name]["parameter_default"] == (list(default) if isinstance(default, tuple) else default)
+    assert sorted(["preset_name", *(name for row in ADAPTER_ROWS for name in row)]) == sorted(ADAPTER_NAMES)
+
+
 def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_model):  # noqa: F811
     settings = client.predict("lora", api_name="/preset")
     assert settings == {"preset_name": "lora", "groups": 0, "grouping": "layer", "fold": "native", "order": 2,
@@ -172,6 +188,28 @@ def test_the_sample_data_shows_counts_thumbnails_and_picks(client):
     assert len(gallery) == 4 * 6 and [item["caption"] for item in gallery[::6]] == ["crack", "ok", "scratch", "spot"]
     assert rejected["data"] == [["—", "no file was skipped"]]
     assert len(picks) == 4 * 2
+
+
+def test_a_picked_validation_image_is_the_one_its_thumbnail_shows(monkeypatch):
+    from types import SimpleNamespace
+
+    import superlora.studio.try_tab as try_tab
+    from superlora.studio import SessionStore, pick_validation_image, use_sample
+
+    monkeypatch.setattr(try_tab, "predict_image", lambda image, top_k, sessions, request: {"shown": 1.0})
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        *_, picks = use_sample("inspection", sessions, request)
+        val_set = sessions.peek("tab").val_set
+        assert [caption for _, caption in picks] == [name for name in val_set.classes for _ in range(2)]
+        for index, (thumbnail, caption) in enumerate(picks):
+            image, prediction = pick_validation_image(3, sessions, request, SimpleNamespace(index=index))
+            assert val_set.classes[val_set.labels[val_set.images.index(image)]] == caption
+            shrunk = image.copy()
+            shrunk.thumbnail(thumbnail.size)
+            assert shrunk.tobytes() == thumbnail.tobytes() and prediction == {"shown": 1.0}
+    finally:
+        sessions.close_all()
 
 
 def test_a_zip_of_class_folders_loads_and_lists_the_files_it_skipped(client, tmp_path):

@@ -47,6 +47,15 @@ CSS = """
 .train-bar > div { height: 100%; background: #f97316; transition: width 0.4s; }
 """
 
+# The page's elem_ids (what the browser test and custom CSS find) and the controls shown as radio buttons.
+ELEM_IDS = {"preset_name": "preset", "targets": "targets", "rank": "rank", "groups": "groups",
+            "grouping": "grouping", "steps": "steps", "batch_size": "batch-size"}
+RADIO_CONTROLS = ("grouping",)
+# The adapter controls as the page lays them out, row by row (a row of one stands alone).
+ADAPTER_ROWS = (("targets",), ("rank",), ("groups", "grouping"), ("fold", "order", "splits"),
+                ("factoring", "projection", "ratio"), ("shuffle", "alpha"))
+
+
 class Page(SimpleNamespace):
     """The components of the page: `controls` (every control a handler reads, by its API parameter name) and the
     other components by name."""
@@ -68,15 +77,6 @@ def _model_picker(page: Page, models: list[tuple[str, str]], default_model: str,
                                            label="Architecture of the file")
         page.checkpoint = gr.File(label="Model weights (.safetensors, or a .pth/.bin state dict)",
                                   file_types=[".safetensors", ".pth", ".bin", ".pt"], type="filepath")
-
-
-# The page's elem_ids (what the browser test and custom CSS find) and the controls shown as radio buttons.
-ELEM_IDS = {"preset_name": "preset", "targets": "targets", "rank": "rank", "groups": "groups",
-            "grouping": "grouping", "steps": "steps", "batch_size": "batch-size"}
-RADIO_CONTROLS = ("grouping",)
-# The adapter controls as the page lays them out, row by row (a row of one stands alone).
-ADAPTER_ROWS = (("targets",), ("rank",), ("groups", "grouping"), ("fold", "order", "splits"),
-                ("factoring", "projection", "ratio"), ("shuffle", "alpha"))
 
 
 def _component(control: Control, **options: Any) -> Any:
