@@ -21,6 +21,7 @@ from superlora.controls import FIELD_LABELS
 from superlora.errors import ConfigError, SuperLoRAError
 from superlora.studio.sessions import SessionStore
 
+
 def friendly_message(err: Exception) -> str:
     """A library error in the words of the studio: the control to look at first, then the library's message."""
     text = str(err)
