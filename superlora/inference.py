@@ -24,10 +24,6 @@ from superlora.errors import DataError
 ImageInput = Image.Image | str | os.PathLike
 
 
-# The old name of `superlora.base_models.data_config`, kept while the studio and export move to it.
-input_config = base_models.data_config
-
-
 def jsonable_data_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A data config with lists instead of tuples, for JSON files."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -67,6 +67,13 @@ def load_colours(client: Client, folder: Path, colours: tuple[str, ...], per_cla
     return client.predict(files, None, "auto", api_name="/load_data")
 
 
+def run_values(*values) -> dict[str, Any]:
+    """The inputs of /train by name, given in the API's order (model, adapter controls, steps, epochs, lr, batch)."""
+    from superlora.studio import TRAIN_INPUT_NAMES
+
+    return dict(zip(TRAIN_INPUT_NAMES, values))
+
+
 def train(client: Client, **options) -> tuple:
     settings = dict(steps=8, batch_size=8, lr=0.01, api_name="/train")
     return client.predict(**{**settings, **options})
@@ -78,6 +85,22 @@ def test_every_named_endpoint_is_served(client):
     assert set(NAMED_ENDPOINTS) <= set(named)
     parameters = [p["parameter_name"] for p in named["/count_parameters"]["parameters"]]
     assert parameters[:3] == ["model_name", "preset_name", "rank"] and "targets" in parameters
+
+
+def test_the_page_controls_are_those_of_superlora_controls(client):
+    """/train takes the model, then every adapter and training control of superlora.controls by its name and with
+    its default; the page shows each adapter control once."""
+    from superlora.controls import ADAPTER_NAMES, CONTROLS, TRAINING_NAMES
+    from superlora.studio import TRAIN_INPUT_NAMES
+    from superlora.studio.layout import ADAPTER_ROWS
+
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    parameters = {p["parameter_name"]: p for p in named["/train"]["parameters"]}
+    assert list(parameters) == ["model_name", *ADAPTER_NAMES, *TRAINING_NAMES] == list(TRAIN_INPUT_NAMES)
+    for name in (*ADAPTER_NAMES, *TRAINING_NAMES):
+        default = CONTROLS[name].default
+        assert parameters[name]["parameter_default"] == (list(default) if isinstance(default, tuple) else default)
+    assert sorted(["preset_name", *(name for row in ADAPTER_ROWS for name in row)]) == sorted(ADAPTER_NAMES)
 
 
 def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_model):  # noqa: F811
@@ -104,11 +127,12 @@ def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_
 
 @pytest.mark.parametrize("name", ["lora", "loha", "lokr", "lotr", "superlora-2d", "lorta", "lonkr"])
 def test_each_preset_sets_the_controls_to_the_library_preset(name, tiny_model):  # noqa: F811
-    from superlora.studio import config_from_controls, preset_settings
+    from superlora.controls import VIT_TARGETS, config_from_values
+    from superlora.studio import preset_settings
 
     settings = preset_settings(name)
     controls = {k: v for k, v in settings.items() if k != "preset_name"}
-    config = config_from_controls(name, rank=4, alpha=0, targets=["q", "v"], **controls)
+    config = config_from_values(dict(preset_name=name, rank=4, alpha=0, targets=["q", "v"], **controls), VIT_TARGETS)
     skeleton = create_meta_model(str(tiny_model), num_classes=4)
     library = preset(name, targets=("q", "v"), rank=4)
     assert count_parameters(skeleton, config).groups == count_parameters(skeleton, library).groups
@@ -164,6 +188,28 @@ def test_the_sample_data_shows_counts_thumbnails_and_picks(client):
     assert len(gallery) == 4 * 6 and [item["caption"] for item in gallery[::6]] == ["crack", "ok", "scratch", "spot"]
     assert rejected["data"] == [["—", "no file was skipped"]]
     assert len(picks) == 4 * 2
+
+
+def test_a_picked_validation_image_is_the_one_its_thumbnail_shows(monkeypatch):
+    from types import SimpleNamespace
+
+    import superlora.studio.try_tab as try_tab
+    from superlora.studio import SessionStore, pick_validation_image, use_sample
+
+    monkeypatch.setattr(try_tab, "predict_image", lambda image, top_k, sessions, request: {"shown": 1.0})
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        *_, picks = use_sample("inspection", sessions, request)
+        val_set = sessions.peek("tab").val_set
+        assert [caption for _, caption in picks] == [name for name in val_set.classes for _ in range(2)]
+        for index, (thumbnail, caption) in enumerate(picks):
+            image, prediction = pick_validation_image(3, sessions, request, SimpleNamespace(index=index))
+            assert val_set.classes[val_set.labels[val_set.images.index(image)]] == caption
+            shrunk = image.copy()
+            shrunk.thumbnail(thumbnail.size)
+            assert shrunk.tobytes() == thumbnail.tobytes() and prediction == {"shown": 1.0}
+    finally:
+        sessions.close_all()
 
 
 def test_a_zip_of_class_folders_loads_and_lists_the_files_it_skipped(client, tmp_path):
@@ -416,8 +462,8 @@ def test_stop_while_queued_cancels_the_run_before_it_starts():
     try:
         mark_queued(sessions, request)  # the Start button's first step; the run then waits for a slot
         assert stop_training(sessions, request) == "Stopping after the current step…"
-        outputs = list(train_model("unused", "lorta", 4, 0, 1, "contiguous", "auto", 3, 1, "tucker", "none", 1.0,
-                                   False, ["q", "v"], 10, 0, 3e-3, 8, sessions=sessions, request=request))
+        outputs = list(train_model(run_values("unused", "lorta", 4, 0, 1, "contiguous", "auto", 3, 1, "tucker", "none",
+                                              1.0, False, ["q", "v"], 10, 0, 3e-3, 8), sessions, request))
         assert outputs == [("Stopped before training started.", *[outputs[0][1]] * 3)]
         assert sessions.get(request).phase == "idle"
     finally:
@@ -632,7 +678,7 @@ def test_memory_budgets_refuse_an_upload_with_a_clear_message_and_leave_no_files
 def test_uploads_are_deduplicated_limited_and_every_error_leaves_no_copies(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import superlora.studio as studio_module
+    import superlora.studio.data_tab as studio_module
     from superlora.studio import SessionStore, StudioError, StudioLimits, load_data
 
     copied = []
@@ -671,8 +717,7 @@ def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: 
     try:
         load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
                   sessions, request)
-        *_, (status, *_) = train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions,
-                                       request=request)
+        *_, (status, *_) = train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request)
         assert status.startswith("**Done** after 3 steps")
         first = export_model(["adapter"], sessions, request)
         second = export_model(["adapter"], sessions, request)
@@ -694,10 +739,10 @@ def test_an_abandoned_run_leaves_no_run_folder_and_the_previous_run_stays(tiny_m
     try:
         load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
                   sessions, request)
-        list(train_model(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4, sessions=sessions, request=request))
+        list(train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request))
         session = sessions.peek("tab")
         kept = session.run_dir
-        run = train_model(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4, sessions=sessions, request=request)
+        run = train_model(run_values(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4), sessions, request)
         next(run), next(run)  # "Loading the model…", then the first progress line: the new run folder exists
         (started,) = [p for p in session.folder.glob("run-*") if p != kept]
         run.close()  # the page went away mid-run

@@ -57,7 +57,7 @@ def count_text(page) -> str:
 
 
 def adapter_count(page) -> int:
-    match = re.search(r"adapter\s+([\d,]+)", count_text(page))
+    match = re.search(r"adapter parameters\s+([\d,]+)", count_text(page))
     assert match, count_text(page)
     return int(match.group(1).replace(",", ""))
 

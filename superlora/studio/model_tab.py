@@ -1,0 +1,216 @@
+"""The Model & adapter tab's handlers: the model list, the live parameter count and figures, uploaded weights.
+
+Counting needs shapes only, so it runs on the model's skeleton on the `meta` device (cached per model and class
+count) and answers in milliseconds even for ViT-L. The figures take longer and wait for the controls to settle.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from torch import nn
+
+from superlora import viz
+from superlora.base_models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
+    list_models, load_model
+from superlora.config import SuperLoRAConfig
+from superlora.controls import ADAPTER_NAMES, PRESET_CONTROL_NAMES, VIT_TARGETS, config_from_values, format_count, \
+    preset_note, preset_values
+from superlora.counting import ParameterCount, count_parameters
+from superlora.errors import SuperLoRAError
+from superlora.studio.endpoints import friendly_message
+from superlora.studio.sessions import Session, SessionStore, StudioError
+
+log = logging.getLogger(__name__)
+
+UPLOADED = "uploaded checkpoint"
+DEFAULT_NUM_CLASSES = 4  # the classifier head counted before any data is loaded
+LAYOUT_BINS = 96  # cells per target strip in the layout figure: enough to see groups, small to send
+FIGURE_DELAY_S = 0.3  # figures wait this long for the controls to settle (the count never waits)
+
+
+# ---------------------------------------------------------------------------------------------- models
+def model_choices(extra_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(label, value) pairs: local model folders given at start-up, the bundled default (when its files are
+    there), the curated timm names, then the upload option. Reads no weights and builds no model."""
+    choices = [(f"{Path(path).name} (local folder)", str(path)) for path in extra_models]
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        choices.append((f"{DEFAULT_MODEL} (bundled)", DEFAULT_MODEL))
+    choices += [(f"{name} · {description.split(',')[0]}", name) for name, description in HUB_MODELS.items()]
+    return choices + [(f"{UPLOADED} (upload a file below)", UPLOADED)]
+
+
+def architecture_choices(extra_models: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(label, value) of the architectures an uploaded weights file may have: the local folders' (same shapes as
+    that folder's model), the bundled default's and the curated timm names."""
+    return [*((f"same as {Path(path).name} (local folder)", path) for path in extra_models),
+            (DEFAULT_MODEL, DEFAULT_MODEL), *((name, name) for name in HUB_MODELS)]
+
+
+@functools.cache
+def _model_infos() -> dict[str, Any]:
+    # list_models builds a meta model per hub name (about a second): done once, in the background at start-up.
+    return {info.name: info for info in list_models()}
+
+
+@functools.lru_cache(maxsize=32)
+def _skeleton(name: str, num_classes: int) -> nn.Module:
+    """The model's architecture on the meta device: counting needs shapes only, so ViT-L costs nothing."""
+    return create_meta_model(name, num_classes=num_classes)
+
+
+def warm_up(model_name: str) -> None:
+    """Build what the first page load needs, in the background while the server starts."""
+    try:
+        _skeleton(model_name, DEFAULT_NUM_CLASSES)
+        _model_infos()
+    except Exception:  # noqa: BLE001 - only a cache; the request that needs it reports the error
+        log.debug("studio warm-up failed", exc_info=True)
+
+
+def load_checkpoint(path: Path, arch: str, max_classes: int = MAX_CLASSES) -> nn.Module:
+    """An uploaded weights file as a model. `arch` is a model name, or a local model folder whose config.json
+    (copied next to the file by `upload_checkpoint`) describes the architecture. A file whose head declares more
+    than `max_classes` classes (--max-classes) is refused before anything is built."""
+    if Path(arch).is_dir():
+        return load_model(str(path), max_classes=max_classes)
+    return load_model(str(path), arch=arch, max_classes=max_classes)
+
+
+def training_base_model(model_name: str, session: Session, max_classes: int = MAX_CLASSES) -> str | nn.Module:
+    """What `train` gets: a registry name or folder, or a freshly loaded uploaded checkpoint."""
+    if model_name == UPLOADED:
+        if session.checkpoint is None:
+            raise StudioError("Base model: upload a model file first (Model & adapter tab), or pick a model "
+                              "from the list")
+        return load_checkpoint(session.checkpoint, session.checkpoint_arch, max_classes)
+    return model_name
+
+
+def _counting_model(model_name: str, session: Session) -> nn.Module:
+    num_classes = len(session.data.classes) if session.data is not None else DEFAULT_NUM_CLASSES
+    if model_name == UPLOADED:
+        if session.checkpoint is None:
+            raise StudioError("Base model: upload a model file below first, or pick a model from the list")
+        return _skeleton(session.checkpoint_arch, num_classes)
+    if not model_name:
+        raise StudioError("Base model: pick a model from the list")
+    return _skeleton(model_name, num_classes)
+
+
+def describe_model(model_name: str, sessions: SessionStore, request: gr.Request | None) -> str:
+    """One line under the model picker: what the model is and whether it can be trained offline."""
+    session = sessions.get(request)
+    if model_name == UPLOADED:
+        if session.checkpoint is None:
+            return "Upload a weights file in the box below and say which architecture it is."
+        return f"Your file **{session.checkpoint.name}** ({Path(session.checkpoint_arch).name})."
+    if model_name and Path(model_name).is_dir():
+        return f"Local model folder `{model_name}`: weights on this machine ✓"
+    info = _model_infos().get(model_name)
+    if info is None:
+        return ""
+    size = f"{info.input_size[-1]} px, {info.params / 1e6:.1f} M parameters"
+    where = "weights on this machine ✓" if info.available_offline else (
+        "⚠️ weights not on this machine: counts and figures work, training downloads them once (needs "
+        "internet), or upload the weights file below")
+    return f"{info.description}; {size}. {where}"
+
+
+# ---------------------------------------------------------------------------------------------- configs
+# The inputs of the count, the figures and `/count_parameters`, in order: the model, then the adapter controls.
+CONTROL_NAMES = ("model_name", *ADAPTER_NAMES)
+
+
+def preset_controls(preset_name: str) -> list[Any]:
+    """The page's preset change: the values of the controls the preset sets (PRESET_CONTROL_NAMES, in order), then
+    the preset's note (rank, α and targets stay as the user set them)."""
+    values = preset_values(preset_name)
+    return [*(values[name] for name in PRESET_CONTROL_NAMES), preset_note(preset_name)]
+
+
+def preset_settings(preset_name: str) -> dict[str, Any]:
+    """The control values of a preset by name, to pass on to `count_parameters` or `train` (API callers set every
+    control, so a preset name alone does not change the others)."""
+    return {"preset_name": preset_name, **preset_values(preset_name)}
+
+
+def count_for_controls(values: dict[str, Any], session: Session) -> tuple[SuperLoRAConfig, nn.Module, ParameterCount]:
+    """The config the controls describe, the model skeleton, and the exact count (from shapes, no weights)."""
+    config = config_from_values(values, VIT_TARGETS)
+    skeleton = _counting_model(values["model_name"], session)
+    return config, skeleton, count_parameters(skeleton, config, trainable=("head",))
+
+
+def show_count(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> tuple[Any, str]:
+    """(count panel, error line): a bad combination is shown next to the controls, never raised."""
+    session = sessions.get(request)
+    session.controls_version += 1
+    try:
+        _, _, count = count_for_controls(values, session)
+    except SuperLoRAError as err:
+        return gr.update(), f"⚠️ {friendly_message(err)} *(the numbers below are for the last valid settings)*"
+    return format_count(count), ""
+
+
+def show_figures(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> tuple[Any, Any]:
+    """The budget and layout figures of the controls (left as they are while the combination is invalid).
+
+    Drawing them takes far longer than counting (up to a second for ViT-B, on the server and in the browser), so
+    while a slider is still moving they wait FIGURE_DELAY_S and are skipped if the controls changed meanwhile.
+    """
+    session = sessions.get(request)
+    version = session.controls_version
+    time.sleep(FIGURE_DELAY_S)
+    if session.controls_version != version:
+        return gr.update(), gr.update()
+    try:
+        config, skeleton, _ = count_for_controls(values, session)
+        found, layout = viz.model_plan(skeleton, config)
+    except SuperLoRAError:
+        return gr.update(), gr.update()
+    return (viz.budget_figure([t.shape for t in found], config),
+            viz.layout_figure(layout, found, seed=config.seed, max_bins=LAYOUT_BINS))
+
+
+def count_endpoint(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> dict[str, Any]:
+    """The exact trainable-parameter count of these settings on this model, as a dict (raises on bad settings)."""
+    config, _, count = count_for_controls(values, sessions.get(request))
+    return {**count.as_dict(), "config": config.to_dict()}
+
+
+
+def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, request: gr.Request | None
+                      ) -> tuple[str, str]:
+    """Check an uploaded base model file (.safetensors, or a .pth/.bin state dict read with weights_only) and
+    select it. The file must hold weights of `arch`; a mismatch names the first tensor that does not fit."""
+    session = sessions.get(request)
+    if not file:
+        raise StudioError("Choose a model weights file to upload.")
+    known = dict((value, label) for label, value in architecture_choices(sessions.extra_models))
+    if arch not in known:
+        raise StudioError(f"Architecture of the file: {arch!r} is not one the studio offers; choose one of "
+                          f"{', '.join(known)}")
+    source = Path(file)
+    folder = session.workdir / f"checkpoint-{uuid.uuid4().hex[:6]}"
+    target = folder / source.name
+    try:
+        folder.mkdir()
+        shutil.copyfile(source, target)
+        if Path(arch).is_dir():
+            shutil.copyfile(Path(arch) / "config.json", target.with_suffix(".json"))
+        load_checkpoint(target, arch, sessions.limits.max_classes)
+    except BaseException:  # a refused file, a full disk, an interrupted request: no copy stays behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if session.checkpoint is not None:
+        shutil.rmtree(session.checkpoint.parent, ignore_errors=True)
+    session.checkpoint, session.checkpoint_arch = target, arch
+    return UPLOADED, f"Using your file **{source.name}** ({Path(arch).name})."
