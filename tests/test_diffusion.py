@@ -292,11 +292,13 @@ def test_plan_counts_the_grid_on_the_bundled_architecture_and_estimates_the_time
 
 
 def test_the_diffusion_block_survives_the_pareto_writer():
-    text = f"# page\n{study.pareto.BEGIN}\nold\n{study.pareto.END}\n## diffusion\n{study.BEGIN}\nkept\n{study.END}\n"
-    after = study.pareto.replace_between_markers(text, "new pareto tables")
+    from benchmarks.study.pareto import markdown as pareto  # importable once the script has put the root on sys.path
+
+    text = f"# page\n{pareto.BEGIN}\nold\n{pareto.END}\n## diffusion\n{study.BEGIN}\nkept\n{study.END}\n"
+    after = pareto.replace_between_markers(text, "new pareto tables")
     assert "new pareto tables" in after and f"{study.BEGIN}\nkept\n{study.END}" in after
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert docs.index(study.pareto.END) < docs.index(study.BEGIN) < docs.index(study.END)
+    assert docs.index(pareto.END) < docs.index(study.BEGIN) < docs.index(study.END)
 
 
 @pytest.mark.slow
