@@ -148,8 +148,9 @@ def plot(base: Summary | None, summaries: Sequence[Summary], path: Path) -> Path
         if lora:
             ax.errorbar([s.params for s in lora], [s.mean for s in lora], yerr=[s.std for s in lora], label="LoRA",
                         color="black", marker="o", markersize=5, linewidth=2, capsize=2, zorder=3)
+        # Ties in parameters are broken by name: a set's order changes with the hash seed, and so the colours.
         methods = sorted({s.method for s in summaries if s.family in families},
-                         key=lambda m: min(s.params for s in summaries if s.method == m))
+                         key=lambda m: (min(s.params for s in summaries if s.method == m), m))
         for index, method in enumerate(methods):
             points = sorted((s for s in summaries if s.method == method), key=lambda s: s.params)
             ax.errorbar([s.params for s in points], [s.mean for s in points], yerr=[s.std for s in points],
