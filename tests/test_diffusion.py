@@ -153,6 +153,21 @@ def test_save_unet_and_load_unet_round_trip(tmp_path):
         diffusion.load_unet(tmp_path)
 
 
+def test_save_unet_writes_the_non_default_settings_in_the_bundled_order(tmp_path):
+    import json
+
+    diffusion.save_unet(diffusion.build_unet(), tmp_path / "bundled", {"parameters": 1})
+    config = json.loads((tmp_path / "bundled" / "config.json").read_text())
+    bundled = json.loads((diffusion.DIFFUSION_ASSET / "config.json").read_text())
+    assert list(config) == ["unet", "scheduler", "parameters"]
+    # Same keys, same order: re-exporting the bundled UNet (scripts/pretrain_diffusion.py) rewrites its file as is.
+    assert list(config["unet"].items()) == list(bundled["unet"].items()) == list(diffusion.UNET_CONFIG.items())
+    diffusion.save_unet(tiny_unet(dropout=0.1), tmp_path / "tiny")
+    tiny = json.loads((tmp_path / "tiny" / "config.json").read_text())["unet"]
+    assert tiny == {**TINY_UNET, "dropout": 0.1} and list(tiny)[-1] == "dropout"  # beyond UNET_CONFIG's: at the end
+    assert torch.equal(output(diffusion.load_unet(tmp_path / "tiny")), output(tiny_unet(dropout=0.1)))
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 def test_the_bundled_unet_matches_its_config_and_model_card():
     import json
