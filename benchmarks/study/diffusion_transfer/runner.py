@@ -39,7 +39,7 @@ INTS = ("seed", "adapter_params", "base_params", "update_size", "lora_r1_params"
 
 FLOATS = ("lr", "eval_loss", "train_loss", "seconds", "seconds_per_step")
 TABLE = ResultsTable(COLUMNS, INTS, FLOATS)
-read_rows, append_row = TABLE.read, TABLE.append
+read_rows, append_row = TABLE.read, TABLE.append  # the study's results file (benchmarks/study/store.py)
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, int, str]:

@@ -30,7 +30,7 @@ INTS = ("seed", "adapter_params", "head_params", "base_params", "update_size", "
         "batch_size", "num_classes", "train_size", "val_size", "threads")
 FLOATS = ("lr", "head_lr", "accuracy", "val_loss", "train_loss", "seconds", "seconds_per_step", "cpu_seconds_per_step")
 TABLE = ResultsTable(COLUMNS, INTS, FLOATS)
-read_rows, append_row = TABLE.read, TABLE.append
+read_rows, append_row = TABLE.read, TABLE.append  # the results file of one task (benchmarks/study/store.py)
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, str, int, str]:
