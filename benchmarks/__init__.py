@@ -1,0 +1,1 @@
+"""The benchmark scripts and the study package they share (`benchmarks.study`); not part of the installed library."""

@@ -1,0 +1,24 @@
+"""The generated blocks of a docs page: each study rewrites only the text between its own two markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from superlora.files import atomic_write
+
+
+def replace_between_markers(text: str, body: str, begin: str, end: str) -> str:
+    """`text` with whatever stood between `begin` and `end` replaced by `body` (the markers stay)."""
+    if begin not in text or end not in text or text.index(begin) > text.index(end):
+        raise ValueError(f"the docs page needs the markers {begin} and {end} (in that order)")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+
+
+def write_block(docs: Path, body: str, begin: str, end: str, title: str) -> None:
+    """Write `body` between the markers of `docs`, atomically; a missing page is created with only a title and the
+    markers."""
+    docs = Path(docs)
+    text = docs.read_text() if docs.is_file() else f"# {title}\n\n{begin}\n{end}\n"
+    atomic_write(docs, lambda tmp: Path(tmp).write_text(replace_between_markers(text, body, begin, end)))

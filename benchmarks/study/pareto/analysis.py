@@ -1,0 +1,190 @@
+"""What the ViT study's rows say: one summary per point at its family's chosen lr, the Pareto front, the fewest
+parameters reaching LoRA's accuracy (the efficiency factors), and the accuracy-against-parameters figure."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.study.sweep import LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, choose_lr, lr_text
+from superlora.files import atomic_write
+
+TOLERANCE = 0.005  # "reaches an accuracy": within 0.5 points of it
+REFERENCES = (1, 8)  # LoRA ranks whose accuracy the table asks for
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One point of a curve: the runs of one config at its family's chosen lr."""
+
+    task: str
+    family: str
+    method: str
+    budget: str
+    params: int
+    lr: float
+    accuracies: tuple[float, ...]
+    failed: int  # runs whose loss became non-finite
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies) if self.accuracies else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+
+def summarise(rows: Sequence[dict[str, Any]], task: str, grid: Sequence[float] = LR_GRID,
+              max_extensions: int = MAX_EXTENSIONS) -> list[Summary]:
+    """Per point of `task`: the runs at its family's chosen lr (families whose sweep is unfinished are left out).
+
+    The sweep points are the rows of phase "sweep". A family without sweep rows whose runs all share one lr (a
+    `--fixed-lr` smoke run) is shown at that lr."""
+    task_rows = [r for r in rows if r["task"] == task]
+    sweep_keys = {(r["family"], r["config_hash"]) for r in task_rows if r["phase"] == "sweep"}
+    lrs: dict[str, float | None] = {}
+    for family, key in sweep_keys:
+        results = {lr_text(r["lr"]): (r["accuracy"], r["val_loss"]) for r in task_rows
+                   if r["config_hash"] == key and r["seed"] == SWEEP_SEED}
+        lrs[family] = choose_lr(results, grid, max_extensions)[0]
+    for family in {r["family"] for r in task_rows} - set(lrs):
+        used = {lr_text(r["lr"]) for r in task_rows if r["family"] == family}
+        if len(used) == 1:
+            lrs[family] = float(used.pop())
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in task_rows:
+        lr = lrs.get(row["family"])
+        if lr is not None and lr_text(row["lr"]) == lr_text(lr):
+            groups[(row["method"], row["config_hash"])].append(row)
+    summaries = []
+    for (method, _), group in groups.items():
+        ok = [r["accuracy"] for r in group if r["status"] == "ok"]
+        first = group[0]
+        summaries.append(Summary(task, first["family"], method, first["budget"], first["adapter_params"],
+                                 float(first["lr"]), tuple(ok), len(group) - len(ok)))
+    return sorted(summaries, key=lambda s: (s.method, s.params))
+
+
+def pareto_front(summaries: Sequence[Summary]) -> list[Summary]:
+    """The points no other point beats with as few or fewer parameters (by mean accuracy), fewest first."""
+    front, best = [], -math.inf
+    for s in sorted(summaries, key=lambda s: (s.params, -s.mean)):
+        if not math.isnan(s.mean) and s.mean > best:
+            front.append(s)
+            best = s.mean
+    return front
+
+
+def fewest_reaching(summaries: Sequence[Summary], target: float, tolerance: float = TOLERANCE) -> Summary | None:
+    """The point with the fewest parameters whose mean accuracy is at least target - tolerance."""
+    reaching = [s for s in summaries if not math.isnan(s.mean) and s.mean >= target - tolerance - 1e-12]
+    return min(reaching, key=lambda s: (s.params, -s.mean)) if reaching else None
+
+
+def reference(summaries: Sequence[Summary], rank: int) -> Summary | None:
+    found = [s for s in summaries if s.method == "LoRA" and s.budget == f"r={rank}"]
+    return found[0] if found else None
+
+
+def efficiency_table(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
+    """Per method: for each reference (LoRA r=1, r=8), the fewest parameters reaching its mean accuracy within
+    0.5 points, and the factor = LoRA's fewest parameters reaching it / the method's (> 1: fewer than LoRA)."""
+    by_method: dict[str, list[Summary]] = defaultdict(list)
+    for s in summaries:
+        by_method[s.method].append(s)
+    lora = by_method.get("LoRA", [])
+    table = []
+    for method, points in sorted(by_method.items(), key=lambda kv: (kv[0] != "LoRA", min(s.params for s in kv[1]))):
+        entry: dict[str, Any] = {"method": method, "family": points[0].family,
+                                 "best": max(points, key=lambda s: (nan_as_worst(s.mean), -s.params))}
+        for rank in REFERENCES:
+            ref = reference(summaries, rank)
+            if ref is None:
+                entry[rank] = None
+                continue
+            mine = fewest_reaching(points, ref.mean)
+            theirs = fewest_reaching(lora, ref.mean)
+            factor = theirs.params / mine.params if mine is not None and theirs is not None else None
+            entry[rank] = {"target": ref.mean, "point": mine, "factor": factor}
+        table.append(entry)
+    return table
+
+
+def nan_as_worst(value: float) -> float:
+    """A mean accuracy to rank by: NaN (no finished run) ranks below every number."""
+    return -math.inf if math.isnan(value) else value
+
+
+PANELS = (("LoRA and the per-layer methods", ("lora", "loha", "lokr", "lotr")),
+          ("SuperLoRA 2D: groups, grouping, shuffle", ("superlora-2d",)),
+          ("LoRTA (order M) and LoNKr (K pieces)", ("lorta", "lonkr")),
+          ("Fastfood projection (ρ < 1)", ("fastfood",)))
+
+
+def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: int | None = None) -> Path:
+    """Accuracy (mean ± std over seeds) against adapter parameters: one panel per group of families (`PANELS`),
+    one line per method, LoRA and the Pareto front over all methods in every panel, and LoRA r=1's and r=8's
+    accuracies with their 0.5-point tolerance band. A PNG via matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    known = {family for _, families in PANELS for family in families}
+    panels = [(title, families) for title, families in PANELS
+              if any(s.family in families and s.method != "LoRA" for s in summaries)]
+    rest = sorted({s.family for s in summaries} - known)
+    if rest:
+        panels.append(("other families", tuple(rest)))
+    panels = panels or [("LoRA", ("lora",))]
+    columns = 1 if len(panels) == 1 else 2
+    rows_ = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(7 * columns, 4.8 * rows_), dpi=100, sharex=True, sharey=True,
+                             squeeze=False)
+    colours = plt.get_cmap("tab10")
+    markers = "sD^v<>pPX*h"
+    front = pareto_front(summaries)
+    lora = sorted((s for s in summaries if s.method == "LoRA"), key=lambda s: s.params)
+    for ax, (title, families) in zip(axes.flat, panels):
+        for rank, style in zip(REFERENCES, (":", "--")):
+            ref = reference(summaries, rank)
+            if ref is not None:
+                ax.axhline(100 * ref.mean, color="grey", linestyle=style, linewidth=1)
+                ax.axhspan(100 * (ref.mean - TOLERANCE), 100 * ref.mean, color="grey", alpha=0.12)
+                ax.annotate(f"LoRA r={rank}", (1.0, 100 * ref.mean), xycoords=("axes fraction", "data"),
+                            ha="right", va="bottom", fontsize=7, color="grey")
+        if front:
+            ax.step([s.params for s in front], [100 * s.mean for s in front], where="post", color="grey",
+                    linewidth=0.8, label="Pareto front, all methods")
+        if lora:
+            ax.errorbar([s.params for s in lora], [100 * s.mean for s in lora], yerr=[100 * s.std for s in lora],
+                        label="LoRA", color="black", marker="o", markersize=5, linewidth=2, capsize=2, zorder=3)
+        # Ties in parameters are broken by name: a set's order changes with the hash seed, and so the colours.
+        methods = sorted({s.method for s in summaries if s.family in families and s.method != "LoRA"},
+                         key=lambda m: (min(s.params for s in summaries if s.method == m), m))
+        for index, method in enumerate(methods):
+            points = sorted((s for s in summaries if s.method == method), key=lambda s: s.params)
+            ax.errorbar([s.params for s in points], [100 * s.mean for s in points],
+                        yerr=[100 * s.std for s in points], label=method, color=colours(index % 10),
+                        marker=markers[index % len(markers)], markersize=5, linewidth=1.2, capsize=2)
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    head = f"the head's {head_params:,} not included" if head_params is not None else "the head not included"
+    fig.supxlabel(f"adapter parameters (log scale; {head})", fontsize=10)
+    fig.supylabel("validation accuracy, % (mean ± std over seeds)", fontsize=10)
+    fig.suptitle(f"{task}: accuracy against adapter parameters")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,97 @@
+"""Grid points and the learning-rate rule both studies share: one adapter lr per family, chosen at a sweep point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from superlora import SuperLoRAConfig
+
+LR_GRID = (1e-3, 4e-3, 1.6e-2)
+LR_FACTOR = 4.0
+MAX_EXTENSIONS = 2
+SWEEP_SEED = 0
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One budget of one method: `family` shares a learning rate, `method` is a curve, `budget` its label."""
+
+    family: str
+    method: str
+    budget: str
+    config: SuperLoRAConfig  # with seed 0; a run with seed s uses config.replace(seed=s)
+    sweep: bool = False  # the family's learning-rate sweep point
+
+    @property
+    def key(self) -> str:
+        return config_hash(self.config)
+
+
+def config_hash(config: SuperLoRAConfig) -> str:
+    """12 hex digits naming the adapter settings (its seed and display name excluded)."""
+    fields = config.to_dict()
+    fields.pop("seed"), fields.pop("name")
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_grid(points: Sequence[Point], need_sweep: bool = True) -> None:
+    """Exactly one sweep point per family (unless a fixed lr replaces the sweep), and no config twice (a run's
+    key would be ambiguous)."""
+    sweeps = defaultdict(int)
+    for point in points:
+        sweeps[point.family] += point.sweep
+    bad = sorted(f for f in {p.family for p in points} if sweeps[f] != 1)
+    if bad and need_sweep:
+        raise ValueError(f"families without exactly one sweep point: {', '.join(bad)} (a --methods selection must "
+                         "keep each family's sweep point, or give --fixed-lr)")
+    keys = [p.key for p in points]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the grid lists one adapter config twice")
+
+
+def lr_text(lr: float | str) -> str:
+    """The canonical text of a learning rate (keys compare text, never floats)."""
+    return f"{float(lr):.4g}"
+
+
+def _better(a: tuple[float, float, float], b: tuple[float, float, float] | None) -> bool:
+    """(accuracy, val_loss, lr): higher accuracy, then lower loss, then smaller lr."""
+    if b is None:
+        return True
+    return (a[0], -a[1], -a[2]) > (b[0], -b[1], -b[2])
+
+
+def choose_lr(results: dict[str, tuple[float, float]], grid: Sequence[float] = LR_GRID,
+              max_extensions: int = MAX_EXTENSIONS) -> tuple[float | None, list[float]]:
+    """The sweep's state from its finished runs (`lr_text(lr)` -> (accuracy, val_loss); NaN: diverged).
+
+    Returns (chosen lr, []) when the rule has decided, else (None, the lrs to run next)."""
+    missing = [lr for lr in grid if lr_text(lr) not in results]
+    if missing:
+        return None, missing
+    tried = sorted(grid)
+    while True:
+        best, best_score = None, None
+        for lr in tried:
+            accuracy, loss = results[lr_text(lr)]
+            score = (accuracy if not math.isnan(accuracy) else -math.inf,
+                     loss if not math.isnan(loss) else math.inf, lr)
+            if _better(score, best_score):
+                best, best_score = lr, score
+        below = sum(lr < min(grid) for lr in tried)
+        above = sum(lr > max(grid) for lr in tried)
+        if best == tried[-1] and above < max_extensions:
+            step = best * LR_FACTOR
+        elif best == tried[0] and below < max_extensions:
+            step = best / LR_FACTOR
+        else:
+            return best, []
+        if lr_text(step) not in results:
+            return None, [step]
+        tried = sorted(tried + [step])
