@@ -21,8 +21,8 @@ from torch import nn
 from superlora.config import FOLDS, GROUPINGS, PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, PROJECTIONS, \
     SuperLoRAConfig, preset
 from superlora.counting import ParameterCount
-from superlora.errors import ConfigError, SuperLoRAError
-from superlora.targets import resolve_targets, resolve_trainable
+from superlora.errors import ConfigError
+from superlora.targets import target_names
 
 PER_TARGET_GROUPS = 0  # the groups control's value for "one group per target weight"
 AUTO_GOOD_CLASS = "auto"  # the good-class value that leaves the pick to the library (ok/good/pass/normal)
@@ -241,24 +241,9 @@ def config_from_values(values: Mapping[str, Any], target_names: Mapping[str, str
 
 # ---------------------------------------------------------------------------------------------- targets
 def target_choices(model: nn.Module, exclude: Sequence[str] = ("head",)) -> list[str]:
-    """Target names worth offering for `model`: q, k, v of fused qkv layers, then each Linear's last name (qkv,
-    proj, fc1, ...) in model order, minus those inside the modules of `exclude` (kept trainable, e.g. the
-    classifier head). Each name is a pattern `resolve_targets` accepts."""
-    excluded = set(resolve_trainable(model, exclude)) if exclude else set()
-    suffixes = ["q", "k", "v"]
-    for name, module in model.named_modules():
-        suffix = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Linear) and suffix not in suffixes:
-            suffixes.append(suffix)
-    choices = []
-    for pattern in suffixes:
-        try:
-            found = resolve_targets(model, [pattern])
-        except SuperLoRAError:
-            continue  # e.g. q/k/v on a model without fused qkv layers
-        if not any(t.module_name == e or t.module_name.startswith(e + ".") for t in found for e in excluded):
-            choices.append(pattern)
-    return choices
+    """Target names worth offering for `model` (`superlora.targets.target_names`), keeping the modules of
+    `exclude` (trained in full, e.g. the classifier head) out of reach."""
+    return target_names(model, exclude)
 
 
 # ---------------------------------------------------------------------------------------------- counts

@@ -55,17 +55,34 @@ def _linears_under(prefix: str, modules: dict[str, nn.Module]) -> list[str]:
     return [name for name, module in modules.items() if name.startswith(start) and _adaptable(module)]
 
 
-def _hint(modules: dict[str, nn.Module]) -> str:
-    suffixes: list[str] = []
-    fused = False
-    for name, module in modules.items():
+def _candidate_names(model: nn.Module) -> list[str]:
+    fused, names = False, []
+    for name, module in model.named_modules():
         if _adaptable(module):
             fused = fused or _is_fused_qkv(name, module)
             suffix = name.rsplit(".", 1)[-1]
-            if suffix not in suffixes:
-                suffixes.append(suffix)
-    choices = (["q", "k", "v"] if fused else []) + suffixes[:12]
-    return f"this model's Linear layers can be targeted as: {', '.join(choices)}" if choices else (
+            if suffix not in names and suffix not in FUSED_BLOCKS:
+                names.append(suffix)
+    return (list(FUSED_BLOCKS) if fused else []) + names
+
+
+def target_names(model: nn.Module, exclude: Sequence[str] = ()) -> list[str]:
+    """The target names a user may pick for `model`: q, k, v when it has fused qkv layers, then each adaptable
+    Linear's last name (qkv, proj, fc1, ...) in model order, minus names that would reach into the modules of
+    `exclude` (kept trainable, e.g. the classifier head). Each name is a pattern `resolve_targets` accepts; the
+    studio, the widgets and the error messages all offer this list."""
+    excluded = set(resolve_trainable(model, exclude)) if exclude else set()
+    names = []
+    for pattern in _candidate_names(model):
+        found = resolve_targets(model, [pattern]) if excluded else []
+        if not any(t.module_name == e or t.module_name.startswith(e + ".") for t in found for e in excluded):
+            names.append(pattern)
+    return names
+
+
+def _hint(model: nn.Module) -> str:
+    names = _candidate_names(model)
+    return f"this model's Linear layers can be targeted as: {', '.join(names[:15])}" if names else (
         "this model has no nn.Linear layers to adapt"
     )
 
@@ -90,7 +107,7 @@ def resolve_targets(model: nn.Module, patterns: Sequence[str]) -> list[Target]:
                 chosen.setdefault(linear, set()).add(None)
                 matched = True
         if not matched:
-            raise ConfigError(f"targets: {pattern!r} matches no nn.Linear layer; {_hint(modules)}")
+            raise ConfigError(f"targets: {pattern!r} matches no nn.Linear layer; {_hint(model)}")
     order = {name: i for i, name in enumerate(modules)}
     targets = []
     for name in sorted(chosen, key=order.__getitem__):
