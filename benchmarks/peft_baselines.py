@@ -229,8 +229,9 @@ def _candidates(method: str, budget: int, layers: Sequence[Layer]) -> list[tuple
             tying = (num - groups) / num
             found.append(({"r": TINYLORA_RANK, "u": max(1, budget // groups), "weight_tying": tying}, (groups,)))
     elif method == "randlora":
-        # r above the smallest dimension only adds parameters (one basis, rank still min(out, in)): not considered.
-        for r in range(1, smallest + 1):
+        # r >= min(out, in) leaves one random basis whose r scaled directions are each a trainable parameter
+        # (as VeRA's r); PEFT allows it, and it is the only way RandLoRA gets between 2,304 and 3,456 here.
+        for r in range(1, max(smallest, budget // num) + 1):
             found.append(({"r": r, "randlora_alpha": RANDLORA_ALPHA_PER_RANK * r}, (-r,)))
     else:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -386,7 +387,7 @@ def plan(model: str, budgets: Sequence[int], methods: Sequence[str] = METHODS, n
     layers = target_layers(base)
     planned = []
     for method in methods:
-        for budget in budgets:
+        for budget in sorted(budgets):
             m = match(method, budget, layers)
             p = check_match(base, m, measure_files)
             if p.peft_adapter != m.count:
@@ -415,14 +416,37 @@ def plan_markdown(model: str, layers: Sequence[Layer], planned: Sequence[Planned
         "by default (fixed projections and the head copy included; the head alone is about "
         f"{4 * head:,} bytes).",
         "",
-        "| method | budget | config | adapter params | fixed values | saved, bytes |",
-        "|---|---|---|---|---|---|",
     ]
-    for p in planned:
-        m = p.match
-        shown = f"{p.peft_adapter:,}" if fits(m) else f"over budget (smallest: {p.peft_adapter:,})"
-        lines.append(f"| {m.name} | {m.budget:,} | {m.describe()} | {shown} | {p.fixed_values:,} | "
-                     f"{p.saved_bytes:,} |")
+    standard = [b for b in STANDARD_BUDGETS if any(p.match.budget == b for p in planned)]
+    if standard:
+        lines += ["Exact trainable adapter parameters at the issue's budgets (–: the method's smallest config is "
+                  "larger):", "", "| method | " + " | ".join(f"≤ {b:,}" for b in standard) + " | smallest possible |",
+                  "|---|" + "---|" * (len(standard) + 1)]
+        for method in dict.fromkeys(p.match.method for p in planned):
+            cells = []
+            for b in standard:
+                p = next(p for p in planned if p.match.method == method and p.match.budget == b)
+                cells.append(f"{p.peft_adapter:,}" if fits(p.match) else "–")
+            lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) +
+                         f" | {smallest_count(method, layers):,} |")
+        lines += ["", "Every budget:", ""]
+    lines += ["| method | budget | config | adapter params | fixed values | saved, bytes |",
+              "|---|---|---|---|---|---|"]
+    index = 0
+    while index < len(planned):
+        p, m = planned[index], planned[index].match
+        if fits(m):
+            lines.append(f"| {m.name} | {m.budget:,} | {m.describe()} | {p.peft_adapter:,} | {p.fixed_values:,} | "
+                         f"{p.saved_bytes:,} |")
+            index += 1
+            continue
+        # budgets below the method's smallest config: one row (plan() lists each method's budgets ascending)
+        below = [q for q in planned[index:] if q.match.method == m.method and not fits(q.match)]
+        shown = f"{m.budget:,}" if len(below) == 1 else \
+            f"{m.budget:,} … {below[-1].match.budget:,} ({len(below)} budgets)"
+        lines.append(f"| {m.name} | {shown} | smallest: {m.describe()} | over budget ({p.peft_adapter:,}) | "
+                     f"{p.fixed_values:,} | {p.saved_bytes:,} |")
+        index += len(below)
     if sl_points:
         lines += ["", f"SuperLoRA points of the Pareto study on the same whole-`{TARGET}` targets (below "
                   f"{STUDY_LIMIT:,} parameters; `count_parameters`): their counts are the study budgets above.", "",
