@@ -460,7 +460,7 @@ def plan_markdown(model: str, layers: Sequence[Layer], planned: Sequence[Planned
 
 
 # ---------------------------------------------------------------------------------------------------- rows
-EXTRA_COLUMNS = ("targets", "target_budget", "saved_bytes", "fixed_values")
+EXTRA_COLUMNS = ("targets", "target_budget", "fixed_values")  # fixed values: as in the plan (PEFT rows)
 COLUMNS = tuple(pareto.COLUMNS) + EXTRA_COLUMNS
 
 
@@ -526,6 +526,8 @@ class Outcome:
     adapter: int = 0
     head: int = 0
     step_times: list[tuple[float, float]] = field(default_factory=list)
+    fixed_values: int | str = ""  # non-trainable values the adapter adds (PEFT rows)
+    model: Any = None  # the trained model (train_peft only; not part of a row)
 
 
 def train_peft(model: str, train_set, val_set, make_config: Callable[[int], Any], options) -> Outcome:
@@ -548,9 +550,10 @@ def train_peft(model: str, train_set, val_set, make_config: Callable[[int], Any]
     set_seed(options.seed % 2**32)  # as train(): before the head and the adapter are initialised
     base = build_base(model, len(classes))
     data_config = input_config(base)
+    base_buffers = sum(b.numel() for b in base.buffers())
     peft_model = peft.get_peft_model(base, make_config(options.seed))
     adapter_params, head_params = split_trainable(peft_model)
-    outcome = Outcome()
+    outcome = Outcome(model=peft_model, fixed_values=sum(b.numel() for b in peft_model.buffers()) - base_buffers)
     outcome.adapter, outcome.head = peft_counts(peft_model)
 
     train_data = AugmentedImages(train_set, build_transforms(data_config, train=True, hflip=train_set.hflip_safe),
@@ -668,7 +671,7 @@ def run_job(job: Job, setup, layers: Sequence[Layer], threads: int | None = None
         threads=torch.get_num_threads(), model=setup.model, setup=setup.fingerprint(job.task),
         config=json.dumps(config, separators=(",", ":"), sort_keys=True),
         finished=datetime.now().isoformat(timespec="seconds"), targets=TARGET, target_budget=job.target_budget,
-        saved_bytes="", fixed_values="",
+        fixed_values=outcome.fixed_values,
     )
 
 

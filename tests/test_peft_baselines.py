@@ -166,6 +166,9 @@ def test_quick_run_writes_finite_rows_and_a_second_start_skips_them(tiny_model, 
         assert math.isfinite(float(r["val_loss"]))
         assert int(r["adapter_params"]) == pb.QUICK_BUDGET  # both methods hit the budget exactly on 2 blocks
         assert int(r["head_params"]) == 32 * 4 + 4 and r["targets"] == "qkv" and int(r["steps"]) == 3
+    # fixed values: FourierFT keeps its frequency positions outside the buffers; Uni-LoRA maps every entry of a
+    # rank-4 LoRA (2 x (4 x 32 + 96 x 4)) to theta_d with an index and a scale
+    assert {r["family"]: int(r["fixed_values"]) for r in rows} == {"fourierft": 0, "unilora": 2 * 2 * (128 + 384)}
     before = path.read_text()
     capsys.readouterr()
     assert pb.main(["--quick", "--model", str(tiny_model), "--out", str(out)]) == 0  # in-process: no start-up cost
@@ -176,3 +179,43 @@ def test_quick_run_writes_finite_rows_and_a_second_start_skips_them(tiny_model, 
 def test_quick_refuses_to_write_into_the_committed_results():
     with pytest.raises(SystemExit, match="never writes"):
         pb.main(["--quick", "--out", str(pb.RESULTS)])
+
+
+@pytest.mark.parametrize("method", pb.METHODS)
+def test_every_method_trains_its_adapter_and_the_head_at_its_smallest_size(method, tiny_model):
+    """Two steps of each method on the tiny ViT (2 blocks, qkv 96 x 32): finite numbers, and both the adapter
+    and the head moved (the gradient reaches them through PEFT's layers)."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from superlora.train import TrainOptions
+
+    layers = pb.target_layers(pb.build_base(str(tiny_model), 4))
+    m = pb.match(method, pb.smallest_count(method, layers), layers)
+    set_seed(0)  # the initial values train_peft starts from: same seed, then the head, then the adapter
+    start = pb.wrap(pb.build_base(str(tiny_model), 4), m, seed=0)
+    before = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
+    train_set, val_set = pb.pareto.task_sets("inspection", pb.pareto.QUICK_TASKS["inspection"])
+    options = TrainOptions(steps=2, batch_size=8, lr=1e-2, head_lr=5e-3, seed=0, eval_every_epoch=False, device="cpu")
+    outcome = pb.train_peft(str(tiny_model), train_set, val_set, lambda seed: pb.peft_config(m, seed), options)
+    assert outcome.status == "ok" and math.isfinite(outcome.val_loss) and math.isfinite(outcome.train_loss)
+    assert outcome.adapter == m.count and outcome.head == 32 * 4 + 4
+    after = {n: p.detach() for n, p in outcome.model.named_parameters() if p.requires_grad}
+    assert after.keys() == before.keys()
+    moved = {n for n in after if not torch.equal(after[n], before[n])}
+    assert any(".modules_to_save." in n for n in moved), "the head did not train"
+    assert any(".modules_to_save." not in n for n in moved), f"{m.name}: no adapter parameter moved"
+
+
+def test_plan_writes_the_summary_with_hand_counted_numbers(tiny_model, tmp_path, capsys):
+    # tiny ViT: 2 blocks, qkv 96 x 32. VeRA: 2 x (96 + r), smallest 194, at 300 r = 54. RandLoRA: smallest r = 32
+    # (one basis: 2 x (32 + 32) = 128), at 300 r = 118 (2 x (118 + 32)). FourierFT and Uni-LoRA hit the budget.
+    path = tmp_path / "plan.md"
+    assert pb.main(["plan", "--model", str(tiny_model), "--budgets", "300", "30", "--markdown", str(path)]) == 0
+    text = path.read_text()
+    assert text == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert "| VeRA | – | 300 | 194 |" in text
+    assert "| RandLoRA | – | 300 | 128 |" in text
+    assert "| FourierFT | 30 | 300 | 2 |" in text and "| Uni-LoRA | 30 | 300 | 1 |" in text
+    assert "| VeRA | 30 | smallest: r=1 | over budget (194) |" in text
+    assert "| RandLoRA | 300 | r=118, randlora_alpha=2360 | 300 |" in text
