@@ -66,7 +66,6 @@ from superlora.errors import ConfigError  # noqa: E402
 from superlora.files import atomic_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-PLAN_FILE = RESULTS / "peft_baselines_plan.md"
 DEFAULT_MODEL = pareto.DEFAULT_MODEL
 TARGET = "qkv"  # the whole fused attention Linear of every block
 HEAD = "head"
@@ -91,12 +90,15 @@ PROTOCOL_DIFFERENCES = (
     "PEFT rows train with benchmarks/peft_baselines.py's train_peft, not superlora.train.train (which only takes "
     "SuperLoRA adapters); it reuses TrainOptions, the sampling/augmentation, WarmupCosine, the AdamW groups and "
     "evaluate(), and leaves out only what a single-process CPU run without a run folder does not use: the "
-    "Accelerator wrapper (a no-op on one CPU process), checkpoints, events and the run folder.",
+    "Accelerator wrapper (a no-op on one CPU process), checkpoints, events and the run folder. It runs on the CPU "
+    "only, the study's device.",
     "A non-finite loss ends the run with status 'nonfinite', as train() does (train() also restores the last good "
     "weights, which a benchmark row does not need).",
     "Adapter seeds: the run seed also seeds PEFT's fixed random parts (VeRA and RandLoRA projection_prng_key, "
     "FourierFT random_loc_seed, TinyLoRA projection_seed, Uni-LoRA proj_seed; VB-LoRA draws from the global RNG "
     "seeded by the run seed), as the study's seed drives SuperLoRA's own factor init and projections.",
+    "As in train(), weight decay (0.01) applies to every adapter parameter, so it also pulls VeRA's lambda_b and "
+    "RandLoRA's gamma (initialised at 1 and 1/576, not 0) slightly towards 0.",
 )
 
 
@@ -456,6 +458,8 @@ def plan_markdown(model: str, layers: Sequence[Layer], planned: Sequence[Planned
     if skipped:
         lines += ["", "Study points that cannot be built on whole-qkv targets:", ""]
         lines += [f"- {text}" for text in skipped]
+    lines += ["", "How a PEFT run differs from the study's `train()`:", ""]
+    lines += [f"- {text}" for text in PROTOCOL_DIFFERENCES]
     return "\n".join(lines) + "\n"
 
 
@@ -546,6 +550,8 @@ def train_peft(model: str, train_set, val_set, make_config: Callable[[int], Any]
     from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
 
     options.validate()
+    if options.device == "cuda":
+        raise ConfigError("train_peft runs on the CPU only (the study's device); use device='cpu'")
     classes = list(train_set.classes)
     set_seed(options.seed % 2**32)  # as train(): before the head and the adapter are initialised
     base = build_base(model, len(classes))
@@ -762,7 +768,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--study-budgets", action="store_true",
                    help=f"add the whole-qkv counts of the Pareto study's points below {STUDY_LIMIT:,} parameters")
     p.add_argument("--superlora", action="store_true",
-                   help="run: also train the study's SuperLoRA points below the limit on whole-qkv targets")
+                   help="run: also train the study's SuperLoRA points below the limit on whole-qkv targets "
+                        "(--quick: the smallest one)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--lrs", nargs="+", type=float, default=list(DEFAULT_LRS))
     p.add_argument("--steps", type=int, default=pareto.STEPS)
@@ -797,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--quick never writes into benchmarks/results; give another --out")
         task_specs = {"inspection": pareto.QUICK_TASKS["inspection"]}
         methods, budgets, seeds, lrs, steps, batch = QUICK_METHODS, [QUICK_BUDGET], args.seeds[:1], args.lrs[:1], 3, 8
-        sl_points = []
+        sl_points = sorted(sl_points, key=lambda p: p.count)[:1]  # --superlora: the smallest SuperLoRA point
     else:
         out = args.out or RESULTS
         task_specs = {name: pareto.TASKS[name] for name in args.tasks}

@@ -175,6 +175,18 @@ def test_quick_run_writes_finite_rows_and_a_second_start_skips_them(tiny_model, 
     assert "2 runs on file, 0 to run" in capsys.readouterr().out
     assert path.read_text() == before
 
+    # --superlora adds the smallest SuperLoRA point on the same whole-qkv targets, trained by train() itself
+    smallest = min(pb.superlora_points(str(tiny_model))[0], key=lambda p: p.count)
+    assert pb.main(["--quick", "--superlora", "--model", str(tiny_model), "--out", str(out)]) == 0
+    assert "2 runs on file, 1 to run" in capsys.readouterr().out
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert path.read_text().startswith(before) and len(rows) == 3
+    added = rows[-1]
+    assert added["method"] == f"{smallest.method} (qkv)" and added["family"] == smallest.family
+    assert int(added["adapter_params"]) == smallest.count and '"targets":["qkv"]' in added["config"]
+    assert added["status"] == "ok" and math.isfinite(float(added["accuracy"])) and added["setup"] == rows[0]["setup"]
+
 
 def test_quick_refuses_to_write_into_the_committed_results():
     with pytest.raises(SystemExit, match="never writes"):
