@@ -217,7 +217,7 @@ def _candidates(method: str, budget: int, layers: Sequence[Layer]) -> list[tuple
         else:
             found.append(({"n_frequency": 1, "scaling": FOURIERFT_SCALING}, ()))
     elif method == "vblora":
-        common = [d for d in _divisors(math.gcd(*[g for l in layers for g in (l.in_features, l.out_features)]))]
+        common = _divisors(math.gcd(*[g for l in layers for g in (l.in_features, l.out_features)]))
         for r in range(1, VBLORA_MAX_RANK + 1):
             for length in common:
                 per_vector = length + sum(r * (l.in_features + l.out_features) // length for l in layers)
@@ -346,11 +346,6 @@ def superlora_points(model: str = DEFAULT_MODEL, limit: int = STUDY_LIMIT) -> tu
         if n < limit:
             points.append(SuperLoRAPoint(p.family, p.method, p.budget, config, n))
     return points, skipped
-
-
-def study_budgets(model: str = DEFAULT_MODEL) -> list[int]:
-    """The distinct whole-qkv counts of the study's SuperLoRA points below STUDY_LIMIT."""
-    return sorted({p.count for p in superlora_points(model)[0]})
 
 
 # ---------------------------------------------------------------------------------------------------- plan
@@ -652,7 +647,10 @@ def run_job(job: Job, setup, layers: Sequence[Layer], threads: int | None = None
     if job.peft_match is not None:
         m = job.peft_match
         outcome = train_peft(setup.model, train_set, val_set, lambda seed: peft_config(m, seed), options)
-        expected, config = job.peft_match.count, {"peft": job.peft_match.method, **job.peft_match.settings}
+        import peft
+
+        expected = m.count
+        config = {"peft": m.method, "peft_version": peft.__version__, "targets": [TARGET], **m.settings}
     else:
         outcome = train_superlora(setup.model, train_set, val_set, job.superlora, options)
         expected, config = job.superlora.count, job.superlora.config.to_dict()
@@ -786,8 +784,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if any(b < 1 for b in args.budgets):
         raise SystemExit("--budgets must be positive numbers of parameters")
-    budgets = sorted(set(args.budgets) | (set(study_budgets(args.model)) if args.study_budgets else set()))
+    if any(not lr > 0 for lr in args.lrs):
+        raise SystemExit("--lrs must be positive learning rates, e.g. --lrs 0.004 0.016")
     sl_points, skipped = superlora_points(args.model) if (args.study_budgets or args.superlora) else ([], [])
+    budgets = sorted(set(args.budgets) | ({p.count for p in sl_points} if args.study_budgets else set()))
 
     if args.command == "plan":
         layers, planned = plan(args.model, budgets, args.methods, measure_files=not args.no_file_sizes)
