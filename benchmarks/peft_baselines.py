@@ -444,6 +444,14 @@ def plan_markdown(model: str, layers: Sequence[Layer], planned: Sequence[Planned
         lines.append(f"| {m.name} | {shown} | smallest: {m.describe()} | over budget ({p.peft_adapter:,}) | "
                      f"{p.fixed_values:,} | {p.saved_bytes:,} |")
         index += len(below)
+    configs = {(p.match.method, p.match.key) for p in planned if fits(p.match)}
+    standard_configs = {(p.match.method, p.match.key) for p in planned if fits(p.match)
+                        and p.match.budget in STANDARD_BUDGETS}
+    lrs = len(DEFAULT_LRS)
+    lines += ["", f"Distinct configs that fit: {len(configs)} ({len(standard_configs)} at the issue's budgets). "
+              f"A per-point lr sweep ({lrs} lrs, seed 0) and seeds 1 and 2 at the chosen lr on both tasks is "
+              f"{(lrs + 2) * 2} runs of 100 steps per config: {(lrs + 2) * 2 * len(standard_configs):,} runs at the "
+              f"issue's budgets, {(lrs + 2) * 2 * len(configs):,} with every budget above."]
     if sl_points:
         lines += ["", f"SuperLoRA points of the Pareto study on the same whole-`{TARGET}` targets (below "
                   f"{STUDY_LIMIT:,} parameters; `count_parameters`): their counts are the study budgets above.", "",
