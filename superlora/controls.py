@@ -21,6 +21,7 @@ from torch import nn
 from superlora.config import FOLDS, GROUPINGS, PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, PROJECTIONS, \
     SuperLoRAConfig, preset
 from superlora.counting import ParameterCount
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_STEPS
 from superlora.errors import ConfigError, SuperLoRAError
 from superlora.targets import resolve_targets, resolve_trainable
 
@@ -124,15 +125,19 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
 )
 
 TRAINING_CONTROLS: tuple[Control, ...] = (
-    Control("steps", "int", "Steps", "optimizer steps of the run", 150, 1, 2000, 1),
+    Control("steps", "int", "Steps", "optimizer steps of the run", DEFAULT_STEPS, 1, 2000, 1),
     Control("epochs", "int", "Epochs (0 = use steps)", "passes over the training images", 0, 0, 50, 1,
             short="Epochs"),
-    Control("lr", "float", "Learning rate (adapter)", "AdamW learning rate of the adapter factors", 3e-3, 0.0, None,
-            short="Learning rate"),
-    Control("batch_size", "int", "Batch size", "images per optimizer step (the global batch)", 32, 1, 128, 1),
+    Control("lr", "float", "Learning rate (adapter)", "AdamW learning rate of the adapter factors (unused by "
+            "head-only)", DEFAULT_LR, 0.0, None, short="Learning rate"),
+    Control("batch_size", "int", "Batch size", "images per optimizer step (the global batch)", DEFAULT_BATCH_SIZE,
+            1, 128, 1),
     Control("good_class", "choice", "Good (defect-free) class", "the class of defect-free parts: counts missed "
             "defects (defects predicted good) and false alarms (good parts flagged)", AUTO_GOOD_CLASS,
             choices=(AUTO_GOOD_CLASS,)),
+    # Last, so that the studio's /train inputs before it keep their positions.
+    Control("head_lr", "float", "Learning rate (head)", "AdamW learning rate of the classifier head, trained in "
+            "full beside the adapter", DEFAULT_HEAD_LR, 0.0, None, short="Head learning rate"),
 )
 
 ADAPTER_NAMES = tuple(c.name for c in ADAPTER_CONTROLS)

@@ -270,6 +270,9 @@ class DeltaExplorer:
 class TrainingPanel:
     """Runs `superlora.train.train` in a background thread with a progress bar, a Stop button and live curves.
 
+    `lr` and `head_lr` are the learning-rate boxes (built from `superlora.controls`); a run takes `options` (default
+    `TrainOptions()`) with those two rates.
+
     The Stop button calls `StopSignal.request()`; training ends at the next step and reports "stopped".
     `start()` returns at once; `wait()` blocks until the run ends and returns its TrainResult (re-raising any
     error). `train_fn` (default `superlora.train.train`) is called with the same arguments as `train`; tests pass
@@ -295,13 +298,17 @@ class TrainingPanel:
         self.progress = w.IntProgress(value=0, min=0, max=1, description="step", bar_style="info",
                                       layout=w.Layout(width="420px"))
         self.status = w.HTML("ready")
+        # The learning rates, from the controls' one description; they start at `options`' values.
+        self.lr, self.head_lr = (control_widget(CONTROLS[name], getattr(options, name, CONTROLS[name].default))
+                                 for name in ("lr", "head_lr"))
         self.start_button = w.Button(description="Train", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.curves = go.FigureWidget(curves_figure([]))
         self.confusion = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.start_button, self.stop_button, self.progress]), self.status,
+        self.widget = w.VBox([w.HBox([self.lr, self.head_lr]),
+                              w.HBox([self.start_button, self.stop_button, self.progress]), self.status,
                               self.curves, self.confusion])
 
     # ------------------------------------------------------------------ control
@@ -313,17 +320,17 @@ class TrainingPanel:
         """Start training in a background thread (a second call while running does nothing)."""
         if self.running:
             return
-        from superlora.train import StopSignal, train
+        from superlora.train import StopSignal, TrainOptions, train
 
         train_fn = self._train_fn or train
+        rates = dict(lr=float(self.lr.value), head_lr=float(self.head_lr.value))
+        options = self.options.replace(**rates) if self.options is not None else TrainOptions(**rates)
         self.events, self.result, self.exception = [], None, None
         self.stop_signal = StopSignal()
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.progress.value, self.progress.bar_style = 0, "info"
         self.status.value = "starting…"
-        kwargs: dict[str, Any] = dict(callbacks=(self.handle,), stop=self.stop_signal)
-        if self.options is not None:
-            kwargs["options"] = self.options
+        kwargs: dict[str, Any] = dict(options=options, callbacks=(self.handle,), stop=self.stop_signal)
 
         def run() -> None:
             try:

@@ -175,7 +175,7 @@ def _train_tab(page: Page) -> None:
     controls = page.controls
     with gr.Tab("3 · Train", id="train"):
         with gr.Row():
-            for name in ("steps", "epochs", "lr", "batch_size"):
+            for name in ("steps", "epochs", "lr", "head_lr", "batch_size"):
                 controls[name] = _component(CONTROLS[name])
         controls["good_class"] = _good_class_control()
         with gr.Row():
