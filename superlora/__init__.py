@@ -1,10 +1,10 @@
 """SuperLoRA: parameter-efficient adaptation of many layers from a few small factored tensors.
 
-Public API: `SuperLoRAConfig`, `preset`, `get_superlora_model`, `SuperLoRAModel`, `count_parameters`, and the
+Public API: `SuperLoRAConfig`, `preset` (and `HEAD_ONLY`, the method without an adapter), `get_superlora_model`, `SuperLoRAModel`, `count_parameters`, and the
 error types. See README.md and docs/ for the method and the product around it.
 """
 
-from superlora.config import PRESETS, SuperLoRAConfig, preset
+from superlora.config import HEAD_ONLY, METHODS, PRESETS, SuperLoRAConfig, preset
 from superlora.counting import ParameterCount, count_parameters
 from superlora.errors import CheckpointError, ConfigError, DataError, SuperLoRAError
 from superlora.model import SuperLoRAModel, get_superlora_model
@@ -12,6 +12,8 @@ from superlora.model import SuperLoRAModel, get_superlora_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "HEAD_ONLY",
+    "METHODS",
     "PRESETS",
     "CheckpointError",
     "ConfigError",

@@ -14,6 +14,9 @@ from typing import Any, Union
 from superlora.errors import ConfigError
 
 PER_TARGET = "per-target"
+# The method with no adapter: only the classifier head trains (the baseline every adapter must beat). Its config has
+# no targets; an empty target list is valid only under this name, so a forgotten list never trains nothing silently.
+HEAD_ONLY = "head-only"
 GROUPINGS = ("contiguous", "layer")
 FOLDS = ("native", "stack", "auto")
 FACTORINGS = ("lora", "tucker", "full", "hadamard")
@@ -78,6 +81,11 @@ class SuperLoRAConfig:
         _validate(self)
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def head_only(self) -> bool:
+        """No adapter at all: only the trainable modules (the classifier head) train."""
+        return not self.targets
+
     @property
     def fold_order(self) -> int:
         """The order M of each group's folded tensor."""
@@ -153,10 +161,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _validate_head_only(c: SuperLoRAConfig) -> None:
+    """A head-only config adapts nothing, so every adapter field must keep its default (the seed aside)."""
+    if c.targets:
+        raise _fail("targets", c.targets, f"the {HEAD_ONLY!r} method adapts no weights",
+                    "leave targets out, or choose an adapter preset such as 'lora'")
+    defaults = SuperLoRAConfig()
+    for name in (f.name for f in dataclasses.fields(c)):
+        if name not in ("targets", "seed", "name") and getattr(c, name) != getattr(defaults, name):
+            raise _fail(name, getattr(c, name), f"the {HEAD_ONLY!r} method has no adapter for it to set",
+                        "leave it out, or choose an adapter preset such as 'lora'")
+
+
 def _validate(c: SuperLoRAConfig) -> None:
     """Raise ConfigError naming the field, the value and a valid alternative for the first problem found."""
+    if c.name == HEAD_ONLY:
+        _validate_head_only(c)
+        return
     if not c.targets or not all(isinstance(t, str) and t.strip() for t in c.targets):
-        raise _fail("targets", c.targets, "needs at least one module name or pattern", 'e.g. targets=("q", "v")')
+        raise _fail("targets", c.targets, "needs at least one module name or pattern",
+                    f'e.g. targets=("q", "v"), or preset("{HEAD_ONLY}") to train the classifier head alone')
     if len(set(c.targets)) != len(c.targets):
         raise _fail("targets", c.targets, "lists a target twice", "list each name once")
 
@@ -246,15 +270,21 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "superlora-2d": "SuperLoRA 2D: all updates reshaped into square matrices, one low-rank factor pair per group",
     "lorta": "LoRTA: all updates folded into order-M tensors, Tucker per group",
     "lonkr": "LoNKr: Kronecker product of K small low-rank pieces per group",
+    HEAD_ONLY: "Head only: no adapter, only the classifier head trains (the baseline every adapter must beat)",
 }
+# Every method a user can pick: the adapter presets, then head-only (no adapter, so not in PRESETS, which the
+# budget figure and the per-preset tests walk as adapters).
+METHODS: tuple[str, ...] = (*PRESETS, HEAD_ONLY)
 
 
 def preset(name: str, **overrides: Any) -> SuperLoRAConfig:
-    """A config for a known method; keyword overrides change any field, e.g. preset("lora", rank=8)."""
+    """A config for a known method; keyword overrides change any field, e.g. preset("lora", rank=8).
+
+    preset("head-only") is the config without an adapter (no targets; only the seed may be given)."""
     key = name.lower().replace("_", "-")
-    if key not in PRESETS:
-        raise ConfigError(f"preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
-    settings = {**PRESETS[key], "name": key}
+    if key not in METHODS:
+        raise ConfigError(f"preset {name!r} is unknown; choose one of {', '.join(METHODS)}")
+    settings = {**PRESETS.get(key, {"targets": ()}), "name": key}
     settings.update(overrides)
     return SuperLoRAConfig(**settings)
 

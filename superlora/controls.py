@@ -18,9 +18,10 @@ from typing import Any
 
 from torch import nn
 
-from superlora.config import FOLDS, GROUPINGS, PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, PROJECTIONS, \
+from superlora.config import FOLDS, GROUPINGS, HEAD_ONLY, METHODS, PER_TARGET, PRESET_DESCRIPTIONS, PROJECTIONS, \
     SuperLoRAConfig, preset
 from superlora.counting import ParameterCount
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_STEPS
 from superlora.errors import ConfigError
 from superlora.targets import target_names
 
@@ -91,7 +92,7 @@ class Control:
 ADAPTER_CONTROLS: tuple[Control, ...] = (
     Control("preset_name", "choice", "Method (preset)", "the method to start from; choosing one sets groups, "
             "grouping, fold, order, splits, factoring, projection, ratio and shuffle to its values",
-            DEFAULT_PRESET, choices=tuple(PRESETS)),
+            DEFAULT_PRESET, choices=METHODS),
     Control("rank", "int", "Rank r", "r, the rank of every factor: more rank, more parameters", 4, 1, 64, 1,
             field="rank"),
     Control("alpha", "float", "α (scale numerator; 0 = same as rank)", "scale numerator: the update is multiplied "
@@ -124,15 +125,19 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
 )
 
 TRAINING_CONTROLS: tuple[Control, ...] = (
-    Control("steps", "int", "Steps", "optimizer steps of the run", 150, 1, 2000, 1),
+    Control("steps", "int", "Steps", "optimizer steps of the run", DEFAULT_STEPS, 1, 2000, 1),
     Control("epochs", "int", "Epochs (0 = use steps)", "passes over the training images", 0, 0, 50, 1,
             short="Epochs"),
-    Control("lr", "float", "Learning rate (adapter)", "AdamW learning rate of the adapter factors", 3e-3, 0.0, None,
-            short="Learning rate"),
-    Control("batch_size", "int", "Batch size", "images per optimizer step (the global batch)", 32, 1, 128, 1),
+    Control("lr", "float", "Learning rate (adapter)", "AdamW learning rate of the adapter factors (unused by "
+            "head-only)", DEFAULT_LR, 0.0, None, short="Learning rate"),
+    Control("batch_size", "int", "Batch size", "images per optimizer step (the global batch)", DEFAULT_BATCH_SIZE,
+            1, 128, 1),
     Control("good_class", "choice", "Good (defect-free) class", "the class of defect-free parts: counts missed "
             "defects (defects predicted good) and false alarms (good parts flagged)", AUTO_GOOD_CLASS,
             choices=(AUTO_GOOD_CLASS,)),
+    # Last, so that the studio's /train inputs before it keep their positions.
+    Control("head_lr", "float", "Learning rate (head)", "AdamW learning rate of the classifier head, trained in "
+            "full beside the adapter", DEFAULT_HEAD_LR, 0.0, None, short="Head learning rate"),
 )
 
 ADAPTER_NAMES = tuple(c.name for c in ADAPTER_CONTROLS)
@@ -152,8 +157,8 @@ def preset_note(preset_name: str) -> str:
 
 
 def _check_preset(preset_name: Any) -> str:
-    if preset_name not in PRESETS:
-        raise ConfigError(f"preset {preset_name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    if preset_name not in METHODS:
+        raise ConfigError(f"preset {preset_name!r} is unknown; choose one of {', '.join(METHODS)}")
     return preset_name
 
 
@@ -216,8 +221,11 @@ def config_from_values(values: Mapping[str, Any], target_names: Mapping[str, str
     other keys are ignored. groups 0 (or "per-target") means one group per target weight; alpha empty or 0 means
     alpha = rank; LoTR's uncompressed mode is kept only while a piece is Tucker. `target_names` maps the target
     names a face offers to patterns (the studio's VIT_TARGETS); None takes the names as patterns. Raises
-    ConfigError whose message starts with the field (see FIELD_LABELS)."""
+    ConfigError whose message starts with the field (see FIELD_LABELS). Head-only has no adapter: its config
+    ignores every adapter control (the faces show them as not applicable)."""
     preset_name = _check_preset(values.get("preset_name", DEFAULT_PRESET))
+    if preset_name == HEAD_ONLY:
+        return preset(HEAD_ONLY, seed=_number("seed", values.get("seed") or 0, int))
     base = preset(preset_name)
     given = {**values_from_config(base), **{k: v for k, v in values.items() if v is not None or k == "alpha"}}
     factoring = given["factoring"]
@@ -282,7 +290,11 @@ def count_rows(count: ParameterCount) -> list[tuple[str, str]]:
 
 
 def count_sentence(count: ParameterCount, style: str = "markdown") -> str:
-    """The panel's last line: the adapter against LoRA r=1 on the same targets, and the update's size."""
+    """The panel's last line: the adapter against LoRA r=1 on the same targets, and the update's size (head-only:
+    that only the head trains)."""
+    if not count.targets:
+        return (f"No adapter: only the head's {count.trainable_module_parameters:,} parameters train, the baseline "
+                "every adapter must beat.")
     return (f"The adapter has {lora_r1_comparison(count.factor_vs_lora_r1, style)} LoRA r=1 on the same "
             f"{len(count.targets)} target matrices ({count.update_size:,} update entries, {len(count.groups)} "
             "group(s)).")

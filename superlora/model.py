@@ -54,10 +54,11 @@ class SuperLoRAModel(nn.Module):
         if trainable is None:
             trainable = default_trainable(model)
         self.trainable_modules = resolve_trainable(model, trainable)
-        first_weight = model.get_submodule(targets[0].module_name).weight
+        # Head-only has no targets and an empty adapter; its device does not matter.
+        device = model.get_submodule(targets[0].module_name).weight.device if targets else None
         adapter = SuperLoRAAdapter(plan, config)
         self.base_model = model
-        self.adapter = adapter.to(device=first_weight.device, dtype=torch.float32)
+        self.adapter = adapter.to(device=device, dtype=torch.float32)
         self.config = config
         self.targets = targets
         self.runtime = AdapterRuntime(self.adapter, config.scaling)

@@ -51,7 +51,8 @@ def default_run_name(model: str, adapter: Mapping[str, Any]) -> str:
     """A sortable, readable folder name: date-time, model, method and rank."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     model_name = Path(str(model)).name.replace(".", "-") or "model"
-    return f"{stamp}-{model_name}-{adapter.get('name', 'custom')}-r{_rank_text(adapter.get('rank', 1))}"
+    rank = f"-r{_rank_text(adapter.get('rank', 1))}" if adapter.get("targets", True) else ""  # head-only: no rank
+    return f"{stamp}-{model_name}-{adapter.get('name', 'custom')}{rank}"
 
 
 def spreadsheet_safe(value: Any) -> Any:
@@ -88,7 +89,10 @@ def _rank_text(rank: Any) -> str:
 
 
 def describe_adapter(adapter: Mapping[str, Any]) -> str:
-    """One line for an adapter config dict, e.g. "lorta r=4 G=1 M=3 rho=0.1 fastfood shuffle"."""
+    """One line for an adapter config dict, e.g. "lorta r=4 G=1 M=3 rho=0.1 fastfood shuffle"; a config without
+    targets is head-only: "head-only (no adapter)"."""
+    if not adapter.get("targets", True):
+        return f"{adapter.get('name', 'custom')} (no adapter)"
     parts = [str(adapter.get("name", "custom")), f"r={_rank_text(adapter.get('rank', 1))}",
              f"G={adapter.get('groups', 1)}"]
     if adapter.get("fold") == "auto":

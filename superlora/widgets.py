@@ -23,7 +23,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 from torch import Tensor, nn
 
-from superlora.config import PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, as_config
+from superlora.config import HEAD_ONLY, METHODS, PRESET_DESCRIPTIONS, SuperLoRAConfig, as_config
 from superlora.controls import CONTROLS, FACTORING_CHOICES, Control, config_from_values, format_count, \
     preset_values, target_choices, values_from_config
 from superlora.counting import ParameterCount, count_parameters
@@ -90,7 +90,7 @@ class ConfigPanel:
 
     config: a preset name or a config made by `preset(...)`; the controls start at its values, and the fields
     without a control (fold, factoring, alpha, seed) are the preset's (alpha and seed as the config has them).
-    Groups 0 means one group per target weight, as in the studio.
+    Groups 0 means one group per target weight, as in the studio. "head-only" (no adapter) greys out every knob.
     """
 
     def __init__(self, model: nn.Module, config: SuperLoRAConfig | str = "lora",
@@ -99,9 +99,9 @@ class ConfigPanel:
         self.trainable = tuple(trainable)
         self.max_rank = max_rank
         start = as_config(config)
-        if start.name not in PRESETS:
+        if start.name not in METHODS:
             raise ConfigError(f"ConfigPanel starts from a preset, but this config is {start.name!r}; pass a preset "
-                              f"name or preset(name, ...) with one of {', '.join(PRESETS)}")
+                              f"name or preset(name, ...) with one of {', '.join(METHODS)}")
         values = values_from_config(start)
         self._fixed = {"alpha": values["alpha"], "seed": values["seed"]}
         self._callbacks: list[Callable[[SuperLoRAConfig, ParameterCount], None]] = []
@@ -114,7 +114,7 @@ class ConfigPanel:
         self.controls = {name: control_widget(CONTROLS[name], values[name], maxima.get(name))
                          for name in PANEL_CONTROLS if name != "preset_name"}
         self.preset = control_widget(CONTROLS["preset_name"], start.name,
-                                     options=[(_preset_label(k), k) for k in PRESETS])
+                                     options=[(_preset_label(k), k) for k in METHODS])
         # Each control is also an attribute (panel.rank, panel.groups, ...), as notebooks use them.
         self.rank, self.groups, self.grouping, self.order, self.splits, self.ratio, self.shuffle = (
             self.controls[name] for name in PANEL_CONTROLS[1:])
@@ -143,7 +143,12 @@ class ConfigPanel:
         return [*self.controls.values(), *self.target_boxes.values()]
 
     def _apply_preset_rules(self, key: str) -> None:
-        """Grey out the knobs a preset's fold or factoring fixes (they would only produce a ConfigError)."""
+        """Grey out the knobs a preset's fold or factoring fixes (they would only produce a ConfigError); head-only
+        has no adapter, so it greys out every knob and target."""
+        for control in self._controls():
+            control.disabled = key == HEAD_ONLY
+        if key == HEAD_ONLY:
+            return
         values = preset_values(key)
         whole_weights = values["fold"] in ("native", "stack")
         factoring = FACTORING_CHOICES[values["factoring"]]
@@ -200,8 +205,9 @@ class ConfigPanel:
         self.config, self.count, self.error = config, count, None
         self.message.value = ""
         self.count_label.value = self.count_html(count)
-        show_figure(self.figure, budget_figure([t.shape for t in count.targets], config,
-                                               max_rank=max(self.max_rank, config.reference_rank)))
+        show_figure(self.figure, go.Figure() if config.head_only else  # no adapter, no budget to draw
+                    budget_figure([t.shape for t in count.targets], config,
+                                  max_rank=max(self.max_rank, config.reference_rank)))
         for callback in self._callbacks:
             callback(config, count)
 
@@ -270,6 +276,9 @@ class DeltaExplorer:
 class TrainingPanel:
     """Runs `superlora.train.train` in a background thread with a progress bar, a Stop button and live curves.
 
+    `lr` and `head_lr` are the learning-rate boxes (built from `superlora.controls`); a run takes `options` (default
+    `TrainOptions()`) with those two rates.
+
     The Stop button calls `StopSignal.request()`; training ends at the next step and reports "stopped".
     `start()` returns at once; `wait()` blocks until the run ends and returns its TrainResult (re-raising any
     error). `train_fn` (default `superlora.train.train`) is called with the same arguments as `train`; tests pass
@@ -295,13 +304,17 @@ class TrainingPanel:
         self.progress = w.IntProgress(value=0, min=0, max=1, description="step", bar_style="info",
                                       layout=w.Layout(width="420px"))
         self.status = w.HTML("ready")
+        # The learning rates, from the controls' one description; they start at `options`' values.
+        self.lr, self.head_lr = (control_widget(CONTROLS[name], getattr(options, name, CONTROLS[name].default))
+                                 for name in ("lr", "head_lr"))
         self.start_button = w.Button(description="Train", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.curves = go.FigureWidget(curves_figure([]))
         self.confusion = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.start_button, self.stop_button, self.progress]), self.status,
+        self.widget = w.VBox([w.HBox([self.lr, self.head_lr]),
+                              w.HBox([self.start_button, self.stop_button, self.progress]), self.status,
                               self.curves, self.confusion])
 
     # ------------------------------------------------------------------ control
@@ -313,17 +326,17 @@ class TrainingPanel:
         """Start training in a background thread (a second call while running does nothing)."""
         if self.running:
             return
-        from superlora.train import StopSignal, train
+        from superlora.train import StopSignal, TrainOptions, train
 
         train_fn = self._train_fn or train
+        rates = dict(lr=float(self.lr.value), head_lr=float(self.head_lr.value))
+        options = self.options.replace(**rates) if self.options is not None else TrainOptions(**rates)
         self.events, self.result, self.exception = [], None, None
         self.stop_signal = StopSignal()
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.progress.value, self.progress.bar_style = 0, "info"
         self.status.value = "starting…"
-        kwargs: dict[str, Any] = dict(callbacks=(self.handle,), stop=self.stop_signal)
-        if self.options is not None:
-            kwargs["options"] = self.options
+        kwargs: dict[str, Any] = dict(options=options, callbacks=(self.handle,), stop=self.stop_signal)
 
         def run() -> None:
             try:

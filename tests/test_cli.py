@@ -252,3 +252,32 @@ def test_csv_files_never_carry_a_live_spreadsheet_formula(tmp_path):
     RunFolder(tmp_path).write_skipped([Rejected('=HYPERLINK("x").png', "not an image"), Rejected("a.png", "empty")])
     rows = list(csv.reader((tmp_path / "skipped.csv").open()))
     assert rows == [["file", "reason"], ["'=HYPERLINK(\"x\").png", "not an image"], ["a.png", "empty"]]
+
+
+def test_head_only_counts_trains_lists_predicts_and_exports(capsys, workspace, tmp_path):
+    code, out, _ = run_cli(capsys, "count", "--model", workspace / "model", "--preset", "head-only", "--json")
+    assert code == 0
+    counted = json.loads(out)
+    assert counted["adapter"] == 0 and counted["trainable_modules"] == 32 * 3 + 3 and counted["groups"] == []
+    code, _, err = run_cli(capsys, "count", "--model", workspace / "model", "--preset", "head-only", "--rank", "4")
+    assert code == 1 and one_error_line(err).startswith("superlora: error: rank=4: the 'head-only' method has no "
+                                                        "adapter")
+
+    run = tmp_path / "runs" / "probe"
+    code, out, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model", "--preset",
+                             "head-only", "--steps", "3", "--batch-size", "8", "--head-lr", "0.02", "--output", run)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["adapter"]["name"] == "head-only" and config["adapter"]["targets"] == []
+    assert config["options"]["head_lr"] == 0.02
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "done" and record["parameters"]["adapter"] == 0 and record["parameters"]["head"] == 99
+
+    code, out, _ = run_cli(capsys, "runs", tmp_path / "runs")
+    assert code == 0 and "head-only (no adapter)" in out.splitlines()[-1]
+    image = workspace / "data" / "red" / "000.png"
+    code, out, _ = run_cli(capsys, "predict", run, image, "--top-k", "3")
+    assert code == 0 and len(out.strip().split(": ")[1].split(", ")) == 3
+    code, out, err = run_cli(capsys, "export", run, "--format", "adapter", "merged", "--output", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter", "merged"]

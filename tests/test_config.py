@@ -93,3 +93,24 @@ def test_presets_have_the_documented_settings():
     lokr = preset("lokr")
     assert (lokr.splits, lokr.piece_factorings) == (2, ("full", "lora"))
     assert preset("loha").factoring == "hadamard"
+
+
+def test_head_only_is_a_method_without_an_adapter_asked_for_by_name():
+    from superlora.config import HEAD_ONLY, METHODS
+
+    config = preset("head-only", seed=3)
+    assert (config.targets, config.head_only, config.name, config.seed) == ((), True, HEAD_ONLY, 3)
+    assert METHODS[-1] == HEAD_ONLY and HEAD_ONLY not in PRESETS  # PRESETS stays the adapter recipes
+    again = SuperLoRAConfig.from_json(config.to_json())
+    assert again == config and again.head_only and again.name == HEAD_ONLY
+    assert not preset("lora").head_only
+    # An empty target list is refused unless head-only was asked for by name, and says how to ask for it.
+    with pytest.raises(ConfigError, match=r"targets=\(\).*preset\(\"head-only\"\)"):
+        SuperLoRAConfig(targets=())
+    # Head-only sets no adapter field: giving one is a clear error, not silently ignored.
+    with pytest.raises(ConfigError, match=r"^targets=\('q',\): the 'head-only' method adapts no weights"):
+        preset("head-only", targets=("q",))
+    with pytest.raises(ConfigError, match=r"^rank=4: the 'head-only' method has no adapter"):
+        preset("head-only", rank=4)
+    with pytest.raises(ConfigError, match=r"^shuffle=True: the 'head-only' method"):
+        config.replace(shuffle=True)

@@ -99,7 +99,7 @@ def test_field_labels_name_the_control_of_each_field():
         "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
         "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ", "shuffle": "Shuffle",
         "uncompressed_modes": "Method (preset)", "steps": "Steps", "epochs": "Epochs", "lr": "Learning rate",
-        "batch_size": "Batch size", "good_class": "Good (defect-free) class"}
+        "batch_size": "Batch size", "good_class": "Good (defect-free) class", "head_lr": "Head learning rate"}
 
 
 def test_values_from_config_refuses_what_no_control_shows():
@@ -149,3 +149,19 @@ def test_one_rule_compares_with_lora_r1_in_every_style():
     assert lora_r1_comparison(1.06) == "**1.1×** fewer parameters than"
     with pytest.raises(ConfigError, match="style='latex'"):
         format_count(count_parameters(TwoLayerMLP(), preset("lora", targets=("fc1",))), "latex")
+
+
+def test_head_only_is_offered_and_ignores_the_adapter_controls():
+    from superlora.config import HEAD_ONLY
+
+    assert CONTROLS["preset_name"].contains(HEAD_ONLY) and CONTROLS["preset_name"].choices[-1] == HEAD_ONLY
+    # Whatever the adapter controls hold (even no targets), head-only is the config without an adapter.
+    values = {"preset_name": HEAD_ONLY, **preset_values("lorta"), "rank": 8, "alpha": 4, "targets": [], "seed": 2}
+    assert config_from_values(values, VIT_TARGETS) == preset(HEAD_ONLY, seed=2)
+    assert config_from_values({"preset_name": HEAD_ONLY}).head_only
+    count = count_parameters(tiny_vit(), config_from_values(values, VIT_TARGETS))
+    text = format_count(count, "text")
+    assert text.splitlines()[0].split()[-1] == "0"  # adapter parameters
+    assert text.splitlines()[-1] == "No adapter: only the head's 75 parameters train, the baseline every adapter " \
+                                    "must beat."
+    assert "<b>adapter parameters: 0</b>" in format_count(count, "html")

@@ -132,3 +132,17 @@ def test_gaussian_projection_too_large_is_a_config_error(vit_base_meta):
     model = timm.create_model("vit_small_patch16_224")
     with pytest.raises(ConfigError, match="fastfood"):
         get_superlora_model(model, preset("superlora-2d", projection="gaussian", ratio=0.5))
+
+
+def test_head_only_counts_no_adapter_parameters_and_the_whole_head():
+    model = tiny_vit()
+    head = sum(p.numel() for p in model.head.parameters())
+    count = count_parameters(model, "head-only")
+    assert (count.adapter, int(count), count.update_size, count.lora_r1, count.groups, count.targets) == \
+        (0, 0, 0, 0, (), ())
+    assert count.trainable_module_parameters == count.total_trainable == head == 3 * 24 + 3
+    assert count.adapter_bytes == 0
+    wrapped = get_superlora_model(model, "head-only")
+    assert wrapped.num_trainable_parameters(include_trainable_modules=False) == 0
+    assert sum(p.numel() for p in wrapped.parameters() if p.requires_grad) == head
+    assert wrapped.delta_weights() == {}

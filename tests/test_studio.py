@@ -708,6 +708,50 @@ def test_uploads_are_deduplicated_limited_and_every_error_leaves_no_copies(tmp_p
         sessions.close_all()
 
 
+
+def test_head_only_counts_zero_greys_out_the_adapter_controls_trains_and_exports(tiny_model, tmp_path):  # noqa: F811
+    from types import SimpleNamespace
+
+    from superlora.controls import PRESET_CONTROL_NAMES
+    from superlora.studio import CONTROL_NAMES, SessionStore, count_endpoint, export_model, load_data, train_model
+    from superlora.studio.model_tab import USER_CONTROL_NAMES, preset_controls, show_count
+
+    head_only = ["head-only", *COUNT_VALUES[1:]]  # the adapter controls keep LoRA's values: they are ignored
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        updates = preset_controls("head-only")
+        assert len(updates) == len(PRESET_CONTROL_NAMES) + len(USER_CONTROL_NAMES) + 1
+        assert all(update["interactive"] is False for update in updates[:-1]) and "Head only" in updates[-1]
+        assert all(update["interactive"] is True for update in preset_controls("lora")[:-1])
+        load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
+                  sessions, request)
+        values = dict(zip(CONTROL_NAMES, [str(tiny_model), *head_only]))
+        counted = count_endpoint(values, sessions, request)
+        assert counted["adapter"] == 0 and counted["trainable_modules"] == 32 * 2 + 2
+        assert counted["config"]["name"] == "head-only" and counted["config"]["targets"] == []
+        panel, error = show_count(values, sessions, request)
+        assert error == "" and "| **adapter parameters** | **0** |" in panel and "No adapter" in panel
+        *_, (status, *_) = train_model(run_values(str(tiny_model), *head_only, 3, 0, 0.01, 4, "auto", 0.02),
+                                       sessions, request)
+        assert status.startswith("**Done** after 3 steps")
+        result = sessions.peek("tab").result
+        assert result.model.config.head_only and result.model.num_trainable_parameters(False) == 0
+        options = json.loads((sessions.peek("tab").run_dir / "config.json").read_text())["options"]
+        assert options["head_lr"] == 0.02
+        files = export_model(["adapter", "merged"], sessions, request)
+        assert sorted(Path(f).name for f in files) == ["superlora-adapter.zip", "superlora-merged.zip"]
+    finally:
+        sessions.close_all()
+
+
+def test_the_train_inputs_default_to_superlora_defaults(client):
+    from superlora import defaults
+
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    parameters = {p["parameter_name"]: p["parameter_default"] for p in named["/train"]["parameters"]}
+    assert (parameters["lr"], parameters["head_lr"], parameters["steps"], parameters["batch_size"]) == \
+        (defaults.DEFAULT_LR, defaults.DEFAULT_HEAD_LR, defaults.DEFAULT_STEPS, defaults.DEFAULT_BATCH_SIZE)
+
 def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: F811
     from types import SimpleNamespace
 

@@ -324,3 +324,52 @@ def test_frozen_batch_norm_statistics_do_not_move_during_training():
     assert result.steps == 4
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_head_only_trains_the_head_alone_and_its_run_loads_predicts_and_exports(tmp_path):
+    from superlora.export import export
+
+    train_set, val_set = colour_split(per_class=4)
+    model = tiny_vit()
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not name.startswith("head.")}
+    head = {name: p.detach().clone() for name, p in model.head.named_parameters()}
+    log = EventLog()
+    run = tmp_path / "run"
+    result = train(model, train_set, val_set, "head-only", TrainOptions(steps=3, output_dir=str(run), **FAST),
+                   callbacks=[log])
+
+    assert result.steps == 3 and result.model.config.head_only
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["parameters"]["adapter"] == 0 and record["parameters"]["head"] == 3 * 32 + 3
+    base = result.model.base_model
+    assert all(torch.equal(p, frozen[name]) for name, p in base.named_parameters() if not name.startswith("head."))
+    assert all(not torch.equal(p, head[name]) for name, p in base.head.named_parameters())
+    # There is no adapter rate to report; the head's own rate is the one that ran.
+    assert [e.metrics["lr"] for e in log.of("step")] == [0.0] * 3
+    assert all(e.metrics["head_lr"] > 0 for e in log.of("step"))
+
+    reloaded = SuperLoRAModel.from_pretrained(tiny_vit(), run / "adapter").eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(reloaded(images), result.model.eval()(images))
+    written = export(reloaded, tmp_path / "exported", ["adapter", "merged"], classes=train_set.classes)
+    assert sorted(p.name for p in written["adapter"].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (written["merged"] / "model.safetensors").is_file()
+
+
+def test_head_only_on_a_model_without_a_head_is_refused():
+    from torch import nn
+
+    from superlora.train.optim import build_optimizer
+
+    class NoHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.body(x)
+
+    wrapped = SuperLoRAModel(NoHead(), preset("head-only"))
+    with pytest.raises(ConfigError, match="nothing to train: the config has no adapter"):
+        build_optimizer(wrapped, TrainOptions(steps=1), 1)

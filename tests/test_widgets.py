@@ -92,6 +92,22 @@ def test_config_panel_starts_from_a_preset(model):
         ConfigPanel(model, SuperLoRAConfig(rank=2))
 
 
+
+def test_config_panel_offers_head_only_with_every_knob_greyed_out_and_no_adapter(model):
+    panel = ConfigPanel(model, "lora")
+    assert "head-only" in [value for _, value in panel.preset.options]
+    panel.preset.value = "head-only"
+    assert panel.config == preset("head-only") and panel.count.adapter == 0
+    assert panel.count.trainable_module_parameters == sum(p.numel() for p in model.head.parameters())
+    assert "<b>adapter parameters: 0</b>" in panel.count_label.value and "No adapter" in panel.count_label.value
+    assert all(control.disabled for control in (*panel.controls.values(), *panel.target_boxes.values()))
+    assert panel.figure.data == ()  # no budget to draw without an adapter
+    panel.preset.value = "lora"
+    assert not panel.rank.disabled and not panel.target_boxes["q"].disabled
+    assert panel.config == preset("lora", targets=("q", "v")) and _shown(panel) == panel.count.adapter > 0
+    started = ConfigPanel(model, "head-only")
+    assert started.config.head_only and started.rank.disabled
+
 def test_config_panel_controls_come_from_the_control_description(model):
     panel = ConfigPanel(model, preset("lorta", alpha=8.0, seed=3), max_rank=12)
     for name in ("order", "splits"):

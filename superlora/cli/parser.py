@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from superlora.config import FACTORINGS, FOLDS, GROUPINGS, PER_TARGET, PRESETS, PROJECTIONS
 from superlora.controls import ADAPTER_CONTROLS, TRAINING_CONTROLS
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_HEAD_LR, DEFAULT_LR
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -90,8 +91,9 @@ ADAPTER_SYNTAX: dict[str, tuple[Any, str | None, str]] = {
     "shuffle": (None, None, ""),
     "targets": (_patterns, "NAME[,NAME...]", "names or patterns, comma-separated; default q,v"),
 }
-# TrainOptions' defaults, written out so that building the parser does not import the training stack.
-TRAINING_NOTES = {"epochs": "3", "steps": "overrides --epochs", "batch_size": "32", "lr": "3e-3",
+# TrainOptions' defaults, from superlora.defaults (which, unlike the training stack, imports nothing).
+TRAINING_NOTES = {"epochs": f"{DEFAULT_EPOCHS}", "steps": "overrides --epochs", "batch_size": f"{DEFAULT_BATCH_SIZE}",
+                  "lr": f"{DEFAULT_LR:g}", "head_lr": f"{DEFAULT_HEAD_LR:g}",
                   "good_class": "default: the class named ok, good, pass or normal"}
 
 
@@ -116,7 +118,6 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     for control in TRAINING_CONTROLS:
         opts.add_argument(control.flag, type={"int": int, "float": float}.get(control.kind, str),
                           help=f"{control.help} ({TRAINING_NOTES[control.name]})")
-    opts.add_argument("--head-lr", type=float, help="head learning rate (1e-3)")
     opts.add_argument("--weight-decay", type=float, help="AdamW weight decay (0.01)")
     opts.add_argument("--warmup", type=_warmup, help="warm-up: fraction (<1) or steps (0.05)")
     opts.add_argument("--grad-clip", type=float, help="gradient norm clip, 0 to disable (1.0)")

@@ -260,6 +260,8 @@ def plan_adapter(target_shapes: Sequence[tuple[int, int]], config: SuperLoRAConf
     """Compute the full plan of an adapter for targets of the given (rows, cols) shapes."""
     shapes = tuple((int(r), int(c)) for r, c in target_shapes)
     if not shapes:
+        if config.head_only:
+            return AdapterPlan(target_shapes=(), groups=(), shuffle=False)  # no adapter: nothing to plan
         raise ConfigError("the adapter has no targets; check the targets field")
     sizes = [r * c for r, c in shapes]
     projected = config.projection != "none"

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from superlora.base_models import DEFAULT_MODEL, load_model
-from superlora.config import PRESET_DESCRIPTIONS, PRESETS
+from superlora.config import METHODS, PRESET_DESCRIPTIONS
 from superlora.controls import CONTROLS, PRESET_CONTROL_NAMES, Control, preset_note
 from superlora.data import LABEL_MODES, SAMPLES
 from superlora.errors import ConfigError
@@ -27,7 +27,8 @@ from superlora.studio.endpoints import session_endpoint, user_errors, with_param
 from superlora.studio.export_tab import EXPORT_CHOICES, export_help, export_model, export_report
 from superlora.studio.inspect_tab import inspect_deltas
 from superlora.studio.model_tab import CONTROL_NAMES, architecture_choices, count_endpoint, describe_model, \
-    model_choices, preset_controls, preset_settings, show_count, show_figures, upload_checkpoint, warm_up
+    USER_CONTROL_NAMES, model_choices, preset_controls, preset_settings, show_count, show_figures, upload_checkpoint, \
+    warm_up
 from superlora.studio.sessions import SessionStore, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
 from superlora.studio.train_tab import TRAIN_INPUT_NAMES, check_training, good_class_choices, \
@@ -98,7 +99,7 @@ def _component(control: Control, **options: Any) -> Any:
 def _adapter_controls(page: Page) -> None:
     """Method, targets and the adapter's settings (`superlora.controls.ADAPTER_CONTROLS`), as ADAPTER_ROWS."""
     controls = page.controls
-    methods = [(f"{name} — {PRESET_DESCRIPTIONS[name].split(':')[0]}", name) for name in PRESETS]
+    methods = [(f"{name} — {PRESET_DESCRIPTIONS[name].split(':')[0]}", name) for name in METHODS]
     controls["preset_name"] = _component(CONTROLS["preset_name"], choices=methods)
     page.preset_note = gr.Markdown(preset_note(CONTROLS["preset_name"].default))
     for row in ADAPTER_ROWS:
@@ -175,7 +176,7 @@ def _train_tab(page: Page) -> None:
     controls = page.controls
     with gr.Tab("3 · Train", id="train"):
         with gr.Row():
-            for name in ("steps", "epochs", "lr", "batch_size"):
+            for name in ("steps", "epochs", "lr", "head_lr", "batch_size"):
                 controls[name] = _component(CONTROLS[name])
         controls["good_class"] = _good_class_control()
         with gr.Row():
@@ -252,8 +253,8 @@ def _wire_model_tab(app: gr.Blocks, page: Page, sessions: SessionStore, bind: Ca
           show_progress="hidden", trigger_mode="always_last", api_name=False).then(
         drawn, controls, [page.budget_plot, page.layout_plot], show_progress="hidden", trigger_mode="always_last",
         api_name=False)
-    preset_name.input(preset_controls, [preset_name], [*page.inputs(PRESET_CONTROL_NAMES), page.preset_note],
-                      api_name=False, queue=False)
+    preset_name.input(preset_controls, [preset_name], [*page.inputs((*PRESET_CONTROL_NAMES, *USER_CONTROL_NAMES)),
+                                                       page.preset_note], api_name=False, queue=False)
     gr.Button(visible=False).click(user_errors(preset_settings), [preset_name], [page.count_json], api_name="preset")
     model.change(bind(describe_model), [model], [page.model_note], queue=False, api_name=False)
     app.load(counted, controls, [page.count_md, page.config_error], api_name=False).then(

@@ -20,7 +20,7 @@ from torch import nn
 from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
     list_models, load_model
-from superlora.config import SuperLoRAConfig
+from superlora.config import HEAD_ONLY, SuperLoRAConfig
 from superlora.controls import ADAPTER_NAMES, PRESET_CONTROL_NAMES, VIT_TARGETS, config_from_values, format_count, \
     preset_note, preset_values
 from superlora.counting import ParameterCount, count_parameters
@@ -129,11 +129,18 @@ def describe_model(model_name: str, sessions: SessionStore, request: gr.Request 
 CONTROL_NAMES = ("model_name", *ADAPTER_NAMES)
 
 
+# The adapter controls a preset leaves as the user set them; head-only greys them out with the others.
+USER_CONTROL_NAMES = ("rank", "alpha", "targets")
+
+
 def preset_controls(preset_name: str) -> list[Any]:
     """The page's preset change: the values of the controls the preset sets (PRESET_CONTROL_NAMES, in order), then
-    the preset's note (rank, α and targets stay as the user set them)."""
+    USER_CONTROL_NAMES (rank, α and targets stay as the user set them), then the preset's note. Head-only has no
+    adapter, so every adapter control is shown as not applicable (greyed out) until another method is chosen."""
     values = preset_values(preset_name)
-    return [*(values[name] for name in PRESET_CONTROL_NAMES), preset_note(preset_name)]
+    applicable = preset_name != HEAD_ONLY
+    return [*(gr.update(value=values[name], interactive=applicable) for name in PRESET_CONTROL_NAMES),
+            *(gr.update(interactive=applicable) for _ in USER_CONTROL_NAMES), preset_note(preset_name)]
 
 
 def preset_settings(preset_name: str) -> dict[str, Any]:
@@ -176,6 +183,8 @@ def show_figures(values: dict[str, Any], sessions: SessionStore, request: gr.Req
         found, layout = viz.model_plan(skeleton, config)
     except SuperLoRAError:
         return gr.update(), gr.update()
+    if config.head_only:  # no adapter: no budget to draw and no update entries to lay out
+        return None, None
     return (viz.budget_figure([t.shape for t in found], config),
             viz.layout_figure(layout, found, seed=config.seed, max_bins=LAYOUT_BINS))
 

@@ -21,8 +21,10 @@ STUDIO_CONFIG_VERSION = 1
 
 
 # The controls a settings file holds, by API name: all but the good class, whose choices follow each session's data.
-CONFIG_KEYS = (*CONTROL_NAMES, *(name for name in TRAINING_NAMES if name != "good_class"), "sample", "labels",
-               "top_k", "formats")
+# Controls added later come last, so the positions of the older inputs of /save_config and /load_config stay.
+ADDED_LATER = ("head_lr",)
+CONFIG_KEYS = (*CONTROL_NAMES, *(name for name in TRAINING_NAMES if name not in ("good_class", *ADDED_LATER)),
+               "sample", "labels", "top_k", "formats", *ADDED_LATER)
 
 
 def save_app_config(values: dict[str, Any], sessions: SessionStore, request: gr.Request | None) -> str:

@@ -24,6 +24,7 @@ from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, HUB_MODELS, MAX_CLASSES
 from superlora.config import SuperLoRAConfig
 from superlora.controls import AUTO_GOOD_CLASS, TRAINING_NAMES, VIT_TARGETS, config_from_values
+from superlora.defaults import DEFAULT_HEAD_LR
 from superlora.errors import CheckpointError, SuperLoRAError
 from superlora.report import validation_view
 from superlora.studio.data_tab import SPLIT_SEED, VAL_FRACTION
@@ -170,12 +171,14 @@ def train_model(values: dict[str, Any], sessions: SessionStore, request: gr.Requ
 
 
 def _train_options(values: dict[str, Any], output_dir: Path) -> Any:
-    """The TrainOptions of the training controls: epochs when set (not 0), else steps."""
+    """The TrainOptions of the training controls: epochs when set (not 0), else steps; a missing head lr (a caller
+    of the handler from before the control existed) is the default."""
     from superlora.train import TrainOptions
 
-    epochs = values["epochs"]
+    epochs, head_lr = values["epochs"], values.get("head_lr")
     return TrainOptions(epochs=int(epochs) if epochs else None, steps=None if epochs else int(values["steps"]),
-                        lr=float(values["lr"]), batch_size=int(values["batch_size"]),
+                        lr=float(values["lr"]), head_lr=DEFAULT_HEAD_LR if head_lr is None else float(head_lr),
+                        batch_size=int(values["batch_size"]),
                         good_class=good_class_option(values.get("good_class")), output_dir=str(output_dir))
 
 

@@ -124,7 +124,7 @@ class _Run:
         self.epoch_loss = [0.0, 0]  # sum of per-image losses and image count since the epoch began
         self.elapsed_before = 0.0  # seconds spent before a resume
         self.last_checkpoint_step: int | None = None
-        self.last_lr = self.options.lr
+        self.last_lr = self.options.lr if self.parameters["adapter"] else 0.0  # head-only has no adapter rate
         self.last_good: tuple[int, dict[str, Tensor]] = (0, clone_state(self.model.trainable_state_dict()))
         self.status = "running"
 
@@ -375,8 +375,8 @@ class _Run:
             self.step += 1
             session_steps += 1
             self.epoch_loss = [self.epoch_loss[0] + loss * count, self.epoch_loss[1] + count]
-            self.last_lr = lrs[0]
-            metrics = {"loss": loss, "lr": lrs[0], "head_lr": lrs[-1]}
+            self.last_lr = lrs[0] if self.parameters["adapter"] else 0.0  # head-only: no adapter rate
+            metrics = {"loss": loss, "lr": self.last_lr, "head_lr": lrs[-1]}
             if grad_norm is not None:
                 metrics["grad_norm"] = float(grad_norm)
             if self.run is not None:

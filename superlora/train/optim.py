@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from superlora.errors import ConfigError
 from superlora.model import SuperLoRAModel
 from superlora.train.options import TrainOptions
 
@@ -34,7 +35,7 @@ def build_optimizer(model: SuperLoRAModel, options: TrainOptions, total_steps: i
     """(optimizer, scheduler, adapter parameters, head parameters) for `model`.
 
     Adapter factors train at `options.lr`, the trainable modules (the head) at `options.head_lr`; biases and other
-    vectors get no weight decay.
+    vectors get no weight decay. A head-only config has no adapter factors, so only the head's groups exist.
     """
     adapter_params = list(model.adapter.parameters())
     head_params = [p for name in model.trainable_modules for p in model.base_model.get_submodule(name).parameters()]
@@ -43,6 +44,9 @@ def build_optimizer(model: SuperLoRAModel, options: TrainOptions, total_steps: i
         dict(params=[p for p in head_params if p.ndim >= 2], lr=options.head_lr, weight_decay=options.weight_decay),
         dict(params=[p for p in head_params if p.ndim < 2], lr=options.head_lr, weight_decay=0.0),
     ]
+    if not adapter_params and not head_params:
+        raise ConfigError("nothing to train: the config has no adapter (head-only) and the model has no trainable "
+                          "classifier head; choose an adapter preset such as 'lora', or a model with a head")
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
     scheduler = LambdaLR(optimizer, WarmupCosine(options.warmup_steps(total_steps), total_steps))
     return optimizer, scheduler, adapter_params, head_params

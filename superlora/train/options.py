@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_HEAD_LR, DEFAULT_LR
 from superlora.errors import ConfigError, SuperLoRAError
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ class TrainOptions:
     epochs / steps: run length; `steps` (optimizer steps) overrides `epochs` when both are given.
     batch_size: the GLOBAL batch: with N processes (`accelerate launch`) each takes batch_size / N images,
         so a run gives the same numbers on 1 or N processes.
-    lr / head_lr: AdamW learning rates of the adapter factors and of the trainable head.
+    lr / head_lr: AdamW learning rates of the adapter factors and of the trainable head (the defaults of all
+        fields that the faces show live in `superlora.defaults`). A head-only config has no adapter: `lr` is unused.
     weight_decay: AdamW decoupled weight decay on matrices (adapter factors, head weight), not on biases.
     warmup: linear warm-up before the cosine decay: a fraction of the run (< 1, e.g. 0.05) or a number of steps.
     grad_clip: clip the global gradient norm to this value (0 or None: no clipping).
@@ -62,11 +64,11 @@ class TrainOptions:
         named ok, good, pass or normal, if exactly one is; otherwise those two numbers are not counted).
     """
 
-    epochs: int | None = 3
+    epochs: int | None = DEFAULT_EPOCHS
     steps: int | None = None
-    batch_size: int = 32
-    lr: float = 3e-3
-    head_lr: float = 1e-3
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    head_lr: float = DEFAULT_HEAD_LR
     weight_decay: float = 0.01
     warmup: float | int = 0.05
     grad_clip: float | None = 1.0
