@@ -135,7 +135,8 @@ def _budget_box(page: Page) -> None:
             page.budget = gr.Number(1000, minimum=0, precision=0, label="Budget (adapter parameters on this model)",
                                     elem_id="budget")
             page.suggest_button = gr.Button("Suggest", elem_id="suggest")
-            page.suggestion_pick = gr.Dropdown([], value=None, label="Use this suggestion", elem_id="suggestion-pick")
+            page.suggestion_pick = gr.Dropdown([], value=None, label="Use this suggestion", elem_id="suggestion-pick",
+                                               allow_custom_value=True)  # choices vary per session; the handler checks
         page.suggestion_note = gr.Markdown(elem_id="suggestion-note")
         page.suggestion_table = gr.Dataframe(headers=SUGGESTION_HEADERS, interactive=False, elem_id="suggestions",
                                              label="Suggestions: exact count here, accuracy the study measured")
