@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -132,6 +133,65 @@ def test_count_reads_alpha_and_groups_0_as_the_studio_does_and_prints_the_shared
     count = count_parameters(create_meta_model("vit_base_patch16_224"), preset("lorta", rank=4))
     assert code == 0 and out.endswith(format_count(count, "text") + "\n")
     assert out.splitlines()[-1].startswith("The adapter has 12.4x fewer parameters than LoRA r=1")  # 36,864 / 2,968
+
+
+def test_suggest_prints_the_library_suggestions_with_counts_and_measured_accuracy(capsys):
+    from superlora import suggest
+
+    code, out, _ = run_cli(capsys, "suggest", "--budget", "3000")
+    assert code == 0
+    library = suggest("superlora-default", 3000)
+    lines = out.splitlines()
+    assert lines[0] == ("model superlora-default | budget 3,000 adapter parameters | ranked by the mean accuracy "
+                        "over digits and inspection")
+    header = lines[2].split()
+    assert header[:4] == ["#", "method", "budget", "parameters"]
+    rows = lines[3:3 + len(library)]
+    for rank, (row, s) in enumerate(zip(rows, library), start=1):
+        cells = [c for c in re.split(r"\s{2,}", row.strip())]
+        assert cells[:4] == [str(rank), s.method, s.budget_label, f"{s.parameters:,}"]
+        assert int(cells[3].replace(",", "")) <= 3000
+        assert cells[4] == f"{100 * s.measured[0].mean:.1f} ± {100 * s.measured[0].sd:.1f} (n={s.measured[0].seeds})"
+    assert lines[3 + len(library)] == ""
+    assert lines[-1].startswith(f"train #1: superlora train DATA --model superlora-default --preset "
+                                f"{library[0].config.name}")
+
+    code, out, _ = run_cli(capsys, "suggest", "--budget", "500", "--task", "digits", "--limit", "0", "--json")
+    found = json.loads(out)["suggestions"]
+    assert code == 0 and found == [s.as_dict() for s in suggest("superlora-default", 500, task="digits", limit=None)]
+    assert all(s["parameters"] <= 500 and list(s["measured"]) == ["digits"] for s in found)
+
+
+@pytest.mark.parametrize("argv, expected, status", [
+    (["--budget", "30"], "superlora: error: budget=30: no configuration of the study fits; the smallest on this "
+                         "model is LoRTA M=5 ρ=0.01 r=1 with 31 adapter parameters; raise the budget to at least "
+                         "31", 1),
+    (["--budget", "-5"], "superlora: error: budget=-5: must be 0 or more adapter parameters, e.g. budget=1000", 1),
+    (["--budget", "100", "--task", "cifar"], "superlora: error: task='cifar': the study measured digits, "
+                                             "inspection; choose one, or none for all", 1),
+    (["--budget", "lots"], "superlora suggest: error: argument --budget: invalid int value: 'lots' "
+                           "(see superlora suggest --help)", 2),
+])
+def test_suggest_errors_are_one_line(capsys, argv, expected, status):
+    try:
+        code, _, err = run_cli(capsys, "suggest", *argv)
+    except SystemExit as exited:  # argparse: a malformed command line
+        code, err = exited.code, capsys.readouterr().err
+    assert code == status and one_error_line(err) == expected
+
+
+def test_the_printed_train_flags_rebuild_every_study_config():
+    from superlora import preset
+    from superlora.cli import adapter_config, build_parser
+    from superlora.cli.commands import config_flags
+    from superlora.study import load_study
+
+    for point in load_study():
+        args = build_parser().parse_args(["count", *config_flags(point.config)])
+        assert adapter_config(args) == point.config, point.method
+    custom = preset("lorta", rank=(2, 3, 4), fold=(48, 48, 192), alpha=2.0, shuffle=True, seed=5).replace(name="x")
+    args = build_parser().parse_args(["count", *config_flags(custom)])
+    assert adapter_config(args) == custom
 
 
 def test_train_runs_predict_export_rerun_and_resume(capsys, workspace, tmp_path):

@@ -15,13 +15,13 @@ MAX_FUNCTION_LINES = 80
 # Lower layers never import higher ones (docs/architecture.md, "Layers"). Same-layer imports are allowed.
 LAYERS = {
     "errors": 0, "files": 0, "defaults": 0,
-    "config": 1, "base_models": 1, "data": 1, "runs": 1,
+    "config": 1, "base_models": 1, "data": 1, "runs": 1, "study": 1,
     "functional": 2, "targets": 2,
     "counting": 3, "adapter": 3,
     "layers": 4,
     "model": 5,
     "": 6,  # the package root (superlora/__init__.py): the public API
-    "inference": 6, "export": 6, "viz": 6, "controls": 6,
+    "inference": 6, "export": 6, "viz": 6, "controls": 6, "suggestions": 6,
     "train": 7,
     "diffusion": 8, "report": 8,
     "cli": 9, "widgets": 9, "studio": 9, "__main__": 9,

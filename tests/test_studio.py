@@ -41,8 +41,9 @@ from studio_helpers import (UPLOAD_LIMIT_MB, class_folder_zip, colour_image, cor
                             tiny_model, upload)
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMED_ENDPOINTS = ("/preset", "/count_parameters", "/upload_checkpoint", "/use_sample", "/load_data", "/train", "/stop",
-                   "/inspect", "/predict", "/export", "/save_config", "/load_config", "/validation", "/report")
+NAMED_ENDPOINTS = ("/preset", "/count_parameters", "/suggest", "/use_suggestion", "/upload_checkpoint", "/use_sample",
+                   "/load_data", "/train", "/stop", "/inspect", "/predict", "/export", "/save_config", "/load_config",
+                   "/validation", "/report")
 REPORT_SECTIONS = ("summary", "data", "model", "training", "curves", "per-class", "quality", "confusion", "mistakes",
                    "reproduce")
 pytestmark = pytest.mark.slow
@@ -123,6 +124,20 @@ def test_count_parameters_is_the_library_count_on_the_chosen_model(client, tiny_
     assert vit_b["lora_r1"] == 24 * (768 + 768)
     assert vit_b["base_model"] == sum(p.numel() for p in skeleton.parameters())
     assert vit_b["config"]["targets"] == ["q", "v"]
+
+
+def test_the_budget_box_suggests_within_the_budget_and_a_pick_sets_the_counted_controls(client):
+    from superlora import suggest
+    from superlora.controls import ADAPTER_NAMES
+
+    table, picks, note = client.predict("superlora-default", 500, api_name="/suggest")
+    library = suggest("superlora-default", 500, limit=len(table["data"]))
+    assert [row[1:4] for row in table["data"]] == [[s.method, s.budget_label, s.parameters] for s in library]
+    assert all(row[3] <= 500 for row in table["data"]) and note.startswith(f"**#1 {library[0].label}**")
+    values = client.predict("superlora-default", 500, library[1].label, api_name="/use_suggestion")
+    controls = dict(zip(ADAPTER_NAMES, values))
+    count = client.predict(**controls, model_name="superlora-default", api_name="/count_parameters")
+    assert count["adapter"] == library[1].parameters and count["config"]["name"] == library[1].config.name
 
 
 @pytest.mark.parametrize("name", ["lora", "loha", "lokr", "lotr", "superlora-2d", "lorta", "lonkr"])

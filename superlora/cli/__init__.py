@@ -1,9 +1,10 @@
-"""The `superlora` command line: train, count, predict, export, runs, models.
+"""The `superlora` command line: train, count, suggest, predict, export, runs, report, models.
 
     superlora train DATA [--model NAME] [--preset lora --rank 4 ...] [--epochs 3] [--output runs/my-run]
     superlora train --config runs/my-run/config.json      re-run a saved run (flags override its values)
     superlora train --resume runs/my-run                   continue an interrupted run
     superlora count --model vit_base_patch16_224 --preset lora --rank 1
+    superlora suggest --budget 1000 [--model NAME] [--task digits] [--json]   the study's best within a budget
     superlora predict runs/my-run image1.png image2.png [--top-k 3]
     superlora export runs/my-run --output exported/ [--format adapter merged onnx]
     superlora runs [runs/]

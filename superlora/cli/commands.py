@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from superlora.cli.parser import ADAPTER_FIELDS, OPTION_FLAGS
-from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, SuperLoRAConfig, preset
+from superlora.config import PER_TARGET, PRESET_DESCRIPTIONS, PRESETS, SuperLoRAConfig, preset
 from superlora.controls import PER_TARGET_GROUPS, format_count
 from superlora.errors import ConfigError
 
@@ -331,5 +332,71 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_value(value: Any, field: str) -> str:
+    if isinstance(value, tuple):
+        return ("x" if field == "fold" else ",").join(map(str, value))
+    return str(value)
+
+
+def config_flags(config: SuperLoRAConfig) -> list[str]:
+    """The adapter flags that rebuild `config`: its preset, then every field that differs from the preset's."""
+    name = config.name if config.name in PRESETS else "custom"
+    base = SuperLoRAConfig() if name == "custom" else preset(name)
+    flags = ["--preset", name]
+    for field in (*ADAPTER_FIELDS, "seed"):
+        value = getattr(config, field)
+        if value == getattr(base, field):
+            continue
+        if field == "shuffle":
+            flags.append("--shuffle" if value else "--no-shuffle")
+        else:
+            flag = "--adapter-seed" if field == "seed" else "--" + field.replace("_", "-")
+            flags += [flag, "0" if field == "alpha" and value is None else _flag_value(value, field)]
+    return flags
+
+
+def suggestions_table(model_name: str, budget: int, found: Sequence[Any]) -> str:
+    """What `superlora suggest` prints: one row per suggestion with its exact count and the study's accuracy."""
+    tasks = [m.task for m in found[0].measured]
+    header = ("#", "method", "budget", "parameters", *(f"{t}, %" for t in tasks), "lr")
+    rows = [(str(i), s.method, s.budget_label, f"{s.parameters:,}",
+             *(f"{100 * m.mean:.1f} ± {100 * m.sd:.1f} (n={m.seeds})" for m in s.measured),
+             "/".join(dict.fromkeys(f"{m.lr:g}" for m in s.measured)))
+            for i, s in enumerate(found, start=1)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    numeric = {0, 3}
+    lines = [f"model {model_name} | budget {budget:,} adapter parameters | ranked by "
+             + (f"the mean accuracy over {' and '.join(tasks)}" if len(tasks) > 1 else f"accuracy on {tasks[0]}"),
+             ""]
+    lines += ["  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
+              .rstrip() for row in [header, *rows]]
+    best = found[0]
+    how = "train the classifier head alone"
+    if best.config is not None:
+        lrs = {m.lr for m in best.measured}
+        flags = [*config_flags(best.config), *(["--lr", f"{lrs.pop():g}"] if len(lrs) == 1 else [])]
+        how = f"superlora train DATA --model {shlex.quote(model_name)} {' '.join(map(shlex.quote, flags))}"
+    return "\n".join([*lines, "",
+                      "parameters: exact adapter count on this model; accuracy: the Pareto study's validation "
+                      "accuracy (mean ± sd over n seeds, at the lr it chose) on its own model and tasks "
+                      "(docs/benchmarks.md)",
+                      f"#1: {best.why}", f"train #1: {how}"])
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from superlora.suggestions import suggest
+
+    model_name = args.model or _default_model()
+    if args.limit < 0:
+        _fail(f"--limit {args.limit}: give how many to list, or 0 for every configuration that fits")
+    found = suggest(model_name, budget=args.budget, task=args.task, targets=args.targets, limit=args.limit or None)
+    if args.json:
+        print(json.dumps({"model": model_name, "budget": args.budget, "suggestions": [s.as_dict() for s in found]},
+                         indent=2, ensure_ascii=False))
+        return 0
+    print(suggestions_table(model_name, args.budget, found))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "count": cmd_count, "predict": cmd_predict, "export": cmd_export,
-            "runs": cmd_runs, "report": cmd_report, "models": cmd_models}
+            "runs": cmd_runs, "report": cmd_report, "models": cmd_models, "suggest": cmd_suggest}

@@ -186,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--good-class", help="count missed defects and false alarms with this class as the good one")
 
     commands.add_parser("models", help="list the models offered by name")
+    _add_suggest_parser(commands)
     return parser
+
+
+def _add_suggest_parser(commands: Any) -> None:
+    suggest = commands.add_parser("suggest", help="the study's adapters that fit a parameter budget, best measured "
+                                                  "first (no weights loaded)",
+                                  description="Count every configuration of the Pareto study (docs/benchmarks.md) "
+                                              "exactly on the model; list those within the budget, ranked by the "
+                                              "accuracy the study measured.")
+    suggest.add_argument("--budget", type=int, required=True, help="most adapter parameters on this model")
+    _add_model_arg(suggest)
+    suggest.add_argument("--task", help="rank by one study task, digits or inspection (default: the mean of both)")
+    suggest.add_argument("--targets", type=_patterns, metavar="NAME[,NAME...]",
+                         help="adapt these targets instead of the study's q,v (counts change, accuracies do not)")
+    suggest.add_argument("--limit", type=int, default=5, help="how many to list (5; 0 lists every one that fits)")
+    suggest.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -10,15 +10,15 @@ Modules, bottom up:
   memory budget for images), `StudioLimits`, `HeartbeatWatch` (which sessions a page is connected to).
 - `endpoints`: handlers as Gradio endpoints (`session_endpoint`, `with_parameters`) and errors as messages
   (`user_errors`).
-- one module per tab's handlers: `model_tab` (model list, live count and figures, uploaded weights), `data_tab`,
-  `train_tab` (training and the kept run's validation results), `inspect_tab`, `try_tab`, `export_tab` (downloads
-  and the report); `settings_file` (save or load all settings as JSON).
+- one module per tab's handlers: `model_tab` (model list, live count and figures, the budget box, uploaded
+  weights), `data_tab`, `train_tab` (training and the kept run's validation results), `inspect_tab`, `try_tab`,
+  `export_tab` (downloads and the report); `settings_file` (save or load all settings as JSON).
 - `layout`: the page (`build_app`), one function per tab's components and one per tab's events.
 - `server`: `launch`.
 
-Named API endpoints (see docs/studio.md): `preset`, `count_parameters`, `use_sample`, `load_data`,
-`upload_checkpoint`, `train`, `validation`, `stop`, `inspect`, `predict`, `export`, `report`, `save_config`,
-`load_config`. Sessions, limits and clean-up are described in `sessions` and docs/studio.md.
+Named API endpoints (see docs/studio.md): `preset`, `count_parameters`, `suggest`, `use_suggestion`,
+`use_sample`, `load_data`, `upload_checkpoint`, `train`, `validation`, `stop`, `inspect`, `predict`, `export`,
+`report`, `save_config`, `load_config`. Sessions, limits and clean-up are described in `sessions` and docs/studio.md.
 """
 
 from superlora.studio.data_tab import load_data, use_sample, validation_picks
@@ -28,6 +28,7 @@ from superlora.studio.inspect_tab import inspect_deltas
 from superlora.studio.layout import build_app
 from superlora.studio.model_tab import CONTROL_NAMES, count_endpoint, describe_model, model_choices, \
     preset_controls, preset_settings, show_count, show_figures, upload_checkpoint
+from superlora.studio.model_tab import apply_suggestion, show_suggestions
 from superlora.studio.server import launch
 from superlora.studio.sessions import HeartbeatWatch, Session, SessionStore, StudioError, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
@@ -39,6 +40,8 @@ __all__ = [
     "CONFIG_KEYS",
     "CONTROL_NAMES",
     "TRAIN_INPUT_NAMES",
+    "apply_suggestion",
+    "show_suggestions",
     "HeartbeatWatch",
     "Session",
     "SessionStore",

@@ -18,7 +18,7 @@ import gradio as gr
 
 from superlora.base_models import DEFAULT_MODEL, load_model
 from superlora.config import METHODS, PRESET_DESCRIPTIONS
-from superlora.controls import CONTROLS, PRESET_CONTROL_NAMES, Control, preset_note
+from superlora.controls import ADAPTER_NAMES, CONTROLS, PRESET_CONTROL_NAMES, Control, preset_note
 from superlora.data import LABEL_MODES, SAMPLES
 from superlora.errors import ConfigError
 from superlora.report import CLASS_TABLE_HEADERS
@@ -29,6 +29,7 @@ from superlora.studio.inspect_tab import inspect_deltas
 from superlora.studio.model_tab import CONTROL_NAMES, architecture_choices, count_endpoint, describe_model, \
     USER_CONTROL_NAMES, model_choices, preset_controls, preset_settings, show_count, show_figures, upload_checkpoint, \
     warm_up
+from superlora.studio.model_tab import SUGGESTION_HEADERS, apply_suggestion, show_suggestions
 from superlora.studio.sessions import SessionStore, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
 from superlora.studio.train_tab import TRAIN_INPUT_NAMES, check_training, good_class_choices, \
@@ -119,12 +120,27 @@ def _model_tab(page: Page, models: list[tuple[str, str]], default_model: str, ex
                 page.count_md = gr.Markdown(elem_id="count-panel")
                 page.count_json = gr.JSON(visible=False, label="result")
                 page.budget_plot = gr.Plot(label="Budget: adapter parameters against rank", elem_id="budget-plot")
+        _budget_box(page)
         page.layout_plot = gr.Plot(label="Layout: which group produces each update entry", elem_id="layout-plot")
         with gr.Accordion("Save or load all settings (JSON)", open=False):
             with gr.Row():
                 page.save_config = gr.Button("Save settings")
                 page.load_config = gr.UploadButton("Load settings…", file_types=[".json"], type="filepath")
                 page.config_file = gr.File(label="Settings file", type="filepath", interactive=False)
+
+
+def _budget_box(page: Page) -> None:
+    """Choose by budget: the study's configurations that fit, best measured first; picking one sets the controls."""
+    with gr.Accordion("Choose by budget: the study's best adapters within a parameter count", open=True):
+        with gr.Row():
+            page.budget = gr.Number(1000, minimum=0, precision=0, label="Budget (adapter parameters on this model)",
+                                    elem_id="budget")
+            page.suggest_button = gr.Button("Suggest", elem_id="suggest")
+            page.suggestion_pick = gr.Dropdown([], value=None, label="Use this suggestion", elem_id="suggestion-pick",
+                                               allow_custom_value=True)  # choices vary per session; the handler checks
+        page.suggestion_note = gr.Markdown(elem_id="suggestion-note")
+        page.suggestion_table = gr.Dataframe(headers=SUGGESTION_HEADERS, interactive=False, elem_id="suggestions",
+                                             label="Suggestions: exact count here, accuracy the study measured")
 
 
 def _data_tab(page: Page) -> None:
@@ -264,7 +280,18 @@ def _wire_model_tab(app: gr.Blocks, page: Page, sessions: SessionStore, bind: Ca
                                    [page.count_json], api_name="count_parameters")
     page.checkpoint.upload(bind(upload_checkpoint), [page.checkpoint, page.checkpoint_arch],
                            [model, page.model_note], api_name="upload_checkpoint")
+    _wire_budget_box(page, bind)
     return counted
+
+
+def _wire_budget_box(page: Page, bind: Callable) -> None:
+    """Suggest fills the table and the choices (`/suggest`); picking one sets every adapter control
+    (`/use_suggestion`), and the controls' change events recount."""
+    model = page.controls["model_name"]
+    page.suggest_button.click(bind(show_suggestions), [model, page.budget],
+                              [page.suggestion_table, page.suggestion_pick, page.suggestion_note], api_name="suggest")
+    page.suggestion_pick.input(bind(apply_suggestion), [model, page.budget, page.suggestion_pick],
+                               [*page.inputs(ADAPTER_NAMES), page.preset_note], api_name="use_suggestion")
 
 
 def _wire_data_tab(page: Page, bind: Callable, counted: Callable) -> None:

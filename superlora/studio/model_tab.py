@@ -1,4 +1,4 @@
-"""The Model & adapter tab's handlers: the model list, the live parameter count and figures, uploaded weights.
+"""The Model & adapter tab's handlers: the model list, the live count and figures, choosing by budget, uploads.
 
 Counting needs shapes only, so it runs on the model's skeleton on the `meta` device (cached per model and class
 count) and answers in milliseconds even for ViT-L. The figures take longer and wait for the controls to settle.
@@ -22,11 +22,13 @@ from superlora.base_models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, 
     list_models, load_model
 from superlora.config import HEAD_ONLY, SuperLoRAConfig
 from superlora.controls import ADAPTER_NAMES, PRESET_CONTROL_NAMES, VIT_TARGETS, config_from_values, format_count, \
-    preset_note, preset_values
+    preset_note, preset_values, values_from_config
 from superlora.counting import ParameterCount, count_parameters
 from superlora.errors import SuperLoRAError
 from superlora.studio.endpoints import friendly_message
 from superlora.studio.sessions import Session, SessionStore, StudioError
+from superlora.study import STUDY_TASKS
+from superlora.suggestions import Suggestion, suggest
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,51 @@ def count_endpoint(values: dict[str, Any], sessions: SessionStore, request: gr.R
     config, _, count = count_for_controls(values, sessions.get(request))
     return {**count.as_dict(), "config": config.to_dict()}
 
+
+
+# ---------------------------------------------------------------------------------------------- choose by budget
+SUGGESTIONS_SHOWN = 8  # rows of the budget table
+SUGGESTION_HEADERS = ["#", "method", "budget", "adapter parameters", *(f"{t}, %" for t in STUDY_TASKS), "study lr"]
+
+
+def _suggestions(model_name: str, budget: Any, session: Session) -> list[Suggestion]:
+    if budget is None or budget == "":
+        raise StudioError("Budget: type the most adapter parameters you want to train, e.g. 1000")
+    whole = int(budget) if isinstance(budget, float) and budget.is_integer() else budget
+    return suggest(_counting_model(model_name, session), budget=whole, limit=SUGGESTIONS_SHOWN)
+
+
+def _accuracy_cell(suggestion: Suggestion, task: str) -> str:
+    found = [m for m in suggestion.measured if m.task == task]
+    return f"{100 * found[0].mean:.1f} ± {100 * found[0].sd:.1f} (n={found[0].seeds})" if found else "–"
+
+
+def show_suggestions(model_name: str, budget: float | None, sessions: SessionStore, request: gr.Request | None
+                     ) -> tuple[list[list[Any]], Any, str]:
+    """The Budget box's Suggest: the study's configurations whose exact count on this model fits the budget, best
+    measured first (table rows), the same as choices to pick from, and a note on what the numbers are."""
+    found = _suggestions(model_name, budget, sessions.get(request))
+    rows = [[rank, s.method, s.budget_label, s.parameters, *(_accuracy_cell(s, t) for t in STUDY_TASKS),
+             "/".join(dict.fromkeys(f"{m.lr:g}" for m in s.measured))] for rank, s in enumerate(found, start=1)]
+    choices = [(f"#{rank} {s.label} · {s.parameters:,} parameters", s.label) for rank, s in enumerate(found, start=1)]
+    note = (f"**#1 {found[0].label}**: {found[0].why}. Parameters are exact on this model; accuracies are what the "
+            "Pareto study measured on its own model and tasks (mean ± sd over seeds, docs/benchmarks.md). Pick one "
+            "below to set the controls.")
+    return rows, gr.update(choices=choices, value=None), note
+
+
+def apply_suggestion(model_name: str, budget: float | None, choice: str | None, sessions: SessionStore,
+                     request: gr.Request | None) -> list[Any]:
+    """Picking a suggestion: every adapter control (ADAPTER_NAMES, in order) set to its config, then the preset's
+    note. The suggestions are recomputed from the model and budget, so the page keeps no list."""
+    found = {s.label: s for s in _suggestions(model_name, budget, sessions.get(request))}
+    if choice not in found:
+        raise StudioError(f"Suggestion: {choice!r} does not fit this budget on this model; press Suggest again")
+    config = found[choice].config
+    if config is None:
+        raise StudioError("Suggestion: training the head alone is not a choice of these controls yet")
+    values = values_from_config(config)
+    return [*(values[name] for name in ADAPTER_NAMES), preset_note(config.name)]
 
 
 def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, request: gr.Request | None
