@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -62,6 +60,8 @@ for _path in (ROOT, ROOT / "benchmarks"):
 # The study's data split, setup fingerprint and defaults: shared with benchmarks/pareto.py so that both sets of
 # rows come from the very same images and settings.
 import pareto  # noqa: E402
+from study.pool import run_until_done  # noqa: E402
+from study.store import ResultsTable  # noqa: E402
 from superlora.errors import ConfigError  # noqa: E402
 from superlora.files import atomic_write  # noqa: E402
 
@@ -475,30 +475,11 @@ def results_path(out: Path, task: str) -> Path:
     return Path(out) / f"peft_baselines_{task}.csv"
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ConfigError(f"{path} does not have the columns of this script's results; move it away")
-        return [dict(row) for row in reader]
+TABLE = ResultsTable(COLUMNS, ints=(), floats=())  # rows stay text, as written
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, str, int, str]:
     return (row["task"], row["method"], row["config_hash"], int(row["seed"]), pareto.lr_text(float(row["lr"])))
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Add one row; the whole file is rewritten through a temporary file and a rename."""
-    path = Path(path)
-    old = path.read_text() if path.is_file() else ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    writer.writerow({name: row[name] for name in COLUMNS})
-    atomic_write(path, lambda tmp: Path(tmp).write_text(old + buffer.getvalue()))
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -547,8 +528,9 @@ def train_peft(model: str, train_set, val_set, make_config: Callable[[int], Any]
     from torch.optim.lr_scheduler import LambdaLR
 
     from superlora.data import ImageClassificationDataset, build_transforms
-    from superlora.inference import input_config
-    from superlora.train.loop import WarmupCosine, _keep_frozen_norms_eval
+    from superlora.base_models import data_config as input_config
+    from superlora.train.optim import WarmupCosine
+    from superlora.train.prepare import keep_frozen_norms_eval
     from superlora.train.metrics import evaluate
     from superlora.train.sampling import AugmentedImages, StepBatches, steps_per_epoch
 
@@ -581,7 +563,7 @@ def train_peft(model: str, train_set, val_set, make_config: Callable[[int], Any]
     trainable = adapter_params + head_params
 
     peft_model.train()
-    _keep_frozen_norms_eval(peft_model)
+    keep_frozen_norms_eval(peft_model)
     step, epoch_loss = 0, [0.0, 0]
     for images, labels in loader:
         logits = peft_model(images)
@@ -710,46 +692,35 @@ def make_jobs(tasks: Sequence[str], layers: Sequence[Layer], methods: Sequence[s
     return jobs
 
 
-def _worker_init(threads: int) -> None:
-    pareto._worker_init(threads)
-
-
 def run_study(jobs: Sequence[Job], setup, out: Path, layers: Sequence[Layer], workers: int, threads: int) -> int:
-    """Run every job without a row yet; returns how many ran."""
+    """Run every job without a row yet (`study.pool.run_until_done`); returns how many ran."""
     out.mkdir(parents=True, exist_ok=True)
-    tasks = sorted({job.task for job in jobs})
     done = set()
-    for task in tasks:
-        rows = read_rows(results_path(out, task))
+    for task in sorted({job.task for job in jobs}):
+        rows = TABLE.read(results_path(out, task))
         other = {r["setup"] for r in rows} - {setup.fingerprint(task)}
         if other:
             raise SystemExit(f"{results_path(out, task)} holds runs of another setup (model weights, steps, batch, "
                              "head lr or data differ); continue with the same options, or choose a new --out")
         done |= {row_key(r) for r in rows}
+    started, finished = time.monotonic(), 0
     todo = [job for job in jobs if job.key() not in done]
     print(f"{len(done)} runs on file, {len(todo)} to run", flush=True)
-    started, finished = time.monotonic(), 0
+
+    def pending() -> tuple[int, list[tuple[Any, ...]]]:
+        calls = [(job, setup, layers) for job in todo if job.key() not in done]
+        return len(done), calls
 
     def record(job: Job, row: dict[str, Any]) -> None:
         nonlocal finished
-        append_row(results_path(out, job.task), row)
+        TABLE.append(results_path(out, job.task), row)
+        done.add(job.key())
         finished += 1
         shown = f"{row['accuracy']:.2%}" if row["status"] == "ok" else row["status"]
         print(f"[{finished}/{len(todo)}] {job.describe()}: {shown}, {row['adapter_params']:,} params, "
               f"{row['seconds']:.0f} s; {time.monotonic() - started:.0f} s so far", flush=True)
 
-    if workers <= 1:
-        for job in todo:
-            record(job, run_job(job, setup, layers, threads))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = {pool.submit(run_job, job, setup, layers): job for job in todo}
-            for future in as_completed(futures):
-                record(futures[future], future.result())
+    run_until_done(pending, run_job, record, workers, threads)
     return finished
 
 
