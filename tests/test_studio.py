@@ -599,7 +599,7 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
     app, url = studio
     limits = app.sessions.limits
     clients = [Client(url, verbose=False) for _ in range(4)]
-    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4, "auto"]  # ..., batch_size, good_class
+    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4, "auto", 0.01]  # ..., batch_size, good_class, head_lr
     try:
         for client in clients[:3]:
             load_colours(client, tmp_path, ("red", "blue"), per_class=6)  # 10 training images
@@ -623,7 +623,7 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
         full = r"The training queue is full: 1 runs are waiting for a slot \(at most 1, --max-queued-jobs\)"
         with pytest.raises(ValidationError, match=full):
             clients[3].predict(steps=3, batch_size=4, api_name="/train")
-        event, detail = call_route(url, "train", [*raw_train[:-5], 3, 0, 0.01, 4, "auto"])
+        event, detail = call_route(url, "train", [*raw_train[:-6], 3, 0, 0.01, 4, "auto", 0.01])
         assert event == "http 422" and re.search(full, detail[14]["message"])
         for client in clients[:2]:
             client.predict(api_name="/stop")
