@@ -1,0 +1,65 @@
+"""benchmarks/default_lr.py: the configs it trains are the studio's, and the shipped pair is chosen by minimax regret."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from superlora.config import HEAD_ONLY, METHODS
+from superlora.controls import ADAPTER_CONTROLS, VIT_TARGETS, config_from_values, preset_values
+from superlora.defaults import DEFAULT_HEAD_LR, DEFAULT_LR
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "default_lr.py"
+
+
+@pytest.fixture(scope="module")
+def dl():
+    spec = importlib.util.spec_from_file_location("default_lr_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(task, method, lr, head_lr, accuracy, seed=0):
+    return dict(task=task, method=method, lr=lr, head_lr=head_lr, seed=seed, steps=150, adapter_params=10,
+                best_accuracy=accuracy, final_accuracy=accuracy, final_val_loss=1.0, seconds=1.0)
+
+
+def test_each_method_is_trained_as_the_studio_trains_it(dl):
+    studio = {c.name: c.default for c in ADAPTER_CONTROLS}
+    for method in METHODS:
+        values = {**studio, "preset_name": method, **({} if method == HEAD_ONLY else preset_values(method))}
+        assert dl.method_config(method) == config_from_values(values, VIT_TARGETS)
+    assert dl.method_config("lorta").rank == 4 and dl.method_config("lorta").targets == ("q", "v")
+    assert dl.method_config(HEAD_ONLY).targets == ()
+    # head-only runs once per head lr (it has no adapter lr); the others over the whole grid
+    keys = dl.planned(["lora", HEAD_ONLY], ["inspection"], [0.01, 0.03], [0.003, 0.01], [0])
+    assert len(keys) == 2 * 2 + 2 and sum(k[1] == HEAD_ONLY for k in keys) == 2
+
+
+def test_the_pair_with_the_smallest_worst_shortfall_is_chosen(dl):
+    rows = [
+        # method a is best at lr 0.1, b at lr 0.01; lr 0.03 is second best for both
+        row("t", "a", 0.01, 0.01, 0.50), row("t", "a", 0.03, 0.01, 0.85), row("t", "a", 0.1, 0.01, 0.90),
+        row("t", "b", 0.01, 0.01, 0.90), row("t", "b", 0.03, 0.01, 0.86), row("t", "b", 0.1, 0.01, float("nan")),
+        # head-only answers for every adapter lr at its head lr
+        row("t", HEAD_ONLY, DEFAULT_LR, 0.01, 0.60),
+    ]
+    chosen, regrets = dl.choose(rows)
+    assert chosen == ("0.03", "0.01")
+    assert regrets[chosen][("t", "a")] == pytest.approx(0.05) and regrets[chosen][("t", "b")] == pytest.approx(0.04)
+    assert regrets[("0.1", "0.01")][("t", "b")] == pytest.approx(0.90)  # a diverged run counts as 0 accuracy
+    assert regrets[chosen][("t", HEAD_ONLY)] == 0
+    # a pair that lacks a cell is not a candidate; other seeds do not vote
+    rows.append(row("t", "a", 0.3, 0.01, 0.20))
+    rows.append(row("t", "b", 0.3, 0.01, 0.99, seed=1))
+    assert dl.choose(rows)[0] == ("0.03", "0.01")
+    text = dl.markdown(rows)
+    assert "minimax-regret pair: lr 0.03, head lr 0.01" in text and "worst shortfall 5.0%" in text
+    assert f"lr {DEFAULT_LR:g}, head lr {DEFAULT_HEAD_LR:g}" in text
+
+
+def test_no_complete_grid_says_so(dl):
+    assert "No complete grid yet" in dl.markdown([row("t", "a", 0.01, 0.01, 0.5), row("t", "b", 0.03, 0.01, 0.5)])
