@@ -59,8 +59,9 @@ from benchmarks.study.pareto.analysis import (REFERENCES, TOLERANCE, Summary, ef
                                               fewest_reaching, pareto_front, plot_task, summarise)
 from benchmarks.study.pareto.grid import (DEFAULT_MODEL, QUICK_TASKS, TASKS, Counted, TaskSpec,  # noqa: E402,F401
                                           count_grid, quick_grid, study_grid, task_sets)
-from benchmarks.study.pareto.markdown import (BEGIN, END, analyse, completeness_note, plan_markdown,  # noqa: E402,F401
-                                              replace_between_markers)
+from benchmarks.study.pareto.markdown import (BEGIN, END, analyse, claims_markdown,  # noqa: E402,F401
+                                              completeness_note, plan_markdown, replace_between_markers,
+                                              task_markdown)
 from benchmarks.study.pareto.runner import (BATCH_SIZE, COLUMNS, HEAD_LR, STEPS, Job, Setup,  # noqa: E402,F401
                                             append_row, load_results, pending_jobs, read_rows, row_key,
                                             run_job, run_study, weights_digest)

@@ -115,7 +115,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _family_lrs(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The chosen lr of every family whose sweep has finished."""
+    """The chosen lr of every family whose sweep has finished, and head-only's (unused) lr when it ran."""
     sweeps = {(r["family"], r["config_hash"]) for r in rows if r["phase"] == "sweep"}
     lrs = {}
     for family, key in sorted(sweeps):
@@ -124,6 +124,10 @@ def _family_lrs(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         lr = choose_lr(results)
         if lr is not None:
             lrs[family] = lr
+    if HEAD_ONLY_FAMILY not in lrs:  # no sweep (no adapter lr): its runs record one unused lr
+        used = {_lr_text(r["lr"]) for r in rows if r["family"] == HEAD_ONLY_FAMILY}
+        if len(used) == 1:
+            lrs[HEAD_ONLY_FAMILY] = float(used.pop())
     return lrs
 
 

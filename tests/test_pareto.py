@@ -171,6 +171,55 @@ def test_an_unfinished_study_is_marked_partial_with_what_is_missing():
     assert pareto.completeness_note([done[0], failed], [lora_r1, lora_r8], seeds=(0, 1, 2)) is None
 
 
+def test_head_only_runs_without_a_sweep_and_is_a_baseline_not_a_method(tmp_path):
+    from superlora import preset
+
+    head = pareto.Point("head-only", "Head only", "0 params", preset("head-only"))
+    lora_r1, lora_r8, _ = pareto.quick_grid()
+    points = [lora_r1, lora_r8, head]
+    pareto.check_grid(points)  # head-only needs no sweep point
+    jobs = pareto.pending_jobs([], ["inspection"], points, [0, 1], (0.004, 0.016), 0)
+    head_jobs = [(j.phase, j.seed, pareto.lr_text(j.lr)) for j in jobs if j.point is head]
+    assert head_jobs == [("main", 0, "0.001"), ("main", 1, "0.001")]  # at once, at the unused HEAD_ONLY_LR
+
+    rows = [row(lora_r1, lr=0.004, accuracy=0.6, phase="sweep"), row(lora_r1, lr=0.016, accuracy=0.7, phase="sweep"),
+            row(lora_r8, lr=0.016, accuracy=0.8), row(head, lr=0.001, accuracy=0.65),
+            row(head, seed=1, lr=0.001, accuracy=0.75)]
+    for r in rows:
+        r["adapter_params"] = {"r=1": 100, "r=8": 800, "0 params": 0}[r["budget"]]
+    summaries = pareto.summarise(rows, "inspection", (0.004, 0.016), 0)
+    baseline = [s for s in summaries if s.family == "head-only"]
+    assert len(baseline) == 1 and baseline[0].params == 0 and baseline[0].mean == pytest.approx(0.70)
+    assert [e["method"] for e in pareto.efficiency_table(summaries)] == ["LoRA"]  # no factor against 0 parameters
+    claims = pareto.claims_markdown({"inspection": summaries})
+    # LoRA r=1 (0.70) ties head-only (0.70 ± 0.07); LoRA r=8 (0.80, 800 parameters) beats it by more than 0.07
+    assert ("head only (0 adapter parameters): 70.0 ± 7.1 %. Of the 2 adapter points with at most 1,000 "
+            "parameters, 1 beat it by more than one standard deviation and 0 score below it.") in claims
+    figure = pareto.plot_task(summaries, "inspection", tmp_path / "fig.png", 100)
+    assert figure.stat().st_size > 10_000
+    table = pareto.task_markdown("inspection", [dict(r, num_classes=4, train_size=8, val_size=4, steps=5,
+                                                     batch_size=2, head_lr="0.005", model="m", head_params=20,
+                                                     seconds=1.0, seconds_per_step=0.1) for r in rows],
+                                 summaries, "fig.png", (0.004, 0.016), 0)
+    assert "| head-only | Head only | 0 params | 0 | – (head only) | 70.0 ± 7.1 (n=2) |" in table
+
+
+def test_the_shipped_study_results_keep_the_head_only_point():
+    from superlora.study import task_results
+
+    head = pareto.Point("head-only", "Head only", "0 params", __import__("superlora").preset("head-only"))
+    lora_r1 = pareto.quick_grid()[0]
+    rows = [dict(row(lora_r1, lr=lr, accuracy=0.6, phase="sweep"), config=json.dumps(lora_r1.config.to_dict()))
+            for lr in (0.001, 0.004, 0.016)]
+    rows += [dict(row(head, seed=s, lr=0.001, accuracy=a), config=json.dumps(head.config.to_dict()), adapter_params=0)
+             for s, a in ((0, 0.5), (1, 0.7))]
+    for r in rows:
+        r["adapter_params"] = 0 if r["family"] == "head-only" else 100
+    points = {p["method"]: p for p in task_results(rows)["points"]}
+    assert points["Head only"]["adapter_params"] == 0 and points["Head only"]["n"] == 2
+    assert points["Head only"]["mean"] == pytest.approx(0.6)
+
+
 def test_the_docs_page_keeps_its_prose_around_the_generated_block():
     text = f"intro\n{pareto.BEGIN}\nold table\n{pareto.END}\noutro\n"
     new = pareto.replace_between_markers(text, "new table")
@@ -193,6 +242,7 @@ def test_the_study_grid_is_valid_and_its_budgets_overlap_on_the_default_architec
         counts.setdefault(p.method, []).append(count_parameters(model, p.config).adapter)
     lora = counts.pop("LoRA")
     assert lora == [4608, 9216, 18432, 36864]
+    assert counts.pop("Head only") == [0] and points[-1].family == "head-only"  # the 0-parameter baseline, last
     others = [c for cs in counts.values() for c in cs]
     assert min(others) < 100 and sum(c < lora[0] for c in others) >= 15  # the few-parameter regime is covered
     assert sum(lora[0] <= c <= lora[-1] for c in others) >= 6  # and the curves overlap LoRA's range

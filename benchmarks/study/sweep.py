@@ -16,6 +16,10 @@ LR_FACTOR = 4.0
 MAX_EXTENSIONS = 2
 SWEEP_SEED = 0
 SEEDS = (0, 1, 2)
+# The 0-parameter baseline: the head trained alone (preset "head-only"). It has no adapter lr to sweep; its runs
+# record HEAD_ONLY_LR, which training ignores (TrainOptions wants a positive lr).
+HEAD_ONLY_FAMILY = "head-only"
+HEAD_ONLY_LR = LR_GRID[0]
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,12 @@ def config_hash(config: SuperLoRAConfig) -> str:
 
 
 def check_grid(points: Sequence[Point], need_sweep: bool = True) -> None:
-    """Exactly one sweep point per family (unless a fixed lr replaces the sweep), and no config twice (a run's
+    """Exactly one sweep point per family (head-only has none; a fixed lr replaces the sweep), and no config twice (a run's
     key would be ambiguous)."""
     sweeps = defaultdict(int)
     for point in points:
         sweeps[point.family] += point.sweep
-    bad = sorted(f for f in {p.family for p in points} if sweeps[f] != 1)
+    bad = sorted(f for f in {p.family for p in points} - {HEAD_ONLY_FAMILY} if sweeps[f] != 1)
     if bad and need_sweep:
         raise ValueError(f"families without exactly one sweep point: {', '.join(bad)} (a --methods selection must "
                          "keep each family's sweep point, or give --fixed-lr)")

@@ -231,16 +231,19 @@ def show_suggestions(model_name: str, budget: float | None, sessions: SessionSto
 
 def apply_suggestion(model_name: str, budget: float | None, choice: str | None, sessions: SessionStore,
                      request: gr.Request | None) -> list[Any]:
-    """Picking a suggestion: every adapter control (ADAPTER_NAMES, in order) set to its config, then the preset's
-    note. The suggestions are recomputed from the model and budget, so the page keeps no list."""
+    """Picking a suggestion: every adapter control (ADAPTER_NAMES, in order) set to its config and made editable,
+    then the preset's note. The head-only suggestion (no config) picks the head-only method and greys out the
+    other adapter controls, keeping their values, as choosing it by hand does. The suggestions are recomputed from
+    the model and budget, so the page keeps no list."""
     found = {s.label: s for s in _suggestions(model_name, budget, sessions.get(request))}
     if choice not in found:
         raise StudioError(f"Suggestion: {choice!r} does not fit this budget on this model; press Suggest again")
     config = found[choice].config
     if config is None:
-        raise StudioError("Suggestion: training the head alone is not a choice of these controls yet")
+        return [HEAD_ONLY, *(gr.update(interactive=False) for _ in ADAPTER_NAMES[1:]), preset_note(HEAD_ONLY)]
     values = values_from_config(config)
-    return [*(values[name] for name in ADAPTER_NAMES), preset_note(config.name)]
+    return [values["preset_name"], *(gr.update(value=values[name], interactive=True) for name in ADAPTER_NAMES[1:]),
+            preset_note(config.name)]
 
 
 def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, request: gr.Request | None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.study.sweep import LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, choose_lr, lr_text
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, choose_lr, lr_text
 from superlora.files import atomic_write
 
 TOLERANCE = 0.005  # "reaches an accuracy": within 0.5 points of it
@@ -92,12 +92,20 @@ def reference(summaries: Sequence[Summary], rank: int) -> Summary | None:
     return found[0] if found else None
 
 
+def head_only(summaries: Sequence[Summary]) -> Summary | None:
+    """The 0-parameter baseline (the head trained alone), when the study ran it."""
+    found = [s for s in summaries if s.family == HEAD_ONLY_FAMILY]
+    return found[0] if found else None
+
+
 def efficiency_table(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
-    """Per method: for each reference (LoRA r=1, r=8), the fewest parameters reaching its mean accuracy within
-    0.5 points, and the factor = LoRA's fewest parameters reaching it / the method's (> 1: fewer than LoRA)."""
+    """Per adapter method: for each reference (LoRA r=1, r=8), the fewest parameters reaching its mean accuracy
+    within 0.5 points, and the factor = LoRA's fewest parameters reaching it / the method's (> 1: fewer than LoRA).
+    Head-only (0 parameters, no factor to speak of) is left out; `head_only` reports it."""
     by_method: dict[str, list[Summary]] = defaultdict(list)
     for s in summaries:
-        by_method[s.method].append(s)
+        if s.family != HEAD_ONLY_FAMILY:
+            by_method[s.method].append(s)
     lora = by_method.get("LoRA", [])
     table = []
     for method, points in sorted(by_method.items(), key=lambda kv: (kv[0] != "LoRA", min(s.params for s in kv[1]))):
@@ -129,13 +137,16 @@ PANELS = (("LoRA and the per-layer methods", ("lora", "loha", "lokr", "lotr")),
 
 def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: int | None = None) -> Path:
     """Accuracy (mean ± std over seeds) against adapter parameters: one panel per group of families (`PANELS`),
-    one line per method, LoRA and the Pareto front over all methods in every panel, and LoRA r=1's and r=8's
-    accuracies with their 0.5-point tolerance band. A PNG via matplotlib."""
+    one line per method, LoRA and the Pareto front over all adapter methods in every panel, LoRA r=1's and r=8's
+    accuracies with their 0.5-point tolerance band, and head-only (0 parameters, off a log axis) as a red line
+    with its ± std band. A PNG via matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    baseline = head_only(summaries)
+    summaries = [s for s in summaries if s.family != HEAD_ONLY_FAMILY]
     known = {family for _, families in PANELS for family in families}
     panels = [(title, families) for title, families in PANELS
               if any(s.family in families and s.method != "LoRA" for s in summaries)]
@@ -159,6 +170,12 @@ def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: 
                 ax.axhspan(100 * (ref.mean - TOLERANCE), 100 * ref.mean, color="grey", alpha=0.12)
                 ax.annotate(f"LoRA r={rank}", (1.0, 100 * ref.mean), xycoords=("axes fraction", "data"),
                             ha="right", va="bottom", fontsize=7, color="grey")
+        if baseline is not None and not math.isnan(baseline.mean):
+            ax.axhline(100 * baseline.mean, color="tab:red", linestyle="-.", linewidth=1)
+            ax.axhspan(100 * (baseline.mean - baseline.std), 100 * (baseline.mean + baseline.std), color="tab:red",
+                       alpha=0.08)
+            ax.annotate("head only (0 adapter parameters)", (0.0, 100 * baseline.mean),
+                        xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=7, color="tab:red")
         if front:
             ax.step([s.params for s in front], [100 * s.mean for s in front], where="post", color="grey",
                     linewidth=0.8, label="Pareto front, all methods")

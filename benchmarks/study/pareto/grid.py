@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.study.sweep import Point
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, Point
 from superlora import SuperLoRAConfig, count_parameters, preset
 
 DEFAULT_MODEL = "superlora-default"
@@ -78,6 +78,8 @@ def study_grid() -> list[Point]:
     add("fastfood", "LoRTA M=3 G=4 ρ=0.1", "r=4", fastfood("lorta", 0.1, order=3, rank=4, groups=4))
     add("fastfood", "LoRTA M=3 G=4 ρ=0.1 shuffled", "r=4",
         fastfood("lorta", 0.1, order=3, rank=4, groups=4, shuffle=True))
+    # Last: the plan reads D and LoRA r=1 from the first point.
+    add(HEAD_ONLY_FAMILY, "Head only", "0 params", preset("head-only"))
     return points
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.study import page
-from benchmarks.study.pareto.analysis import (REFERENCES, Summary, efficiency_table, nan_as_worst, pareto_front,
-                                              plot_task, reference, summarise)
+from benchmarks.study.pareto.analysis import (REFERENCES, Summary, efficiency_table, head_only, nan_as_worst,
+                                              pareto_front, plot_task, reference, summarise)
 from benchmarks.study.pareto.grid import TaskSpec, count_grid
 from benchmarks.study.pareto.runner import read_rows, results_path
-from benchmarks.study.sweep import LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, Point, choose_lr, lr_text
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, Point, choose_lr, \
+    lr_text
 
 BEGIN, END = "<!-- pareto-results:begin -->", "<!-- pareto-results:end -->"
 
@@ -95,7 +96,8 @@ def task_markdown(task: str, rows: Sequence[dict[str, Any]], summaries: Sequence
               "front)</summary>", "",
               "| family | method | budget | adapter params | lr | accuracy | front |", "|---|---|---|---|---|---|---|"]
     for s in sorted(summaries, key=lambda s: (s.family, s.method, s.params)):
-        lines.append(f"| {s.family} | {s.method} | {s.budget} | {s.params:,} | {lr_text(s.lr)} | {_mean_std(s)} | "
+        lr = "– (head only)" if s.family == HEAD_ONLY_FAMILY else lr_text(s.lr)
+        lines.append(f"| {s.family} | {s.method} | {s.budget} | {s.params:,} | {lr} | {_mean_std(s)} | "
                      f"{'✓' if id(s) in on_front else ''} |")
     lines += ["", "</details>", ""]
     return "\n".join(lines)
@@ -127,14 +129,29 @@ def claims_markdown(per_task: dict[str, list[Summary]], partial: Sequence[str] =
                 f"{len(others)} of {len(table) - 1} other methods reach it within 0.5 points; the largest "
                 f"factor is {top[rank]['factor']:.1f}× ({top['method']} {found.budget}, {found.params:,} "
                 f"parameters, {_pct(found.mean)} ± {100 * found.std:.1f} %). The paper reports up to about 10×.")
-        few = [s for s in summaries if s.params <= 1000]
+        few = [s for s in summaries if s.params <= 1000 and s.family != HEAD_ONLY_FAMILY]
         if few:
             best = max(few, key=lambda s: nan_as_worst(s.mean))
             ref = reference(summaries, 1)
             versus = f" (LoRA r=1: {_pct(ref.mean)} % with {ref.params:,})" if ref else ""
             lines.append(f"- {task}, at most 1,000 adapter parameters: best {_pct(best.mean)} ± "
                          f"{100 * best.std:.1f} % ({best.method} {best.budget}, {best.params:,}){versus}.")
+        lines += head_only_claim(task, summaries, few)
     return "\n".join(lines) + "\n"
+
+
+def head_only_claim(task: str, summaries: Sequence[Summary], few: Sequence[Summary]) -> list[str]:
+    """The 0-parameter baseline against the adapters of at most 1,000 parameters: how many beat it by more than
+    one standard deviation of the two (a plain margin, not a test)."""
+    baseline = head_only(summaries)
+    if baseline is None or math.isnan(baseline.mean):
+        return [f"- {task}: the head-only baseline (0 adapter parameters) has not been run."]
+    measured = [s for s in few if not math.isnan(s.mean)]
+    above = [s for s in measured if s.mean - baseline.mean > max(s.std, baseline.std)]
+    below = [s for s in measured if s.mean < baseline.mean]
+    return [f"- {task}, head only (0 adapter parameters): {_pct(baseline.mean)} ± {100 * baseline.std:.1f} %. Of "
+            f"the {len(measured)} adapter points with at most 1,000 parameters, {len(above)} beat it by more than "
+            f"one standard deviation and {len(below)} score below it."]
 
 
 def completeness_note(summaries: Sequence[Summary], points: Sequence[Point], seeds: Sequence[int]) -> str | None:
@@ -192,7 +209,7 @@ def plan_markdown(points: Sequence[Point], model: str, seeds: Sequence[int], ste
                   seconds_per_step: float | None, overhead_s: float, workers: int,
                   tasks: dict[str, TaskSpec]) -> str:
     counted = count_grid(points, model, 4)
-    first = counted[0]
+    first = next((c for c in counted if c.point.family != HEAD_ONLY_FAMILY), counted[0])  # head-only has no D
     lines = [f"Model `{model}`: D = {first.update_size:,} update entries (q and v of every block), "
              f"LoRA r=1 = {first.lora_r1:,} adapter parameters. Head: "
              + ", ".join(f"{t} {count_grid(points[:1], model, s.classes)[0].head:,}" for t, s in tasks.items())
@@ -201,7 +218,7 @@ def plan_markdown(points: Sequence[Point], model: str, seeds: Sequence[int], ste
     for c in counted:
         p = c.point
         lines.append(f"| {p.family} | {p.method} | {p.budget} | {c.adapter:,} | {'yes' if p.sweep else ''} |")
-    families = len({p.family for p in points})
+    families = len({p.family for p in points} - {HEAD_ONLY_FAMILY})
     sweep_runs = families * (len(LR_GRID) - 1)  # the chosen lr's run is also the sweep point's seed-0 run
     main_runs = len(points) * len(seeds)
     runs = (sweep_runs + main_runs) * len(tasks)

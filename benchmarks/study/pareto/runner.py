@@ -16,7 +16,8 @@ from typing import Any
 from benchmarks.study.pareto.grid import DEFAULT_MODEL, SPLIT_SEED, Counted, TaskSpec, count_grid, task_sets
 from benchmarks.study.pool import run_until_done
 from benchmarks.study.store import ResultsTable, file_digest
-from benchmarks.study.sweep import LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, Point, check_grid, choose_lr, lr_text
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, HEAD_ONLY_LR, LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, Point, \
+    check_grid, choose_lr, lr_text
 
 STEPS = 100
 BATCH_SIZE = 32
@@ -69,7 +70,9 @@ def pending_jobs(rows: Sequence[dict[str, Any]], tasks: Sequence[str], points: S
     for task in tasks:
         lrs: dict[str, float | None] = {}
         for point in points:
-            if fixed_lr is not None:
+            if point.family == HEAD_ONLY_FAMILY:
+                lrs[point.family] = HEAD_ONLY_LR  # no adapter: nothing to sweep, the lr is unused
+            elif fixed_lr is not None:
                 lrs[point.family] = fixed_lr
             elif point.sweep:
                 lr, todo = choose_lr(sweep_results(rows, task, point), grid, max_extensions)
