@@ -1,4 +1,5 @@
-"""The generated blocks of a docs page: each study rewrites only the text between its own two markers."""
+"""The generated blocks of a docs page: each study rewrites only the text between its own two markers; and the
+figures those blocks show (`save_figure`)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def write_block(docs: Path, body: str, begin: str, end: str, title: str) -> None
     docs = Path(docs)
     text = docs.read_text() if docs.is_file() else f"# {title}\n\n{begin}\n{end}\n"
     atomic_write(docs, lambda tmp: Path(tmp).write_text(replace_between_markers(text, body, begin, end)))
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out a matplotlib figure, write it to `path` as a PNG (atomically, its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.study import page
 from benchmarks.study.diffusion_transfer.grid import BASELINE
 from benchmarks.study.diffusion_transfer.runner import strip_path, sweep_scores
 from benchmarks.study.sweep import LR_GRID, MAX_EXTENSIONS, choose_lr, lr_text
@@ -163,11 +164,7 @@ def plot(base: Summary | None, summaries: Sequence[Summary], path: Path) -> Path
     fig.supxlabel("adapter parameters (log scale)", fontsize=10)
     fig.supylabel("held-out denoising loss (lower is better)", fontsize=10)
     fig.suptitle("Bold-stroke digits: denoising loss against adapter parameters")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return page.save_figure(fig, path)
 
 
 def samples_figure(out: Path, base: Summary | None, summaries: Sequence[Summary], targets_strip,

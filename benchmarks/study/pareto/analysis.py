@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.study import page
 from benchmarks.study.sweep import HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, choose_lr, lr_text
-from superlora.files import atomic_write
 
 TOLERANCE = 0.005  # "reaches an accuracy": within 0.5 points of it
 REFERENCES = (1, 8)  # LoRA ranks whose accuracy the table asks for
@@ -200,8 +200,4 @@ def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: 
     fig.supxlabel(f"adapter parameters (log scale; {head})", fontsize=10)
     fig.supylabel("validation accuracy, % (mean ± std over seeds)", fontsize=10)
     fig.suptitle(f"{task}: accuracy against adapter parameters")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return page.save_figure(fig, path)

@@ -123,6 +123,14 @@ def weights_digest(model: str) -> str:
 _DATA: dict[tuple[str, TaskSpec], Any] = {}
 
 
+def task_data(setup: Setup, task: str) -> tuple[Any, Any]:
+    """The task's (training, validation) sets, loaded once per process."""
+    spec = dict(setup.tasks)[task]
+    if (task, spec) not in _DATA:
+        _DATA[(task, spec)] = task_sets(task, spec)
+    return _DATA[(task, spec)]
+
+
 def run_job(job: Job, setup: Setup, counted: Counted, threads: int | None = None) -> dict[str, Any]:
     """Train one (task, point, seed, lr) with `train()` and return its CSV row."""
     import torch
@@ -131,10 +139,7 @@ def run_job(job: Job, setup: Setup, counted: Counted, threads: int | None = None
 
     if threads:
         torch.set_num_threads(threads)
-    spec = dict(setup.tasks)[job.task]
-    if (job.task, spec) not in _DATA:
-        _DATA[(job.task, spec)] = task_sets(job.task, spec)
-    train_set, val_set = _DATA[(job.task, spec)]
+    train_set, val_set = task_data(setup, job.task)
     step_times: list[tuple[float, float]] = []  # (wall, CPU time of this process) after each step
 
     def on_event(event) -> None:
