@@ -51,9 +51,10 @@ def bootstrap_interval(correct: Sequence[Sequence[bool]], resamples: int = RESAM
     matrix = np.asarray(correct, dtype=float)
     runs, images = matrix.shape
     rng = np.random.default_rng(seed)
-    run_weights = rng.multinomial(runs, np.full(runs, 1 / runs), size=resamples) / runs
-    image_weights = rng.multinomial(images, np.full(images, 1 / images), size=resamples) / images
-    means = np.einsum("br,ri,bi->b", run_weights, matrix, image_weights)
+    run_counts = rng.multinomial(runs, np.full(runs, 1 / runs), size=resamples)
+    image_counts = rng.multinomial(images, np.full(images, 1 / images), size=resamples)
+    # whole counts of right answers (exact in float64), divided once: an all-right matrix gives exactly 1.0
+    means = np.einsum("br,ri,bi->b", run_counts, matrix, image_counts) / (runs * images)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
@@ -65,8 +66,8 @@ def seed_interval(accuracies: Sequence[float], resamples: int = RESAMPLES, level
 
     values = np.asarray(accuracies, dtype=float)
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(values), np.full(len(values), 1 / len(values)), size=resamples) / len(values)
-    low, high = np.quantile(weights @ values, [(1 - level) / 2, (1 + level) / 2])
+    counts = rng.multinomial(len(values), np.full(len(values), 1 / len(values)), size=resamples)
+    low, high = np.quantile(counts @ values / len(values), [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
 
@@ -184,8 +185,13 @@ def headline(results: Sequence[PointResult], budgets: Sequence[int] = STANDARD_B
     return table
 
 
-def method_label(family: str) -> str:
-    return METHOD_NAMES.get(family, f"SuperLoRA {family} (qkv)")
+FAMILY_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "lotr": "LoTR", "superlora-2d": "SuperLoRA 2D",
+                "lorta": "LoRTA", "lonkr": "LoNKr", "fastfood": "Fastfood ρ < 1"}
+
+
+def line_label(family: str) -> str:
+    """A figure line: a PEFT method by its name, a SuperLoRA family of the Pareto study as such."""
+    return METHOD_NAMES.get(family) or f"{FAMILY_NAMES.get(family, family)} (SuperLoRA, qkv)"
 
 
 def plot_task(results: Sequence[PointResult], task: str, path: Path, head_params: int | None = None) -> Path:
@@ -197,25 +203,25 @@ def plot_task(results: Sequence[PointResult], task: str, path: Path, head_params
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
-    colours = plt.get_cmap("tab20")
-    families = sorted({p.family for p in results}, key=lambda f: (f not in METHODS, f))
-    for index, family in enumerate(families):
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=100)
+    peft = [m for m in METHODS if any(p.family == m for p in results)]
+    superlora = sorted({p.family for p in results} - set(METHODS))
+    for family, colour, solid in [*((f, plt.get_cmap("tab10")(i % 10), True) for i, f in enumerate(peft)),
+                                  *((f, plt.get_cmap("Dark2")(i % 8), False) for i, f in enumerate(superlora))]:
         points = [p for p in results if p.family == family and not math.isnan(p.mean)]
         if not points:
             continue
-        peft = family in METHODS
         ax.errorbar([p.params for p in points], [100 * p.mean for p in points],
                     yerr=[[100 * (p.mean - p.interval[0]) for p in points],
                           [100 * (p.interval[1] - p.mean) for p in points]],
-                    label=method_label(family), color=colours(index % 20), marker="os"[peft], markersize=5,
-                    linestyle="-" if peft else "--", linewidth=1.6 if peft else 1.0, capsize=2,
-                    markerfacecolor=None if peft else "white")
+                    label=line_label(family), color=colour, marker="o" if solid else "s", markersize=5,
+                    linestyle="-" if solid else "--", linewidth=1.6 if solid else 1.0, capsize=2,
+                    markerfacecolor=colour if solid else "white", elinewidth=1.0 if solid else 0.6)
     for budget in STANDARD_BUDGETS:
         ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     head = f"the head's {head_params:,} not included" if head_params is not None else "the head not included"
     ax.set_xlabel(f"adapter parameters (log scale; whole qkv of every block; {head})")
     ax.set_ylabel("validation accuracy, % (mean over seeds; bars: 95 % bootstrap interval)", fontsize=9)
