@@ -79,6 +79,26 @@ def test_no_function_over_80_lines():
     assert long == {}
 
 
+def _study_sources() -> list[Path]:
+    """The benchmark studies keep the package's limits too: their shared parts and packages, and their CLIs."""
+    benchmarks = PACKAGE.parent / "benchmarks"
+    return sorted([*(benchmarks / "study").rglob("*.py"),
+                   *(benchmarks / name for name in ("pareto.py", "diffusion_transfer.py", "peft_baselines.py"))])
+
+
+def test_the_benchmark_studies_keep_the_same_limits():
+    long = {}
+    for path in _study_sources():
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            long[path.name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                long[f"{path.name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert len(_study_sources()) > 10 and long == {}
+
+
 def test_imports_only_point_down_the_layers():
     upward = []
     for path in _sources():

@@ -169,6 +169,15 @@ def test_quick_run_writes_finite_rows_and_a_second_start_skips_them(tiny_model, 
     # fixed values: FourierFT keeps its frequency positions outside the buffers; Uni-LoRA maps every entry of a
     # rank-4 LoRA (2 x (4 x 32 + 96 x 4)) to theta_d with an index and a scale
     assert {r["family"]: int(r["fixed_values"]) for r in rows} == {"fourierft": 0, "unilora": 2 * 2 * (128 + 384)}
+    # the sweep of one lr on seed 0 (the protocol at its smallest); which images each run got right, as its accuracy
+    for r in rows:
+        right = pb.decode_correct(r["val_correct"], int(r["val_size"]))
+        assert r["phase"] == "sweep" and len(right) == int(r["val_size"]) == 12
+        assert sum(right) / len(right) == pytest.approx(float(r["accuracy"]))
+    # and --quick analysed them into its folder
+    assert (out / "peft_baselines_inspection.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "benchmarks.md").read_text()
+    assert pb.BEGIN in page and "| 30 | 15–30 | " in page and "Partial" not in page
     before = path.read_text()
     capsys.readouterr()
     assert pb.main(["--quick", "--model", str(tiny_model), "--out", str(out)]) == 0  # in-process: no start-up cost
@@ -186,6 +195,7 @@ def test_quick_run_writes_finite_rows_and_a_second_start_skips_them(tiny_model, 
     assert added["method"] == f"{smallest.method} (qkv)" and added["family"] == smallest.family
     assert int(added["adapter_params"]) == smallest.count and '"targets":["qkv"]' in added["config"]
     assert added["status"] == "ok" and math.isfinite(float(added["accuracy"])) and added["setup"] == rows[0]["setup"]
+    assert sum(pb.decode_correct(added["val_correct"], 12)) / 12 == pytest.approx(float(added["accuracy"]))
 
 
 def test_quick_refuses_to_write_into_the_committed_results():
@@ -231,3 +241,192 @@ def test_plan_writes_the_summary_with_hand_counted_numbers(tiny_model, tmp_path,
     assert "| FourierFT | 30 | 300 | 2 |" in text and "| Uni-LoRA | 30 | 300 | 1 |" in text
     assert "| VeRA | 30 | smallest: r=1 | over budget (194) |" in text
     assert "| RandLoRA | 300 | r=118, randlora_alpha=2360 | 300 |" in text
+
+
+# ---------------------------------------------------------------------------------------------------- protocol
+lr_text = pb.pareto.lr_text
+GRID = [lr_text(lr) for lr in pb.DEFAULT_LRS]
+
+
+def _points():
+    """FourierFT matched to 30 and SuperLoRA's LoRA r=1 on whole qkv: one point of each side."""
+    from superlora import preset
+
+    lora = pb.SuperLoRAPoint("lora", "LoRA", "r=1", preset("lora", rank=1, targets=("qkv",)), 4608)
+    return pb.study_points(LAYERS, ["fourierft"], [30], [lora])
+
+
+def _run(point, seed, lr, accuracy, phase="sweep", task="digits", loss=1.0):
+    return dict(task=task, phase=phase, family=point.family, method=point.method, config_hash=point.config_hash,
+                seed=seed, lr=float(lr), accuracy=accuracy, val_loss=loss, status="ok")
+
+
+def _jobs(rows, points, **kwargs):
+    return [(j.phase, j.point.method, j.seed, lr_text(j.lr)) for j in pb.pending_jobs(rows, ["digits"], points,
+                                                                                         [0, 1, 2], **kwargs)]
+
+
+def test_each_point_sweeps_its_own_lr_on_seed_0_extends_past_an_edge_at_most_twice_then_runs_the_seeds():
+    fourier, lora = points = _points()
+    assert (fourier.method, fourier.target_budget, lora.method, lora.target_budget) == \
+        ("FourierFT", 30, "LoRA (qkv)", 4608)
+    # nothing on file: the whole grid on seed 0 for both sides, nothing else
+    assert _jobs([], points) == [("sweep", p.method, 0, lr) for p in points for lr in GRID]
+    # FourierFT is best at the largest lr, LoRA at the smallest: each extends past its edge by 4x
+    rows = [_run(fourier, 0, lr, acc) for lr, acc in zip(GRID, (0.5, 0.6, 0.7, 0.8))]
+    rows += [_run(lora, 0, lr, acc) for lr, acc in zip(GRID, (0.9, 0.6, 0.5, 0.4))]
+    assert _jobs(rows, points) == [("sweep", "FourierFT", 0, "0.256"), ("sweep", "LoRA (qkv)", 0, "0.00025")]
+    # FourierFT improves twice more and stops at its second extension; LoRA's extension is worse: 1e-3 stays
+    rows += [_run(fourier, 0, 0.256, 0.85), _run(lora, 0, 0.00025, 0.7)]
+    assert _jobs(rows, points) == [("sweep", "FourierFT", 0, "1.024"), ("main", "LoRA (qkv)", 1, "0.001"),
+                                   ("main", "LoRA (qkv)", 2, "0.001")]
+    rows += [_run(fourier, 0, 1.024, 0.9)]
+    assert _jobs(rows, points) == [("main", "FourierFT", 1, "1.024"), ("main", "LoRA (qkv)", 1, "0.001"),
+                                   ("main", "FourierFT", 2, "1.024"), ("main", "LoRA (qkv)", 2, "0.001")]
+    rows += [_run(p, seed, lr, 0.8, "main") for p, lr in ((fourier, 1.024), (lora, 1e-3)) for seed in (1, 2)]
+    assert _jobs(rows, points) == []
+    # the analysis chooses the same lrs from the rows ("edge": FourierFT's is the largest it tried)
+    assert pb.chosen_lr([r for r in rows if r["method"] == "FourierFT"]) == (1.024, "sweep", True)
+    assert pb.chosen_lr([r for r in rows if r["method"] == "LoRA (qkv)"]) == (1e-3, "sweep", False)
+
+
+def test_given_lrs_run_exactly_on_every_seed_and_the_analysis_takes_the_best_on_the_first_seed():
+    fourier, lora = points = _points()
+    assert _jobs([], points, fixed_lrs=[0.004, 0.016]) == [
+        ("main", p.method, seed, lr) for seed in (0, 1, 2) for p in points for lr in ("0.004", "0.016")]
+    rows = [_run(fourier, 0, 0.004, 0.6, "main"), _run(fourier, 0, 0.016, math.nan, "main"),
+            _run(fourier, 1, 0.016, 0.9, "main")]
+    assert pb.chosen_lr(rows) == (0.004, "fixed", True)
+    assert _jobs(rows, points, fixed_lrs=[0.004, 0.016])[:2] == [("main", "LoRA (qkv)", 0, "0.004"),
+                                                                 ("main", "LoRA (qkv)", 0, "0.016")]
+
+
+def test_an_unfinished_sweep_has_no_lr_yet():
+    fourier, _ = _points()
+    rows = [_run(fourier, 0, lr, 0.5) for lr in GRID[:3]]
+    assert pb.chosen_lr(rows) == (None, "sweep", False)
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+def test_per_image_correctness_round_trips_as_hex_digits():
+    assert pb.encode_correct([True, False, True, True, False]) == "0d"  # 1 + 4 + 8
+    assert pb.decode_correct("0d", 5) == (True, False, True, True, False)
+    assert pb.encode_correct([]) == "" and pb.decode_correct("", 5) == ()
+    assert pb.decode_correct(pb.encode_correct([True] * 500), 500) == (True,) * 500
+    with pytest.raises(ValueError, match="beyond image 4"):
+        pb.decode_correct("3f", 5)
+
+
+def test_the_bootstrap_interval_is_fixed_contains_the_mean_and_draws_seeds_and_images():
+    import numpy as np
+
+    correct = np.random.default_rng(3).random((3, 128)) < 0.7
+    low, high = pb.bootstrap_interval(correct)
+    assert (low, high) == pb.bootstrap_interval(correct)  # a fixed RNG seed: the page regenerates identically
+    assert low < correct.mean() < high and 0.05 < high - low < 0.3
+    assert pb.bootstrap_interval(np.ones((3, 50), dtype=bool)) == (1.0, 1.0)
+    # two seeds, one all wrong and one all right: a quarter of the resamples draw only one of them
+    assert pb.bootstrap_interval([[False] * 40, [True] * 40]) == (0.0, 1.0)
+    # more images, same rate and seeds: a narrower interval
+    wide = np.diff(pb.bootstrap_interval(correct[:, :32]))[0]
+    assert np.diff(pb.bootstrap_interval(correct))[0] < wide
+    low, high = pb.seed_interval([0.5, 0.7, 0.9])
+    assert 0.5 <= low < 0.7 < high <= 0.9 and pb.seed_interval([0.6]) == (0.6, 0.6)
+
+
+def _result(method, params, mean, interval, family="fourierft"):
+    return pb.PointResult(task="digits", family=family, method=method, budget="b", params=params, lr=4e-3,
+                          accuracies=(mean,), failed=0, config_hash=f"{method}{params}", target_budget=params,
+                          rule="sweep", edge=False, seeds=(0,), interval=interval, interval_over="seeds × images")
+
+
+def test_the_best_method_at_a_budget_comes_from_half_the_budget_to_the_budget():
+    results = [
+        _result("TinyLoRA", 30, 0.99, (0.98, 1.0), "tinylora"),  # best of all, but only in the 30 row
+        _result("FourierFT", 1000, 0.95, (0.93, 0.97)),
+        _result("LoNKr K=2 (qkv)", 700, 0.85, (0.82, 0.88), "lonkr"),
+        _result("LoNKr K=2 (qkv)", 464, 0.97, (0.95, 0.99), "lonkr"),  # below 500: not in the 1,000 row
+        _result("LoRTA M=3 (qkv)", 2624, 0.81, (0.78, 0.84), "lorta"),
+        _result("LoRTA M=3 (qkv)", 1560, 0.805, (0.77, 0.84), "lorta"),  # the same method: never the runner-up
+        _result("Uni-LoRA", 3000, 0.79, (0.75, 0.83), "unilora"),
+        _result("FourierFT", 3000, 0.70, (0.66, 0.74)),
+    ]
+    rows = {h.budget: h for h in pb.headline(results)}
+    assert list(rows) == [30, 100, 300, 1000, 3000]
+    assert rows[30].best.method == "TinyLoRA" and rows[30].runner_up is None and rows[30].other_side is None
+    assert rows[100].best is None and rows[300].best is None  # nothing between 50 and 100, 150 and 300
+    assert pb.window(1000) == (500, 1000)
+    best, runner, other = rows[1000].best, rows[1000].runner_up, rows[1000].other_side
+    assert (best.method, best.params, runner.behind.params) == ("FourierFT", 1000, 700)
+    assert runner.margin == pytest.approx(0.10) and not runner.overlap and runner.verdict == "FourierFT ahead"
+    assert other.behind is runner.behind  # the best SuperLoRA point is also the runner-up
+    best, runner, other = rows[3000].best, rows[3000].runner_up, rows[3000].other_side
+    assert (best.method, best.params) == ("LoRTA M=3 (qkv)", 2624)
+    assert (runner.behind.method, runner.behind.params) == ("Uni-LoRA", 3000)
+    assert runner.margin == pytest.approx(0.02) and runner.overlap and runner.verdict == "within noise"
+    assert other.behind.method == "Uni-LoRA"
+    table = "\n".join(pb.headline_markdown(pb.headline(results)))
+    assert ("| 1,000 | 500–1,000 | FourierFT, 1,000 params | 95.0 [93.0, 97.0] | LoNKr K=2 (qkv), 700 params | "
+            "85.0 [82.0, 88.0] | +10.0 | FourierFT ahead |") in table
+    assert "| 100 | 50–100 | no point measured |" in table
+
+
+VAL = 8  # validation images of the hand-made rows
+
+
+def _csv_row(point, seed, lr, right, phase="sweep", task="digits"):
+    """A full results row whose run got the first `right` of VAL validation images right."""
+    row = {name: "" for name in pb.COLUMNS}
+    row.update(_run(point, seed, lr, right / VAL, phase, task), budget=point.budget, lr=lr_text(lr),
+               adapter_params=point.target_budget, target_budget=point.target_budget, head_params=1930,
+               base_params=1, update_size=1, lora_r1_params=1, steps=100, batch_size=32, head_lr="0.005",
+               num_classes=10, train_size=100, val_size=VAL, seconds=60.0, seconds_per_step=0.5,
+               cpu_seconds_per_step=0.5, threads=1, model="superlora-default", setup="abc", targets="qkv",
+               val_correct=pb.encode_correct([i < right for i in range(VAL)]))
+    return row
+
+
+def test_analyse_writes_the_figure_and_the_block_and_marks_partial_results(tmp_path):
+    from superlora import preset
+
+    fourier, unilora = pb.study_points(LAYERS, ["fourierft", "unilora"], [30])
+    lorta = pb.study_points(LAYERS, [], [], [pb.SuperLoRAPoint(
+        "lorta", "LoRTA M=5", "r=1", preset("lora", rank=1, targets=("qkv",)), 28)])[0]
+    path = pb.results_path(tmp_path, "digits")
+    rows = [_csv_row(fourier, 0, lr, right) for lr, right in zip(pb.DEFAULT_LRS, (2, 6, 4, 3))]
+    rows += [_csv_row(fourier, 1, 4e-3, 7, "main"), _csv_row(fourier, 2, 4e-3, 5, "main")]  # 6, 7, 5: 75 %
+    rows += [_csv_row(unilora, 0, lr, 4) for lr in pb.DEFAULT_LRS[:2]]  # its sweep is unfinished
+    rows += [_csv_row(lorta, 0, lr, right) for lr, right in zip(pb.DEFAULT_LRS, (1, 2, 4, 3))]
+    rows += [_csv_row(lorta, 1, 1.6e-2, 6, "main")]  # 4, 6: 62.5 %; seed 2 missing
+    for row in rows:
+        pb.TABLE.append(path, row)
+    docs = tmp_path / "page.md"
+    docs.write_text(f"# page\n\nprose before\n\n{pb.BEGIN}\nold\n{pb.END}\n\nprose after\n")
+    expected = [p.key for p in (fourier, unilora, lorta)]
+    written = pb.analyse(tmp_path, docs, tmp_path / "figures", expected=expected, seeds=[0, 1, 2])
+    figure = tmp_path / "figures" / "peft_baselines_digits.png"
+    assert written["figures"] == [figure] and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written["partial"] == ["digits"]
+    text = docs.read_text()
+    assert text.startswith("# page\n\nprose before\n\n") and text.endswith(f"{pb.END}\n\nprose after\n")
+    assert "old" not in text and "](figures/peft_baselines_digits.png)" in text
+    assert ("**Partial results: 1 of 3 points have all 3 seeds at their chosen lr; 1 have fewer, 1 are still in "
+            "their lr sweep and 0 have no run yet.**") in text
+    assert "| 30 | 15–30 | FourierFT, 30 params | 75.0 [" in text
+    assert "| LoRTA M=5 (qkv), 28 params | 62.5 [" in text and "| +12.5 | within noise |" in text
+    assert "| FourierFT | n_frequency=5, scaling=300 | 30 | 0.004 | 75.0 ± 12.5 | 3 |" in text
+    assert "| LoRTA M=5 (qkv) | r=1 | 28 | 0.016 | 62.5 ± 17.7 | 2 |" in text and "Uni-LoRA |" not in text
+    (fourier_result, lorta_result) = sorted(written["results"]["digits"], key=lambda p: p.method)
+    assert fourier_result.interval == pb.bootstrap_interval(
+        [[i < right for i in range(VAL)] for right in (6, 7, 5)])
+    assert pb.analyse(tmp_path, docs, tmp_path / "figures", expected=expected, seeds=[0, 1, 2])
+    assert docs.read_text() == text  # regenerated byte for byte
+    with pytest.raises(SystemExit, match="no peft_baselines_<task>.csv"):
+        pb.analyse(tmp_path / "empty", docs)
+
+
+def test_the_docs_page_has_the_generated_block_inside_the_peft_section():
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    section = text.index("## PEFT's few-parameter methods beside SuperLoRA")
+    following = text.index("\n## ", section + 1)
+    assert section < text.index(pb.BEGIN) < text.index(pb.END) < following
