@@ -54,6 +54,13 @@ class Suggestion:
     why: str
 
     @property
+    def lrs(self) -> str:
+        """The adapter lr(s) the study chose for it, "/"-joined per task; "–" for the head alone (no adapter lr)."""
+        if self.config is None:
+            return "–"
+        return "/".join(dict.fromkeys(f"{m.lr:g}" for m in self.measured))
+
+    @property
     def label(self) -> str:
         """e.g. "LoRTA M=4 r=4"."""
         return f"{self.method} {self.budget_label}".strip()
@@ -138,23 +145,31 @@ def suggest(model: nn.Module | str, budget: int, task: str | None = None, target
     limit: at most this many suggestions (None: all that fit).
     study: the study's points (default: the shipped results, `superlora.study.load_study()`).
 
-    Raises ConfigError for a bad budget, task or limit, when no study configuration applies to the model, and when
-    none fits the budget (naming the smallest count that does fit on this model)."""
+    The study's head-only baseline (the head alone, 0 adapter parameters) fits every budget and is ranked like the
+    rest; below the smallest adapter it is the only suggestion, and its `why` names the smallest adapter.
+
+    Raises ConfigError for a bad budget, task or limit, when no adapter configuration of the study applies to the
+    model, and when nothing fits the budget (naming the smallest count that does fit on this model)."""
     budget, limit = _check_budget(budget), _check_limit(limit)
     points = list(load_study() if study is None else study)
     tasks = _check_tasks(task, points)
     points = [p for p in points if all(t in p.measured for t in tasks)]
     counted, problems = _counted(points, _as_model(model), targets)
-    if not counted:
+    adapters = [item for item in counted if item[1] is not None]
+    if not adapters:
         detail = f" ({problems[0]})" if problems else ""
         raise ConfigError(f"targets={targets!r}: no configuration of the study applies to this model{detail}; "
                           "name targets the model has, e.g. targets=['qkv'] or a Linear layer's name")
     fitting = [(p, c, n) for p, c, n in counted if n <= budget]
-    if not fitting:
-        point, _, smallest = min(counted, key=lambda item: (item[2], item[0].method))
-        raise ConfigError(f"budget={budget:,}: no configuration of the study fits; the smallest on this model is "
-                          f"{point.method} {point.budget} with {smallest:,} adapter parameters; raise the budget "
-                          f"to at least {smallest:,}")
+    if not any(c is not None for _, c, _ in fitting):
+        point, _, smallest = min(adapters, key=lambda item: (item[2], item[0].method))
+        too_small = (f"no adapter configuration of the study fits; the smallest on this model is {point.method} "
+                     f"{point.budget} with {smallest:,} adapter parameters; raise the budget to at least {smallest:,}")
+        if not fitting:
+            raise ConfigError(f"budget={budget:,}: {too_small}")
+        head = _suggestion(*fitting[0], tasks)
+        return [dataclasses.replace(head, why=f"the study's 0-parameter baseline (the head alone) is the only choice "
+                                              f"within {budget:,}: {too_small}")]
     ranked = sorted((_suggestion(p, c, n, tasks) for p, c, n in fitting), key=sort_key)
     best = ranked[0]
     ranked = [_with_why(s, rank, len(ranked), budget, best, tasks) for rank, s in enumerate(ranked, start=1)]

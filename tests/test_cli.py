@@ -163,9 +163,6 @@ def test_suggest_prints_the_library_suggestions_with_counts_and_measured_accurac
 
 
 @pytest.mark.parametrize("argv, expected, status", [
-    (["--budget", "30"], "superlora: error: budget=30: no configuration of the study fits; the smallest on this "
-                         "model is LoRTA M=5 ρ=0.01 r=1 with 31 adapter parameters; raise the budget to at least "
-                         "31", 1),
     (["--budget", "-5"], "superlora: error: budget=-5: must be 0 or more adapter parameters, e.g. budget=1000", 1),
     (["--budget", "100", "--task", "cifar"], "superlora: error: task='cifar': the study measured digits, "
                                              "inspection; choose one, or none for all", 1),
@@ -180,6 +177,15 @@ def test_suggest_errors_are_one_line(capsys, argv, expected, status):
     assert code == status and one_error_line(err) == expected
 
 
+def test_below_the_smallest_adapter_suggest_prints_the_head_only_command(capsys):
+    code, out, _ = run_cli(capsys, "suggest", "--budget", "30")
+    assert code == 0
+    assert "#1: the study's 0-parameter baseline (the head alone) is the only choice within 30" in out
+    assert "raise the budget to at least 31" in out
+    assert out.rstrip().endswith("train #1: superlora train DATA --model superlora-default --preset head-only  (the "
+                                 "classifier head alone)")
+
+
 def test_the_printed_train_flags_rebuild_every_study_config():
     from superlora import preset
     from superlora.cli import adapter_config, build_parser
@@ -187,6 +193,8 @@ def test_the_printed_train_flags_rebuild_every_study_config():
     from superlora.study import load_study
 
     for point in load_study():
+        if point.config is None:  # head-only: --preset head-only, no adapter flags
+            continue
         args = build_parser().parse_args(["count", *config_flags(point.config)])
         assert adapter_config(args) == point.config, point.method
     custom = preset("lorta", rank=(2, 3, 4), fold=(48, 48, 192), alpha=2.0, shuffle=True, seed=5).replace(name="x")

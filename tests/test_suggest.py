@@ -55,9 +55,10 @@ def _docs_points(task: str) -> dict[tuple[str, str], tuple[int, float, float, fl
     """docs/benchmarks.md's "Every point" table of one task: (method, budget) -> (params, lr, mean, sd, n)."""
     text = (ROOT / "docs" / "benchmarks.md").read_text()
     section = text.split(f"\n### {task}\n", 1)[1].split("</details>", 1)[0]
-    rows = re.findall(r"^\| [\w-]+ \| (.+?) \| (r=\d+) \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) ± ([\d.]+) \(n=(\d+)\) \|",
-                      section, re.M)
-    return {(m, b): (int(p.replace(",", "")), float(lr), float(mean), float(sd), int(n))
+    rows = re.findall(r"^\| [\w-]+ \| (.+?) \| (r=\d+|0 params) \| ([\d,]+) \| ([\d.]+|– \(head only\)) \| "
+                      r"([\d.]+) ± ([\d.]+) \(n=(\d+)\) \|", section, re.M)
+    # head-only has no adapter lr: the page says so, the shipped file keeps the unused lr its runs recorded
+    return {(m, b): (int(p.replace(",", "")), None if lr.startswith("–") else float(lr), float(mean), float(sd), int(n))
             for m, b, p, lr, mean, sd, n in rows}
 
 
@@ -66,10 +67,11 @@ def test_every_point_agrees_with_the_tables_of_docs_benchmarks_md(task):
     """The generator and benchmarks/pareto.py's analysis compute the same lr, mean, sd and seeds per point."""
     documented = _docs_points(task)
     shipped = json.loads(STUDY_FILE.read_text(encoding="utf-8"))["tasks"][task]["points"]
-    assert len(documented) == len(shipped) == 34
+    assert len(documented) == len(shipped) == 35  # 34 adapter points and head-only
     for p in shipped:
         params, lr, mean, sd, n = documented[(p["method"], p["budget"])]
-        assert (p["adapter_params"], p["lr"], p["n"]) == (params, lr, n)
+        assert (p["adapter_params"], p["n"]) == (params, n)
+        assert p["lr"] == lr if p["family"] != "head-only" else lr is None and params == 0
         assert round(100 * p["mean"], 1) == mean and round(100 * p["sd"], 1) == sd
 
 
@@ -99,6 +101,9 @@ def _applicable(study, model, targets):
     """(point, exact count) of every study point that can be applied to the model, counted independently."""
     found = []
     for point in study:
+        if point.config is None:  # the head-only baseline: 0 adapter parameters on any model
+            found.append((point, 0))
+            continue
         config = point.config if targets is None else point.config.replace(targets=targets)
         try:
             found.append((point, int(count_parameters(model, config))))
@@ -128,7 +133,7 @@ def test_every_suggestion_fits_the_budget_and_the_list_is_complete_and_sorted(mo
     found = suggest(model, budget, task=task, targets=targets, limit=None)
     for s in found:
         assert s.parameters <= budget
-        assert s.parameters == int(count_parameters(model, s.config))
+        assert s.parameters == (0 if s.config is None else int(count_parameters(model, s.config)))
         tasks = [task] if task else ["digits", "inspection"]
         assert [m.task for m in s.measured] == tasks
         assert s.score == pytest.approx(statistics.fmean(m.mean for m in s.measured))
@@ -179,12 +184,25 @@ def test_a_model_name_and_its_skeleton_give_the_same_suggestions(default_model):
     (dict(budget="100"), r"^budget='100': must be a whole number"),
     (dict(budget=100, task="cifar"), r"^task='cifar': the study measured digits, inspection"),
     (dict(budget=100, limit=0), r"^limit=0: must be a positive whole number"),
-    (dict(budget=30), r"^budget=30: no configuration of the study fits; the smallest on this model is LoRTA M=5 "
-                      r"ρ=0\.01 r=1 with 31 adapter parameters; raise the budget to at least 31$"),
+    (dict(budget=30, study="adapters"), r"^budget=30: no adapter configuration of the study fits; the smallest on "
+                                        r"this model is LoRTA M=5 ρ=0\.01 r=1 with 31 adapter parameters; raise the "
+                                        r"budget to at least 31$"),
 ])
 def test_bad_requests_are_config_errors_that_say_what_to_do(default_model, kwargs, message):
+    if kwargs.get("study") == "adapters":  # a study without the head-only baseline
+        kwargs = dict(kwargs, study=[p for p in load_study() if p.config is not None])
     with pytest.raises(ConfigError, match=message):
         suggest(default_model, **kwargs)
+
+
+def test_below_the_smallest_adapter_the_head_alone_is_suggested_and_says_why(default_model):
+    only = suggest(default_model, 30)
+    assert [(s.family, s.config, s.parameters) for s in only] == [("head-only", None, 0)]
+    assert only[0].why.startswith("the study's 0-parameter baseline (the head alone) is the only choice within 30")
+    assert only[0].why.endswith("LoRTA M=5 ρ=0.01 r=1 with 31 adapter parameters; raise the budget to at least 31")
+    # above it, head-only is ranked with the adapters by what the study measured (it scored lowest on both tasks)
+    ranked = suggest(default_model, 1000, limit=None)
+    assert ranked[-1].family == "head-only" and ranked[0].parameters <= 1000
 
 
 def test_a_model_without_the_studys_targets_asks_for_targets():
@@ -260,7 +278,7 @@ def test_the_budget_box_says_what_is_wrong(sessions):
     request = SimpleNamespace(session_hash="budget-errors")
     with pytest.raises(StudioError, match="^Budget: type the most adapter parameters"):
         show_suggestions("superlora-default", None, sessions, request)
-    with pytest.raises(ConfigError, match="raise the budget to at least 31"):
-        show_suggestions("superlora-default", 10.0, sessions, request)
+    rows, _, note = show_suggestions("superlora-default", 10.0, sessions, request)  # below every adapter
+    assert [r[3] for r in rows] == [0] and "raise the budget to at least 31" in note
     with pytest.raises(StudioError, match="does not fit this budget"):
         apply_suggestion("superlora-default", 500.0, "SuperLoRA 2D G=4 r=1", sessions, request)

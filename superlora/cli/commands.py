@@ -361,7 +361,7 @@ def suggestions_table(model_name: str, budget: int, found: Sequence[Any]) -> str
     header = ("#", "method", "budget", "parameters", *(f"{t}, %" for t in tasks), "lr")
     rows = [(str(i), s.method, s.budget_label, f"{s.parameters:,}",
              *(f"{100 * m.mean:.1f} ± {100 * m.sd:.1f} (n={m.seeds})" for m in s.measured),
-             "/".join(dict.fromkeys(f"{m.lr:g}" for m in s.measured)))
+             s.lrs)
             for i, s in enumerate(found, start=1)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     numeric = {0, 3}
@@ -371,7 +371,7 @@ def suggestions_table(model_name: str, budget: int, found: Sequence[Any]) -> str
     lines += ["  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
               .rstrip() for row in [header, *rows]]
     best = found[0]
-    how = "train the classifier head alone"
+    how = f"superlora train DATA --model {shlex.quote(model_name)} --preset head-only  (the classifier head alone)"
     if best.config is not None:
         lrs = {m.lr for m in best.measured}
         flags = [*config_flags(best.config), *(["--lr", f"{lrs.pop():g}"] if len(lrs) == 1 else [])]

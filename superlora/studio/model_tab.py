@@ -221,7 +221,7 @@ def show_suggestions(model_name: str, budget: float | None, sessions: SessionSto
     measured first (table rows), the same as choices to pick from, and a note on what the numbers are."""
     found = _suggestions(model_name, budget, sessions.get(request))
     rows = [[rank, s.method, s.budget_label, s.parameters, *(_accuracy_cell(s, t) for t in STUDY_TASKS),
-             "/".join(dict.fromkeys(f"{m.lr:g}" for m in s.measured))] for rank, s in enumerate(found, start=1)]
+             s.lrs] for rank, s in enumerate(found, start=1)]
     choices = [(f"#{rank} {s.label} · {s.parameters:,} parameters", s.label) for rank, s in enumerate(found, start=1)]
     note = (f"**#1 {found[0].label}**: {found[0].why}. Parameters are exact on this model; accuracies are what the "
             "Pareto study measured on its own model and tasks (mean ± sd over seeds, docs/benchmarks.md). Pick one "
