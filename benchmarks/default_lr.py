@@ -71,8 +71,13 @@ def method_config(method: str, seed: int = 0):
     return config_from_values(values, VIT_TARGETS)
 
 
+def adapter_lr_key(method: str, lr: float | str) -> str:
+    """The adapter lr as a key: "-" for head-only, which has none (its rows record whatever lr was passed)."""
+    return "-" if method == HEAD_ONLY else lr_text(lr)
+
+
 def run_key(task: str, method: str, lr: float, head_lr: float, seed: int) -> tuple:
-    return (task, method, lr_text(lr), lr_text(head_lr), int(seed))
+    return (task, method, adapter_lr_key(method, lr), lr_text(head_lr), int(seed))
 
 
 _DATA: dict[str, Any] = {}
@@ -151,14 +156,13 @@ def choose(rows: list[dict[str, Any]], seed: int = 0) -> tuple[tuple[str, str] |
     for r in rows:
         if r["seed"] == seed:
             score = r["best_accuracy"] if math.isfinite(r["best_accuracy"]) else 0.0
-            accuracy[(r["task"], r["method"], lr_text(r["lr"]), lr_text(r["head_lr"]))] = score
+            accuracy[(r["task"], r["method"], adapter_lr_key(r["method"], r["lr"]), lr_text(r["head_lr"]))] = score
     cells = sorted({k[:2] for k in accuracy})
     pairs = sorted({k[2:] for k in accuracy if k[1] != HEAD_ONLY}, key=lambda p: (float(p[0]), float(p[1])))
     best = {cell: max(v for k, v in accuracy.items() if k[:2] == cell) for cell in cells}
 
     def score(cell: tuple, pair: tuple) -> float | None:
-        lr = lr_text(DEFAULT_LR) if cell[1] == HEAD_ONLY else pair[0]
-        return accuracy.get((*cell, lr, pair[1]))
+        return accuracy.get((*cell, adapter_lr_key(cell[1], pair[0]), pair[1]))
 
     regrets = {}
     for pair in pairs:
@@ -180,6 +184,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "split; seed 0 unless said.", ""]
     if chosen is None:
         return "\n".join(lines + ["No complete grid yet.", ""])
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        tried = sorted({float(r["lr"]) for r in mine if r["method"] != HEAD_ONLY})
+        heads = sorted({float(r["head_lr"]) for r in mine})
+        lines.append(f"- {task}: {len(mine)} runs; adapter lrs {', '.join(f'{x:g}' for x in tried)}; head lrs "
+                     f"{', '.join(f'{x:g}' for x in heads)} (pairs are compared only where every method ran).")
+    lines.append("")
     lines += [f"Shipped in `superlora/defaults.py`: lr {DEFAULT_LR:g}, head lr {DEFAULT_HEAD_LR:g}. "
               f"The grid's minimax-regret pair: lr {chosen[0]}, head lr {chosen[1]} (worst shortfall "
               f"{max(regrets[chosen].values()):.1%} against a (task, method)'s own best pair).", "",
@@ -196,11 +207,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             by_cell[(r["task"], r["method"])].append(r)
     for cell, cell_rows in sorted(by_cell.items()):
         top = max(cell_rows, key=lambda r: r["best_accuracy"] if math.isfinite(r["best_accuracy"]) else -1)
-        lr = lr_text(DEFAULT_LR) if cell[1] == HEAD_ONLY else chosen[0]
-        at = [r for r in cell_rows if lr_text(r["lr"]) == lr and lr_text(r["head_lr"]) == chosen[1]]
+        lr = adapter_lr_key(cell[1], chosen[0])
+        at = [r for r in cell_rows if adapter_lr_key(cell[1], r["lr"]) == lr and lr_text(r["head_lr"]) == chosen[1]]
         seconds = statistics.median(r["seconds"] for r in cell_rows)
         lines.append(f"| {cell[0]} | {cell[1]} | {top['adapter_params']:,} | {at[0]['best_accuracy']:.1%} | "
-                     f"{top['best_accuracy']:.1%} ({lr_text(top['lr'])}, {lr_text(top['head_lr'])}) | "
+                     f"{top['best_accuracy']:.1%} ({adapter_lr_key(cell[1], top['lr'])}, {lr_text(top['head_lr'])}) | "
                      f"{seconds:.0f} |")
     seeds = sorted({r["seed"] for r in rows} - {0})
     if seeds:
@@ -209,7 +220,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         shipped = (lr_text(DEFAULT_LR), lr_text(DEFAULT_HEAD_LR))
         for cell, cell_rows in sorted(by_cell.items()):
             at = [r for r in rows if (r["task"], r["method"]) == cell and lr_text(r["head_lr"]) == shipped[1]
-                  and (cell[1] == HEAD_ONLY or lr_text(r["lr"]) == shipped[0])]
+                  and adapter_lr_key(cell[1], r["lr"]) == adapter_lr_key(cell[1], shipped[0])]
             if len(at) > 1:
                 best = [r["best_accuracy"] for r in at]
                 final = [r["final_accuracy"] for r in at]

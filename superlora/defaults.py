@@ -4,8 +4,8 @@ the CLI's help all read them from here, so changing a default is a one-line chan
 Plain numbers only: this module imports nothing, so the CLI's parser can show them without loading torch.
 """
 
-DEFAULT_LR = 3e-3  # AdamW learning rate of the adapter factors
-DEFAULT_HEAD_LR = 1e-3  # AdamW learning rate of the modules trained in full (the classifier head)
+DEFAULT_LR = 3e-2  # AdamW learning rate of the adapter factors (evidence: benchmarks/results/default_lr.md)
+DEFAULT_HEAD_LR = 1e-2  # AdamW learning rate of the modules trained in full (the classifier head); same evidence
 DEFAULT_EPOCHS = 3  # run length of TrainOptions() when neither epochs nor steps is given
 DEFAULT_STEPS = 150  # run length the faces (studio, CLI help, widgets) start from
 DEFAULT_BATCH_SIZE = 32  # the global batch: images per optimizer step

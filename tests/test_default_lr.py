@@ -37,6 +37,9 @@ def test_each_method_is_trained_as_the_studio_trains_it(dl):
     # head-only runs once per head lr (it has no adapter lr); the others over the whole grid
     keys = dl.planned(["lora", HEAD_ONLY], ["inspection"], [0.01, 0.03], [0.003, 0.01], [0])
     assert len(keys) == 2 * 2 + 2 and sum(k[1] == HEAD_ONLY for k in keys) == 2
+    # a head-only run is the same run whatever adapter lr it was given (a changed DEFAULT_LR does not re-run it)
+    assert dl.run_key("t", HEAD_ONLY, 0.003, 0.01, 0) == dl.run_key("t", HEAD_ONLY, 0.03, 0.01, 0)
+    assert dl.run_key("t", "lora", 0.003, 0.01, 0) != dl.run_key("t", "lora", 0.03, 0.01, 0)
 
 
 def test_the_pair_with_the_smallest_worst_shortfall_is_chosen(dl):
@@ -44,8 +47,8 @@ def test_the_pair_with_the_smallest_worst_shortfall_is_chosen(dl):
         # method a is best at lr 0.1, b at lr 0.01; lr 0.03 is second best for both
         row("t", "a", 0.01, 0.01, 0.50), row("t", "a", 0.03, 0.01, 0.85), row("t", "a", 0.1, 0.01, 0.90),
         row("t", "b", 0.01, 0.01, 0.90), row("t", "b", 0.03, 0.01, 0.86), row("t", "b", 0.1, 0.01, float("nan")),
-        # head-only answers for every adapter lr at its head lr
-        row("t", HEAD_ONLY, DEFAULT_LR, 0.01, 0.60),
+        # head-only answers for every adapter lr at its head lr, whatever lr its row recorded
+        row("t", HEAD_ONLY, 0.123, 0.01, 0.60),
     ]
     chosen, regrets = dl.choose(rows)
     assert chosen == ("0.03", "0.01")
