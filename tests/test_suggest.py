@@ -250,8 +250,7 @@ def test_the_budget_box_lists_the_library_suggestions_and_a_pick_sets_every_cont
     skeleton = create_meta_model("superlora-default", num_classes=4)
     for suggestion in library:
         values = apply_suggestion("superlora-default", 3000.0, suggestion.label, sessions, request)
-        assert all(update["interactive"] is True for update in values[1:-1])  # editable again after head-only
-        controls = dict(zip(ADAPTER_NAMES, [values[0], *(update["value"] for update in values[1:-1])]))
+        controls = dict(zip(ADAPTER_NAMES, values[:-1]))
         config = config_from_values(controls, VIT_TARGETS)
         assert config == suggestion.config
         assert int(count_parameters(skeleton, config)) == suggestion.parameters
@@ -259,8 +258,9 @@ def test_the_budget_box_lists_the_library_suggestions_and_a_pick_sets_every_cont
 
 
 def test_picking_the_head_only_suggestion_picks_the_method_and_greys_out_the_adapter(sessions, monkeypatch):
-    from superlora.controls import ADAPTER_NAMES
+    from superlora.controls import ADAPTER_CONTROLS, ADAPTER_NAMES
     from superlora.studio import apply_suggestion, model_tab
+    from superlora.studio.model_tab import adapter_interactivity
     from superlora.suggestions import Suggestion
 
     baseline = Suggestion("head-only", "Head only", "0 params", None, 0, 0, (), 0.5, "the head alone")
@@ -268,8 +268,11 @@ def test_picking_the_head_only_suggestion_picks_the_method_and_greys_out_the_ada
     values = apply_suggestion("superlora-default", 100.0, "Head only 0 params", sessions,
                               SimpleNamespace(session_hash="budget-head-only"))
     assert len(values) == len(ADAPTER_NAMES) + 1 and values[0] == "head-only"
-    assert all(update == {"__type__": "update", "interactive": False} for update in values[1:-1])
+    assert values[1:-1] == [control.default for control in ADAPTER_CONTROLS[1:]]  # plain values for API clients
     assert values[-1].startswith("*Head only")
+    # the page then greys out every adapter control after the method, and makes them editable for an adapter
+    assert adapter_interactivity("head-only") == [{"__type__": "update", "interactive": False}] * (len(values) - 2)
+    assert adapter_interactivity("lorta") == [{"__type__": "update", "interactive": True}] * (len(values) - 2)
 
 
 def test_the_budget_box_says_what_is_wrong(sessions):

@@ -29,7 +29,7 @@ from superlora.studio.inspect_tab import inspect_deltas
 from superlora.studio.model_tab import CONTROL_NAMES, architecture_choices, count_endpoint, describe_model, \
     USER_CONTROL_NAMES, model_choices, preset_controls, preset_settings, show_count, show_figures, upload_checkpoint, \
     warm_up
-from superlora.studio.model_tab import SUGGESTION_HEADERS, apply_suggestion, show_suggestions
+from superlora.studio.model_tab import SUGGESTION_HEADERS, adapter_interactivity, apply_suggestion, show_suggestions
 from superlora.studio.sessions import SessionStore, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
 from superlora.studio.train_tab import TRAIN_INPUT_NAMES, check_training, good_class_choices, \
@@ -291,7 +291,9 @@ def _wire_budget_box(page: Page, bind: Callable) -> None:
     page.suggest_button.click(bind(show_suggestions), [model, page.budget],
                               [page.suggestion_table, page.suggestion_pick, page.suggestion_note], api_name="suggest")
     page.suggestion_pick.input(bind(apply_suggestion), [model, page.budget, page.suggestion_pick],
-                               [*page.inputs(ADAPTER_NAMES), page.preset_note], api_name="use_suggestion")
+                               [*page.inputs(ADAPTER_NAMES), page.preset_note], api_name="use_suggestion").then(
+        adapter_interactivity, [page.controls["preset_name"]], page.inputs(ADAPTER_NAMES[1:]), api_name=False,
+        queue=False)
 
 
 def _wire_data_tab(page: Page, bind: Callable, counted: Callable) -> None:

@@ -21,8 +21,8 @@ from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, DEFAULT_MODEL_DIR, HUB_MODELS, MAX_CLASSES, create_meta_model, \
     list_models, load_model
 from superlora.config import HEAD_ONLY, SuperLoRAConfig
-from superlora.controls import ADAPTER_NAMES, PRESET_CONTROL_NAMES, VIT_TARGETS, config_from_values, format_count, \
-    preset_note, preset_values, values_from_config
+from superlora.controls import ADAPTER_CONTROLS, ADAPTER_NAMES, PRESET_CONTROL_NAMES, VIT_TARGETS, \
+    config_from_values, format_count, preset_note, preset_values, values_from_config
 from superlora.counting import ParameterCount, count_parameters
 from superlora.errors import SuperLoRAError
 from superlora.studio.endpoints import friendly_message
@@ -231,19 +231,25 @@ def show_suggestions(model_name: str, budget: float | None, sessions: SessionSto
 
 def apply_suggestion(model_name: str, budget: float | None, choice: str | None, sessions: SessionStore,
                      request: gr.Request | None) -> list[Any]:
-    """Picking a suggestion: every adapter control (ADAPTER_NAMES, in order) set to its config and made editable,
-    then the preset's note. The head-only suggestion (no config) picks the head-only method and greys out the
-    other adapter controls, keeping their values, as choosing it by hand does. The suggestions are recomputed from
-    the model and budget, so the page keeps no list."""
+    """Picking a suggestion: the values of every adapter control (ADAPTER_NAMES, in order) for its config, then the
+    preset's note. The head-only suggestion (no config) picks the head-only method with the other controls at
+    their defaults (the page greys them out: `adapter_interactivity`). The suggestions are recomputed from the
+    model and budget, so the page keeps no list."""
     found = {s.label: s for s in _suggestions(model_name, budget, sessions.get(request))}
     if choice not in found:
         raise StudioError(f"Suggestion: {choice!r} does not fit this budget on this model; press Suggest again")
     config = found[choice].config
     if config is None:
-        return [HEAD_ONLY, *(gr.update(interactive=False) for _ in ADAPTER_NAMES[1:]), preset_note(HEAD_ONLY)]
-    values = values_from_config(config)
-    return [values["preset_name"], *(gr.update(value=values[name], interactive=True) for name in ADAPTER_NAMES[1:]),
-            preset_note(config.name)]
+        values = {control.name: control.default for control in ADAPTER_CONTROLS}
+        values["preset_name"] = HEAD_ONLY
+    else:
+        values = values_from_config(config)
+    return [*(values[name] for name in ADAPTER_NAMES), preset_note(values["preset_name"])]
+
+
+def adapter_interactivity(preset_name: str) -> list[Any]:
+    """The adapter controls after the method (ADAPTER_NAMES[1:]) editable, or greyed out for head-only."""
+    return [gr.update(interactive=preset_name != HEAD_ONLY) for _ in ADAPTER_NAMES[1:]]
 
 
 def upload_checkpoint(file: str | None, arch: str, sessions: SessionStore, request: gr.Request | None
