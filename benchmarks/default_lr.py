@@ -101,6 +101,7 @@ def run_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any
     if threads:
         torch.set_num_threads(threads)
     task, method, lr, head_lr, seed = key
+    lr = DEFAULT_LR if lr == "-" else float(lr)  # head-only: any positive lr (TrainOptions wants one), unused
     train_set, val_set = task_sets(task)
     config = method_config(method, seed)
     options = TrainOptions(steps=steps, epochs=None, lr=float(lr), head_lr=float(head_lr),

@@ -66,3 +66,33 @@ def test_the_pair_with_the_smallest_worst_shortfall_is_chosen(dl):
 
 def test_no_complete_grid_says_so(dl):
     assert "No complete grid yet" in dl.markdown([row("t", "a", 0.01, 0.01, 0.5), row("t", "b", 0.03, 0.01, 0.5)])
+
+
+def test_a_run_trains_the_key_it_is_given_and_head_only_gets_a_positive_unused_lr(dl, monkeypatch):
+    import superlora.train as train_module
+
+    seen = []
+
+    class Result:
+        best_accuracy = 0.75
+        history = [{"val_accuracy": 0.5, "val_loss": 1.25}]
+
+        class model:  # noqa: N801 - stands in for the trained SuperLoRAModel
+            @staticmethod
+            def num_trainable_parameters(include_trainable_modules=True):
+                return 0
+
+    def fake_train(model, train_set, val_set, config, options):
+        seen.append((model, len(train_set), len(val_set), config, options))
+        return Result()
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    row = dl.run_one(dl.run_key("inspection", HEAD_ONLY, 123.0, 0.03, 2), steps=7)
+    model, train_size, val_size, config, options = seen[0]
+    assert (model, train_size, val_size) == ("superlora-default", 256, 64)  # the studio's 80/20 split of 320 images
+    assert config.targets == () and config.seed == 2
+    assert (options.lr, options.head_lr, options.steps, options.seed) == (DEFAULT_LR, 0.03, 7, 2)
+    assert (row["best_accuracy"], row["final_accuracy"], row["final_val_loss"], row["lr"]) == (0.75, 0.5, 1.25,
+                                                                                             DEFAULT_LR)
+    dl.run_one(dl.run_key("inspection", "lora", 0.01, 0.003, 0), steps=3)
+    assert (seen[1][4].lr, seen[1][4].head_lr, seen[1][3].name) == (0.01, 0.003, "lora")
