@@ -72,8 +72,10 @@ def _better(a: tuple[float, float, float], b: tuple[float, float, float] | None)
 
 
 def choose_lr(results: dict[str, tuple[float, float]], grid: Sequence[float] = LR_GRID,
-              max_extensions: int = MAX_EXTENSIONS) -> tuple[float | None, list[float]]:
-    """The sweep's state from its finished runs (`lr_text(lr)` -> (accuracy, val_loss); NaN: diverged).
+              max_extensions: int = MAX_EXTENSIONS, factor: float = LR_FACTOR) -> tuple[float | None, list[float]]:
+    """The sweep's state from its finished runs (`lr_text(lr)` -> (accuracy, val_loss); NaN: diverged). While
+    the best lr is the largest (smallest) tried, `factor` times (1 / `factor` times) it runs next, at most
+    `max_extensions` times past each end of the grid.
 
     Returns (chosen lr, []) when the rule has decided, else (None, the lrs to run next)."""
     missing = [lr for lr in grid if lr_text(lr) not in results]
@@ -91,9 +93,9 @@ def choose_lr(results: dict[str, tuple[float, float]], grid: Sequence[float] = L
         below = sum(lr < min(grid) for lr in tried)
         above = sum(lr > max(grid) for lr in tried)
         if best == tried[-1] and above < max_extensions:
-            step = best * LR_FACTOR
+            step = best * factor
         elif best == tried[0] and below < max_extensions:
-            step = best / LR_FACTOR
+            step = best / factor
         else:
             return best, []
         if lr_text(step) not in results:

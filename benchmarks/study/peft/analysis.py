@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.study import page
+from benchmarks.study.intervals import (BOOTSTRAP_SEED, LEVEL, OVER_BOTH, OVER_SEEDS,  # noqa: F401
+                                        RESAMPLES, bootstrap_interval, rows_interval, seed_interval)
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.peft.matching import METHOD_NAMES, METHODS, STANDARD_BUDGETS
-from benchmarks.study.peft.training import DEFAULT_LRS, decode_correct
+from benchmarks.study.peft.training import DEFAULT_LRS
 from benchmarks.study.sweep import MAX_EXTENSIONS, SWEEP_SEED, choose_lr, lr_text
 
-BOOTSTRAP_SEED = 12  # fixed, so that the page regenerates byte for byte
-RESAMPLES = 2000
-LEVEL = 0.95
-OVER_BOTH, OVER_SEEDS = "seeds × images", "seeds only"
 
 
 @dataclass(frozen=True)
@@ -40,35 +38,6 @@ class PointResult(Summary):
     def peft(self) -> bool:
         """A PEFT method's point (else a SuperLoRA whole-qkv point)."""
         return self.family in METHODS
-
-
-def bootstrap_interval(correct: Sequence[Sequence[bool]], resamples: int = RESAMPLES, level: float = LEVEL,
-                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile interval of the mean accuracy when both the runs (one row of `correct` per seed) and the
-    validation images (its columns) are drawn again with replacement, independently."""
-    import numpy as np
-
-    matrix = np.asarray(correct, dtype=float)
-    runs, images = matrix.shape
-    rng = np.random.default_rng(seed)
-    run_counts = rng.multinomial(runs, np.full(runs, 1 / runs), size=resamples)
-    image_counts = rng.multinomial(images, np.full(images, 1 / images), size=resamples)
-    # whole counts of right answers (exact in float64), divided once: an all-right matrix gives exactly 1.0
-    means = np.einsum("br,ri,bi->b", run_counts, matrix, image_counts) / (runs * images)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def seed_interval(accuracies: Sequence[float], resamples: int = RESAMPLES, level: float = LEVEL,
-                  seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """The same over the runs alone (when the per-image correctness is not known)."""
-    import numpy as np
-
-    values = np.asarray(accuracies, dtype=float)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(values), np.full(len(values), 1 / len(values)), size=resamples)
-    low, high = np.quantile(counts @ values / len(values), [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
 
 
 def chosen_lr(rows: Sequence[dict[str, Any]], grid: Sequence[float] = DEFAULT_LRS,
@@ -102,13 +71,7 @@ def summarise(rows: Sequence[dict[str, Any]], task: str, grid: Sequence[float] =
             continue
         runs = sorted((r for r in group if lr_text(r["lr"]) == lr_text(lr)), key=lambda r: int(r["seed"]))
         ok = [r for r in runs if r["status"] == "ok"]
-        masks = [decode_correct(r["val_correct"], int(r["val_size"])) for r in ok]
-        if ok and all(masks):
-            interval, over = bootstrap_interval(masks), OVER_BOTH
-        elif ok:
-            interval, over = seed_interval([r["accuracy"] for r in ok]), OVER_SEEDS
-        else:
-            interval, over = (math.nan, math.nan), "–"
+        interval, over = rows_interval(runs)
         first = runs[0]
         results.append(PointResult(
             task=task, family=first["family"], method=first["method"], budget=first["budget"],

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.study.intervals import correct_from_validation, decode_correct, encode_correct  # noqa: F401
 from benchmarks.study.peft.matching import SuperLoRAPoint, peft_counts, split_trainable
 from superlora.errors import ConfigError
 
@@ -31,8 +32,6 @@ PROTOCOL_DIFFERENCES = (
 )
 
 
-
-
 @dataclass
 class Outcome:
     status: str = "ok"
@@ -45,24 +44,6 @@ class Outcome:
     fixed_values: int | str = ""  # non-trainable values the adapter adds (PEFT rows)
     correct: tuple[bool, ...] = ()  # per validation image, in order: was it classified right (empty: not known)
     model: Any = None  # the trained model (train_peft only; not part of a row)
-
-
-def encode_correct(correct: Sequence[bool]) -> str:
-    """Per-image correctness as hex digits: bit i (of the number they spell) is validation image i; "" for none."""
-    if not correct:
-        return ""
-    value = sum(1 << index for index, right in enumerate(correct) if right)
-    return f"{value:0{(len(correct) + 3) // 4}x}"
-
-
-def decode_correct(text: str, count: int) -> tuple[bool, ...]:
-    """The inverse of `encode_correct` for `count` validation images (() for "")."""
-    if not text:
-        return ()
-    value = int(text, 16)
-    if value >> count:
-        raise ValueError(f"a correctness mask for {count} images has bits beyond image {count - 1}")
-    return tuple(bool(value >> index & 1) for index in range(count))
 
 
 def build_base(model: str, num_classes: int, pretrained: bool = True):
@@ -178,8 +159,5 @@ def train_superlora(model: str, train_set, val_set, point: SuperLoRAPoint, optio
     outcome.head = result.model.num_trainable_parameters() - outcome.adapter
     outcome.accuracy, outcome.val_loss = result.best_accuracy, result.metrics["loss"]
     outcome.train_loss = result.history[-1]["train_loss"]
-    record = result.validation
-    if record is not None and record["mistakes"] is not None:
-        wrong = {entry["index"] for entry in record["mistakes"]}
-        outcome.correct = tuple(index not in wrong for index in range(record["count"]))
+    outcome.correct = correct_from_validation(result.validation)
     return outcome
