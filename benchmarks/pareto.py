@@ -46,6 +46,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,13 +63,17 @@ from benchmarks.study.pareto.grid import (DEFAULT_MODEL, QUICK_TASKS, TASKS, Cou
 from benchmarks.study.pareto.markdown import (BEGIN, END, analyse, claims_markdown,  # noqa: E402,F401
                                               completeness_note, plan_markdown, replace_between_markers,
                                               task_markdown)
-from benchmarks.study.pareto.runner import (BATCH_SIZE, COLUMNS, HEAD_LR, STEPS, Job, Setup,  # noqa: E402,F401
+from benchmarks.study.pareto.protocol import FAMILY, PER_POINT, PROTOCOLS, Protocol  # noqa: E402,F401
+from benchmarks.study.pareto.runner import (BATCH_SIZE, COLUMNS, CORRECT_COLUMNS, HEAD_LR, STEPS, Job,  # noqa: E402,F401
+                                            Setup, pending_per_point,
                                             append_row, load_results, pending_jobs, read_rows, row_key,
                                             run_job, run_study, weights_digest)
-from benchmarks.study.sweep import (LR_GRID, MAX_EXTENSIONS, SEEDS, Point, check_grid, choose_lr,  # noqa: E402,F401
+from superlora.defaults import DEFAULT_HEAD_LR  # noqa: E402
+from benchmarks.study.sweep import (HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SEEDS, Point, check_grid, choose_lr,  # noqa: E402,F401
                                     config_hash, lr_text)
 
 RESULTS = ROOT / "benchmarks" / "results"
+PER_POINT_RESULTS = RESULTS / "pareto_per_point"
 DOCS = ROOT / "docs" / "benchmarks.md"
 
 
@@ -88,7 +93,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--head-lr", type=float, default=HEAD_LR)
+    p.add_argument("--head-lr", type=float, default=None,
+                   help=f"the head's lr for adapter points (default: {HEAD_LR:g} under the family protocol, the "
+                        f"shipped default {DEFAULT_HEAD_LR:g} under per-point)")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default=FAMILY.name,
+                   help="family: the original study (one lr per family, 100 steps); per-point: the fair re-run "
+                        "(every point sweeps its own lr, 400 steps under 1,000 adapter parameters, head-only sweeps "
+                        "its head lr, seeds also at the shipped default lr), into "
+                        f"{PER_POINT_RESULTS.relative_to(ROOT)} by default (see benchmarks/study/pareto/protocol.py)")
     p.add_argument("--families", nargs="+", default=None, help="run only these families (e.g. for a smoke test)")
     p.add_argument("--methods", nargs="+", default=None, help="run only these methods (names as in `plan`)")
     p.add_argument("--fixed-lr", type=float, default=None,
@@ -100,9 +112,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def quick_protocol(protocol: Protocol) -> Protocol:
+    """A `--quick` run's protocol: two lrs, no extension; per-point points under 1,000 parameters train 4 steps."""
+    if not protocol.per_point:
+        return replace(protocol, grid=(4e-3, 1.6e-2), max_extensions=0)
+    return replace(protocol, grid=(1.5e-2, 3e-2), max_extensions=0, long_steps=4, head_grid=(1e-2, 2e-2))
+
+
+def analyse_study(protocol: Protocol, out: Path, docs: Path, tasks: list[str], points: list[Point],
+                  seeds: Sequence[int]) -> dict:
+    """Figures and the docs block of the protocol's results (the family study's block, or the per-point re-run's)."""
+    if protocol.per_point:
+        from benchmarks.study.pareto.report import analyse as analyse_per_point
+
+        return analyse_per_point(out, docs, out, tasks, protocol, points, seeds)
+    return analyse(out, docs, out, tasks, protocol.grid, protocol.max_extensions, points, seeds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]
     points = quick_grid() if args.quick else study_grid()
+    if args.quick and protocol.per_point:
+        points.append(next(p for p in study_grid() if p.family == HEAD_ONLY_FAMILY))
     if args.families:
         points = [p for p in points if p.family in args.families]
     if args.methods:
@@ -111,15 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("no point of the grid is left after --families / --methods; see `plan` for the names")
     task_specs = QUICK_TASKS if args.quick else TASKS
     tasks = {name: task_specs[name] for name in args.tasks}
-    grid, extensions = ((4e-3, 1.6e-2), 0) if args.quick else (LR_GRID, MAX_EXTENSIONS)
+    if args.quick:
+        protocol = quick_protocol(protocol)
+    grid, extensions = protocol.grid, protocol.max_extensions
+    results = PER_POINT_RESULTS if protocol.per_point else RESULTS
+    head_lr = args.head_lr if args.head_lr is not None else (DEFAULT_HEAD_LR if protocol.per_point else HEAD_LR)
 
     if args.command == "plan":
         print(plan_markdown(points, args.model, args.seeds, args.steps, args.seconds_per_step, args.overhead_s,
                             args.workers, tasks))
         return 0
     if args.command == "analyse":
-        out = args.out or RESULTS
-        written = analyse(out, args.docs or DOCS, out, list(tasks), grid, extensions, points, args.seeds)
+        out = args.out or results
+        written = analyse_study(protocol, out, args.docs or DOCS, list(tasks), points, args.seeds)
         print("wrote", ", ".join(str(p) for p in [*written["figures"], written["docs"]]))
         if written["partial"]:
             print("partial results (runs missing) for:", ", ".join(written["partial"]))
@@ -127,20 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.quick:
         out = args.out or Path(tempfile.mkdtemp(prefix="pareto-quick-"))
-        if out.resolve() == RESULTS.resolve():
+        if out.resolve() in (RESULTS.resolve(), PER_POINT_RESULTS.resolve()):
             raise SystemExit("--quick never writes into benchmarks/results; give another --out")
         seeds, steps, batch = args.seeds[:1], 3, 8
     else:
-        out = args.out or RESULTS
+        out = args.out or results
         seeds, steps, batch = args.seeds, args.steps, args.batch_size
     threads = args.threads or max(1, 2 // args.workers)
     if weights_digest(args.model) == "none" and (args.model == DEFAULT_MODEL or Path(args.model).exists()):
         raise SystemExit(f"no weights for {args.model} (the bundled default's are assets/default/model.safetensors, "
                          "written when its pretraining is final); give another --model, e.g. a save_model folder")
-    setup = Setup(args.model, weights_digest(args.model), steps, batch, args.head_lr, tuple(tasks.items()))
+    setup = Setup(args.model, weights_digest(args.model), steps, batch, head_lr, tuple(tasks.items()), protocol)
     run_study(points, setup, out, seeds, args.workers, threads, grid, extensions, args.fixed_lr)
     if args.quick:
-        written = analyse(out, args.docs or out / "benchmarks.md", out, list(tasks), grid, extensions, points, seeds)
+        written = analyse_study(protocol, out, args.docs or out / "benchmarks.md", list(tasks), points, seeds)
         print("wrote", ", ".join(str(p) for p in [*written["figures"], written["docs"]]))
     return 0
 

@@ -13,7 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.study.intervals import correct_from_validation, encode_correct
 from benchmarks.study.pareto.grid import DEFAULT_MODEL, SPLIT_SEED, Counted, TaskSpec, count_grid, task_sets
+from benchmarks.study.pareto.protocol import FAMILY, Protocol
 from benchmarks.study.pool import run_until_done
 from benchmarks.study.store import ResultsTable, file_digest
 from benchmarks.study.sweep import HEAD_ONLY_FAMILY, HEAD_ONLY_LR, LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, Point, \
@@ -32,6 +34,13 @@ INTS = ("seed", "adapter_params", "head_params", "base_params", "update_size", "
 FLOATS = ("lr", "head_lr", "accuracy", "val_loss", "train_loss", "seconds", "seconds_per_step", "cpu_seconds_per_step")
 TABLE = ResultsTable(COLUMNS, INTS, FLOATS)
 read_rows, append_row = TABLE.read, TABLE.append  # the results file of one task (benchmarks/study/store.py)
+# The per-point protocol's rows also keep each validation image's right/wrong (benchmarks/study/intervals.py).
+CORRECT_COLUMNS = COLUMNS + ("val_correct",)
+CORRECT_TABLE = ResultsTable(CORRECT_COLUMNS, INTS, FLOATS)
+
+
+def table_for(protocol: Protocol) -> ResultsTable:
+    return CORRECT_TABLE if protocol.per_point else TABLE
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, str, int, str]:
@@ -48,10 +57,23 @@ class Job:
     phase: str  # "sweep" or "main"
     point: Point
     seed: int
-    lr: float
+    lr: float  # the adapter lr; for head-only under the per-point protocol, the head lr it sweeps
+    head_lr: float | None = None  # None: the setup's head lr
 
     def key(self) -> tuple[str, str, str, int, str]:
         return (self.task, self.point.method, self.point.key, self.seed, lr_text(self.lr))
+
+
+def _in_order(sweep_jobs: list[Job], main_jobs: list[Job], done: set) -> list[Job]:
+    """Sweep runs first, then main runs seed by seed (stable: within a seed, task then grid order); each run once,
+    and none whose key is in `done`."""
+    main_jobs = sorted(main_jobs, key=lambda j: j.seed)
+    jobs, seen = [], set(done)
+    for job in sweep_jobs + main_jobs:
+        if job.key() not in seen:
+            seen.add(job.key())
+            jobs.append(job)
+    return jobs
 
 
 def sweep_results(rows: Iterable[dict[str, Any]], task: str, point: Point) -> dict[str, tuple[float, float]]:
@@ -82,13 +104,32 @@ def pending_jobs(rows: Sequence[dict[str, Any]], tasks: Sequence[str], points: S
             for point in points:
                 if lrs.get(point.family) is not None:
                     main_jobs.append(Job(task, "main", point, seed, lrs[point.family]))
-    main_jobs.sort(key=lambda j: j.seed)  # stable: within a seed, task then grid order
-    jobs, seen = [], set(done)
-    for job in sweep_jobs + main_jobs:
-        if job.key() not in seen:
-            seen.add(job.key())
-            jobs.append(job)
-    return jobs
+    return _in_order(sweep_jobs, main_jobs, done)
+
+
+def pending_per_point(rows: Sequence[dict[str, Any]], tasks: Sequence[str], points: Sequence[Point],
+                      seeds: Sequence[int], protocol: Protocol) -> list[Job]:
+    """`pending_jobs` under a per-point protocol: every point sweeps its own lr on seed 0 (head-only its head lr),
+    then runs its seeds at the chosen lr and at the protocol's default lr (where the sweep chose another), sweep
+    runs first and main runs seed by seed."""
+    done = {row_key(r) for r in rows}
+    sweep_jobs, main_jobs = [], []
+    for task in tasks:
+        for point in points:
+            head = protocol.sweeps_head(point.family)
+
+            def job(phase: str, seed: int, lr: float) -> Job:
+                return Job(task, phase, point, seed, lr, head_lr=lr if head else None)
+
+            chosen, todo = choose_lr(sweep_results(rows, task, point), protocol.sweep_grid(point.family),
+                                     protocol.max_extensions, protocol.factor)
+            sweep_jobs += [job("sweep", SWEEP_SEED, lr) for lr in todo]
+            if chosen is None:
+                continue
+            default = protocol.default_for(point.family)
+            lrs = [chosen] + ([default] if default is not None and lr_text(default) != lr_text(chosen) else [])
+            main_jobs += [job("main", seed, lr) for seed in seeds for lr in lrs]
+    return _in_order(sweep_jobs, main_jobs, done)
 
 
 @dataclass(frozen=True)
@@ -101,11 +142,15 @@ class Setup:
     batch_size: int
     head_lr: float
     tasks: tuple[tuple[str, TaskSpec], ...]
+    protocol: Protocol = FAMILY
 
     def fingerprint(self, task: str) -> str:
         spec = dict(self.tasks)[task]
-        text = json.dumps([self.model, self.weights, self.steps, self.batch_size, lr_text(self.head_lr),
-                           spec.sample, spec.train_per_class, spec.val_per_class, SPLIT_SEED])
+        fields = [self.model, self.weights, self.steps, self.batch_size, lr_text(self.head_lr), spec.sample,
+                  spec.train_per_class, spec.val_per_class, SPLIT_SEED]
+        if self.protocol.per_point:  # (the original protocol's fingerprints stay as they were)
+            fields += [self.protocol.name, self.protocol.long_steps, self.protocol.long_below]
+        text = json.dumps(fields)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -146,10 +191,12 @@ def run_job(job: Job, setup: Setup, counted: Counted, threads: int | None = None
         if event.kind == "step":
             step_times.append((time.monotonic(), time.process_time()))
 
-    options = TrainOptions(steps=setup.steps, batch_size=setup.batch_size, lr=job.lr, head_lr=setup.head_lr,
+    steps = setup.protocol.steps_for(counted.adapter, setup.steps)
+    head_lr = setup.head_lr if job.head_lr is None else job.head_lr
+    options = TrainOptions(steps=steps, batch_size=setup.batch_size, lr=job.lr, head_lr=head_lr,
                            seed=job.seed, eval_every_epoch=False, device="cpu")
     started = time.monotonic()
-    status, accuracy, val_loss, train_loss = "ok", math.nan, math.nan, math.nan
+    status, accuracy, val_loss, train_loss, correct = "ok", math.nan, math.nan, math.nan, ()
     try:
         result = train(setup.model, train_set, val_set, job.point.config.replace(seed=job.seed), options,
                        callbacks=[on_event])
@@ -164,6 +211,7 @@ def run_job(job: Job, setup: Setup, counted: Counted, threads: int | None = None
                                f"{counted.head}")
         accuracy, val_loss = result.best_accuracy, result.metrics["loss"]
         train_loss = result.history[-1]["train_loss"]
+        correct = correct_from_validation(result.validation)
     seconds = time.monotonic() - started
     # Wall time per step depends on what else the machine runs; CPU time per step (summed over this process's
     # threads) is what one step costs, and on an idle core with one thread it is also the wall time.
@@ -174,23 +222,24 @@ def run_job(job: Job, setup: Setup, counted: Counted, threads: int | None = None
         config_hash=job.point.key, seed=job.seed, lr=lr_text(job.lr), status=status, accuracy=accuracy,
         val_loss=val_loss, train_loss=train_loss, adapter_params=counted.adapter, head_params=counted.head,
         base_params=counted.base, update_size=counted.update_size, lora_r1_params=counted.lora_r1,
-        steps=setup.steps, batch_size=setup.batch_size, head_lr=lr_text(setup.head_lr),
+        steps=steps, batch_size=setup.batch_size, head_lr=lr_text(head_lr),
         num_classes=len(train_set.classes), train_size=len(train_set), val_size=len(val_set), seconds=round(seconds, 2),
         seconds_per_step=round(spans[0], 4), cpu_seconds_per_step=round(spans[1], 4),
         threads=torch.get_num_threads(), model=setup.model, setup=setup.fingerprint(job.task),
         config=json.dumps(job.point.config.to_dict(), separators=(",", ":")),
-        finished=datetime.now().isoformat(timespec="seconds"),
+        finished=datetime.now().isoformat(timespec="seconds"), val_correct=encode_correct(correct),
     )
 
 
 def _describe(job: Job) -> str:
-    return f"{job.task} {job.phase} {job.point.method} {job.point.budget} seed {job.seed} lr {lr_text(job.lr)}"
+    lr = f"head lr {lr_text(job.lr)}" if job.head_lr is not None else f"lr {lr_text(job.lr)}"
+    return f"{job.task} {job.phase} {job.point.method} {job.point.budget} seed {job.seed} {lr}"
 
 
 def load_results(out: Path, tasks: Sequence[str], setup: Setup) -> list[dict[str, Any]]:
     rows = []
     for task in tasks:
-        task_rows = read_rows(results_path(out, task))
+        task_rows = table_for(setup.protocol).read(results_path(out, task))
         other = {r["setup"] for r in task_rows} - {setup.fingerprint(task)}
         if other:
             raise SystemExit(f"{results_path(out, task)} holds runs of another setup (model weights, steps, batch, "
@@ -202,7 +251,7 @@ def load_results(out: Path, tasks: Sequence[str], setup: Setup) -> list[dict[str
 def run_study(points: Sequence[Point], setup: Setup, out: Path, seeds: Sequence[int], workers: int, threads: int,
               grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS,
               fixed_lr: float | None = None) -> None:
-    check_grid(points, need_sweep=fixed_lr is None)
+    check_grid(points, need_sweep=fixed_lr is None and not setup.protocol.per_point)
     tasks = [name for name, _ in setup.tasks]
     counts = {(task, c.point.key): c for task, spec in setup.tasks
               for c in count_grid(points, setup.model, spec.classes)}
@@ -211,12 +260,13 @@ def run_study(points: Sequence[Point], setup: Setup, out: Path, seeds: Sequence[
 
     def pending() -> tuple[int, list[tuple[Job, Setup, Counted]]]:
         rows = load_results(out, tasks, setup)
-        jobs = pending_jobs(rows, tasks, points, seeds, grid, max_extensions, fixed_lr)
+        jobs = pending_per_point(rows, tasks, points, seeds, setup.protocol) if setup.protocol.per_point \
+            else pending_jobs(rows, tasks, points, seeds, grid, max_extensions, fixed_lr)
         return len(rows), [(job, setup, counts[(job.task, job.point.key)]) for job in jobs]
 
     def record(job: Job, row: dict[str, Any]) -> None:
         nonlocal finished
-        append_row(results_path(out, job.task), row)
+        table_for(setup.protocol).append(results_path(out, job.task), row)
         finished += 1
         shown = f"{row['accuracy']:.2%}" if row["status"] == "ok" else row["status"]
         print(f"[{finished}] {_describe(job)}: {shown}, {row['adapter_params']:,} params, "

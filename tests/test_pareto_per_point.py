@@ -1,0 +1,107 @@
+"""The Pareto study's per-point protocol (issue 12's fair re-run): which runs it schedules (every point its own
+sweep, head-only over head lrs, seeds at the chosen and at the shipped default lr), the run lengths, the setup
+fingerprint (the original study's rows stay valid), and a real `--quick --protocol per-point` run."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "pareto.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("pareto_script_pp", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pareto = _load_script()
+PP = pareto.PER_POINT
+
+
+def point(family: str, budget: str = "r=1"):
+    return next(p for p in pareto.study_grid() if p.family == family and p.budget == budget)
+
+
+def sweep_row(p, lr, accuracy, task="inspection", seed=0, phase="sweep"):
+    return {"task": task, "phase": phase, "family": p.family, "method": p.method, "budget": p.budget,
+            "config_hash": p.key, "seed": seed, "lr": pareto.lr_text(lr), "status": "ok", "accuracy": accuracy,
+            "val_loss": 1.0, "adapter_params": 100, "setup": "s"}
+
+
+def keys(jobs):
+    return [(j.phase, j.point.method, j.seed, pareto.lr_text(j.lr)) for j in jobs]
+
+
+def test_the_protocol_grid_steps_by_two_around_the_shipped_defaults():
+    from superlora.defaults import DEFAULT_HEAD_LR, DEFAULT_LR
+
+    assert [pareto.lr_text(x) for x in PP.grid] == ["0.00375", "0.0075", "0.015", "0.03", "0.06"]
+    assert PP.default_lr == DEFAULT_LR and DEFAULT_LR in PP.grid  # seed 0 at the default is a sweep run
+    assert [pareto.lr_text(x) for x in PP.head_grid] == ["0.0025", "0.005", "0.01", "0.02", "0.04"]
+    assert PP.default_head_lr == DEFAULT_HEAD_LR and DEFAULT_HEAD_LR in PP.head_grid
+    # 400 steps below 1,000 adapter parameters (head-only's 0 included), the setup's steps from 1,000 on
+    assert [PP.steps_for(n, 100) for n in (0, 31, 999, 1000, 36864)] == [400, 400, 400, 100, 100]
+    assert pareto.FAMILY.steps_for(31, 100) == 100 and not pareto.FAMILY.per_point
+
+
+def test_every_point_sweeps_its_own_lr_then_runs_its_seeds_at_the_chosen_and_the_default_lr():
+    r1, r2 = point("lora", "r=1"), point("lora", "r=2")  # one family: the family protocol would sweep r=2 only
+    jobs = pareto.pending_per_point([], ["inspection"], [r1, r2], [0, 1, 2], PP)
+    assert keys(jobs) == [("sweep", p.method, 0, pareto.lr_text(lr)) for p in (r1, r2) for lr in PP.grid]
+    assert len({j.point.budget for j in jobs}) == 2
+    # r=1 best at 0.015 (inner), r=2 best at the default 0.03
+    rows = [sweep_row(r1, lr, acc) for lr, acc in zip(PP.grid, (0.5, 0.6, 0.8, 0.7, 0.4))]
+    rows += [sweep_row(r2, lr, acc) for lr, acc in zip(PP.grid, (0.5, 0.6, 0.7, 0.8, 0.4))]
+    jobs = pareto.pending_per_point(rows, ["inspection"], [r1, r2], [0, 1, 2], PP)
+    # seed 0 at both lrs is on file (sweep runs); seeds 1 and 2 at r=1's chosen 0.015 and at the default 0.03
+    assert keys(jobs) == [("main", r1.method, 1, "0.015"), ("main", r1.method, 1, "0.03"),
+                          ("main", r2.method, 1, "0.03"),
+                          ("main", r1.method, 2, "0.015"), ("main", r1.method, 2, "0.03"),
+                          ("main", r2.method, 2, "0.03")]
+    assert all(j.head_lr is None for j in jobs)
+
+
+def test_a_best_lr_at_the_edge_extends_the_sweep_by_factors_of_two_at_most_twice():
+    p = point("lorta", "r=2")
+    rows = [sweep_row(p, lr, acc) for lr, acc in zip(PP.grid, (0.1, 0.2, 0.3, 0.4, 0.5))]
+    # the rows are the inspection task's: digits still sweeps its whole grid
+    assert len(pareto.pending_per_point(rows, ["digits"], [p], [0], PP)) == len(PP.grid)
+    assert keys(pareto.pending_per_point(rows, ["inspection"], [p], [0], PP)) == [("sweep", p.method, 0, "0.12")]
+    rows.append(sweep_row(p, 0.12, 0.6))
+    assert keys(pareto.pending_per_point(rows, ["inspection"], [p], [0], PP)) == [("sweep", p.method, 0, "0.24")]
+    rows.append(sweep_row(p, 0.24, 0.7))
+    # two extensions done: 0.24 is chosen; seed 0 at it and at the default are on file, so nothing is left
+    assert keys(pareto.pending_per_point(rows, ["inspection"], [p], [0], PP)) == []
+    assert keys(pareto.pending_per_point(rows, ["inspection"], [p], [0, 1], PP)) == [
+        ("main", p.method, 1, "0.24"), ("main", p.method, 1, "0.03")]
+
+
+def test_head_only_sweeps_its_head_lr():
+    head = point("head-only", "0 params")
+    jobs = pareto.pending_per_point([], ["inspection"], [head], [0, 1], PP)
+    assert [(j.phase, pareto.lr_text(j.lr), pareto.lr_text(j.head_lr)) for j in jobs] == [
+        ("sweep", pareto.lr_text(x), pareto.lr_text(x)) for x in PP.head_grid]
+    rows = [sweep_row(head, lr, acc) for lr, acc in zip(PP.head_grid, (0.5, 0.6, 0.7, 0.8, 0.75))]
+    jobs = pareto.pending_per_point(rows, ["inspection"], [head], [0, 1], PP)
+    assert [(j.seed, pareto.lr_text(j.lr), pareto.lr_text(j.head_lr)) for j in jobs] == [
+        (1, "0.02", "0.02"), (1, "0.01", "0.01")]  # the chosen head lr, then the shipped default head lr
+
+
+def test_the_original_studys_rows_keep_their_setup_fingerprint():
+    """Adding the protocol to the setup must not orphan the committed rows of the family study."""
+    setup = pareto.Setup(pareto.DEFAULT_MODEL, pareto.weights_digest(pareto.DEFAULT_MODEL), pareto.STEPS,
+                         pareto.BATCH_SIZE, pareto.HEAD_LR, tuple(pareto.TASKS.items()))
+    for task in pareto.TASKS:
+        with open(ROOT / "benchmarks" / "results" / f"pareto_{task}.csv", newline="") as handle:
+            on_file = {r["setup"] for r in csv.DictReader(handle)}
+        assert on_file == {setup.fingerprint(task)}
+        per_point = pareto.Setup(*[getattr(setup, f) for f in ("model", "weights", "steps", "batch_size",
+                                                               "head_lr", "tasks")], PP)
+        assert per_point.fingerprint(task) != setup.fingerprint(task)
