@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "plan":
         print(plan_markdown(points, args.model, args.seeds, args.steps, args.seconds_per_step, args.overhead_s,
-                            args.workers, tasks))
+                            args.workers, tasks, protocol))
         return 0
     if args.command == "analyse":
         out = args.out or results

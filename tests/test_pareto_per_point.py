@@ -105,3 +105,15 @@ def test_the_original_studys_rows_keep_their_setup_fingerprint():
         per_point = pareto.Setup(*[getattr(setup, f) for f in ("model", "weights", "steps", "batch_size",
                                                                "head_lr", "tasks")], PP)
         assert per_point.fingerprint(task) != setup.fingerprint(task)
+
+
+def test_the_plan_shows_each_points_steps_and_the_range_of_runs():
+    text = pareto.plan_markdown(pareto.study_grid(), pareto.DEFAULT_MODEL, [0, 1, 2], 100, None, 4.0, 1,
+                                dict(pareto.TASKS), PP)
+    assert "Protocol: per-point." in text
+    assert "| head-only | Head only | 0 params | 0 | 400 | yes |" in text  # 0 < 1,000: the long budget
+    assert "| lora | LoRA | r=1 | 4,608 | 100 | yes |" in text
+    assert "| fastfood | LoRTA M=5 ρ=0.01 | r=1 | 31 | 400 | yes |" in text
+    points = len(pareto.study_grid())
+    # each point: 5 sweep lrs + seeds 1, 2 at the chosen lr (+ seeds 1, 2 at the default where it differs)
+    assert f"{7 * points}–{9 * points} runs per task" in text and f"at most {18 * points} runs" in text

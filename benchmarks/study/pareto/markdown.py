@@ -15,6 +15,7 @@ from benchmarks.study.pareto.analysis import (REFERENCES, Summary, efficiency_ta
                                               pareto_front, plot_task, reference, summarise)
 from benchmarks.study.pareto.grid import TaskSpec, count_grid
 from benchmarks.study.pareto.runner import read_rows, results_path
+from benchmarks.study.pareto.protocol import FAMILY, Protocol
 from benchmarks.study.sweep import HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SWEEP_SEED, Point, choose_lr, \
     lr_text
 
@@ -207,27 +208,41 @@ def analyse(results: Path, docs: Path, figures: Path | None = None, tasks: Seque
 
 def plan_markdown(points: Sequence[Point], model: str, seeds: Sequence[int], steps: int,
                   seconds_per_step: float | None, overhead_s: float, workers: int,
-                  tasks: dict[str, TaskSpec]) -> str:
+                  tasks: dict[str, TaskSpec], protocol: Protocol = FAMILY) -> str:
     counted = count_grid(points, model, 4)
     first = next((c for c in counted if c.point.family != HEAD_ONLY_FAMILY), counted[0])  # head-only has no D
     lines = [f"Model `{model}`: D = {first.update_size:,} update entries (q and v of every block), "
              f"LoRA r=1 = {first.lora_r1:,} adapter parameters. Head: "
              + ", ".join(f"{t} {count_grid(points[:1], model, s.classes)[0].head:,}" for t, s in tasks.items())
-             + " parameters (not in the adapter counts).", "",
-             "| family | method | budget | adapter params | sweep point |", "|---|---|---|---|---|"]
+             + f" parameters (not in the adapter counts). Protocol: {protocol.name}.", "",
+             "| family | method | budget | adapter params | steps | sweep point |", "|---|---|---|---|---|---|"]
     for c in counted:
         p = c.point
-        lines.append(f"| {p.family} | {p.method} | {p.budget} | {c.adapter:,} | {'yes' if p.sweep else ''} |")
-    families = len({p.family for p in points} - {HEAD_ONLY_FAMILY})
-    sweep_runs = families * (len(LR_GRID) - 1)  # the chosen lr's run is also the sweep point's seed-0 run
-    main_runs = len(points) * len(seeds)
-    runs = (sweep_runs + main_runs) * len(tasks)
-    total_steps = runs * steps
-    lines += ["", f"{len(points)} points × {len(seeds)} seeds + {sweep_runs} extra sweep runs = "
-              f"{sweep_runs + main_runs} runs per task, {runs} runs and {total_steps:,} steps for {len(tasks)} tasks "
-              "(each sweep extension past the lr range adds one run)."]
+        sweeps = "yes" if p.sweep or protocol.per_point else ""
+        lines.append(f"| {p.family} | {p.method} | {p.budget} | {c.adapter:,} | "
+                     f"{protocol.steps_for(c.adapter, steps)} | {sweeps} |")
+    if protocol.per_point:
+        # per point: its sweep (seed 0 at every grid lr), the other seeds at the chosen lr and, where the sweep
+        # chose another lr than the default, at the default too
+        low = [len(protocol.sweep_grid(c.point.family)) + len(seeds) - 1 for c in counted]
+        high = [n + len(seeds) - 1 for n in low]
+        runs_per_point = list(zip(low, high))
+        span = f"{sum(low)}–{sum(high)} runs per task"
+    else:
+        families = len({p.family for p in points} - {HEAD_ONLY_FAMILY})
+        sweep_runs = families * (len(protocol.grid) - 1)  # the chosen lr's run is also the sweep point's seed-0 run
+        runs_per_point = [(len(seeds), len(seeds))] * len(counted)
+        runs_per_point[0] = (len(seeds) + sweep_runs, len(seeds) + sweep_runs)  # (the sum is what matters)
+        span = f"{len(points)} points × {len(seeds)} seeds + {sweep_runs} extra sweep runs = " \
+               f"{sum(n for n, _ in runs_per_point)} runs per task"
+    steps_low = sum(n * protocol.steps_for(c.adapter, steps) for (n, _), c in zip(runs_per_point, counted))
+    steps_high = sum(n * protocol.steps_for(c.adapter, steps) for (_, n), c in zip(runs_per_point, counted))
+    runs = sum(high for _, high in runs_per_point) * len(tasks)
+    total_steps = steps_high * len(tasks)
+    lines += ["", f"{span}; for {len(tasks)} tasks at most {runs} runs and {total_steps:,} steps "
+              f"(at least {steps_low * len(tasks):,}; each sweep extension past the lr range adds one run)."]
     if seconds_per_step:
         hours = (total_steps * seconds_per_step + runs * overhead_s) / 3600 / workers
         lines.append(f"At {seconds_per_step} s/step and {overhead_s} s per run on each of {workers} worker(s): "
-                     f"about {hours:.1f} h.")
+                     f"at most about {hours:.1f} h.")
     return "\n".join(lines)
