@@ -118,3 +118,12 @@ def point_lr(rows: Sequence[dict[str, Any]], grid: Sequence[float] = LR_GRID, ma
     lr, _ = choose_lr(results, grid, max_extensions, factor) if sweep else choose_lr(results, tried, 0)
     edge = lr is not None and len(tried) > 1 and lr_text(lr) in (lr_text(tried[0]), lr_text(tried[-1]))
     return lr, "sweep" if sweep else "fixed", edge
+
+
+def point_groups(rows: Sequence[dict[str, Any]], task: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The rows of `task` by point: (method, config hash) -> its rows, in file order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["task"] == task:
+            groups[(row["method"], row["config_hash"])].append(row)
+    return groups

@@ -5,7 +5,6 @@ over seeds and validation images (`summarise`), the best method at each of the i
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from benchmarks.study.intervals import (BOOTSTRAP_SEED, LEVEL, OVER_BOTH, OVER_S
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.peft.matching import METHOD_NAMES, METHODS, STANDARD_BUDGETS
 from benchmarks.study.peft.training import DEFAULT_LRS
-from benchmarks.study.sweep import MAX_EXTENSIONS, lr_text, point_lr
+from benchmarks.study.sweep import MAX_EXTENSIONS, lr_text, point_groups, point_lr
 
 
 
@@ -51,10 +50,7 @@ def summarise(rows: Sequence[dict[str, Any]], task: str, grid: Sequence[float] =
               max_extensions: int = MAX_EXTENSIONS) -> tuple[list[PointResult], list[tuple[str, str]]]:
     """The points of `task` whose lr is chosen, fewest parameters first, and the (method, config hash) of those
     whose sweep is unfinished."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["task"] == task:
-            groups[(row["method"], row["config_hash"])].append(row)
+    groups = point_groups(rows, task)
     results, unfinished = [], []
     for key, group in groups.items():
         lr, rule, edge = chosen_lr(group, grid, max_extensions)
