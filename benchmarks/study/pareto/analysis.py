@@ -222,7 +222,7 @@ def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: 
     head = f"the head's {head_params:,} not included" if head_params is not None else "the head not included"
     fig.supxlabel(f"adapter parameters (log scale; {head})" + (f"; {hollow_note}" if hollow_note else ""),
                   fontsize=10)
-    bars = "mean over seeds; bars: 95 % bootstrap interval" if intervals else "mean ± std over seeds"
+    bars = "mean; bars: 95 % interval" if intervals else "mean ± std over seeds"
     fig.supylabel(f"validation accuracy, % ({bars})", fontsize=10)
     fig.suptitle(f"{task}: accuracy against adapter parameters")
     return page.save_figure(fig, path)
