@@ -4,6 +4,7 @@ figures those blocks show (`save_figure`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from superlora.files import atomic_write
 
@@ -35,3 +36,12 @@ def save_figure(fig, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
+
+
+def read_one_setup(table: Any, path: Path) -> list[dict[str, Any]]:
+    """The rows of one study results file (`table`: its `ResultsTable`); a file that mixes runs of different setups
+    is refused."""
+    rows = table.read(path)
+    if len({r["setup"] for r in rows}) > 1:
+        raise SystemExit(f"{path} mixes runs of different setups; keep one per file")
+    return rows

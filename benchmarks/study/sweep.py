@@ -8,6 +8,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from superlora import SuperLoRAConfig
 
@@ -101,3 +102,28 @@ def choose_lr(results: dict[str, tuple[float, float]], grid: Sequence[float] = L
         if lr_text(step) not in results:
             return None, [step]
         tried = sorted(tried + [step])
+
+
+def point_lr(rows: Sequence[dict[str, Any]], grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS,
+             factor: float = LR_FACTOR) -> tuple[float | None, str, bool]:
+    """(lr, rule, edge) of one point's rows of one task when every point sweeps its own lr; lr None while its sweep
+    is unfinished. A point with sweep rows follows `choose_lr` on the grid; one run with a given list of lrs only
+    takes the best of the lrs it ran (on its first seed), by the same rule. edge: the chosen lr is the smallest or
+    largest one tried."""
+    sweep = any(r["phase"] == "sweep" for r in rows)
+    seeds = {int(r["seed"]) for r in rows}
+    first = SWEEP_SEED if sweep or SWEEP_SEED in seeds else min(seeds)
+    results = {lr_text(r["lr"]): (r["accuracy"], r["val_loss"]) for r in rows if int(r["seed"]) == first}
+    tried = sorted(float(lr) for lr in results)
+    lr, _ = choose_lr(results, grid, max_extensions, factor) if sweep else choose_lr(results, tried, 0)
+    edge = lr is not None and len(tried) > 1 and lr_text(lr) in (lr_text(tried[0]), lr_text(tried[-1]))
+    return lr, "sweep" if sweep else "fixed", edge
+
+
+def point_groups(rows: Sequence[dict[str, Any]], task: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The rows of `task` by point: (method, config hash) -> its rows, in file order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["task"] == task:
+            groups[(row["method"], row["config_hash"])].append(row)
+    return groups

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,11 +135,37 @@ PANELS = (("LoRA and the per-layer methods", ("lora", "loha", "lokr", "lotr")),
           ("Fastfood projection (ρ < 1)", ("fastfood",)))
 
 
-def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: int | None = None) -> Path:
+def spread(s: Summary, intervals: bool = False) -> tuple[float, float]:
+    """How far a point's bar reaches below and above its mean: ± std over seeds, or (`intervals`) to the ends of its
+    `interval` (a summary that has one, e.g. the per-point report's)."""
+    if intervals:
+        low, high = s.interval  # type: ignore[attr-defined]
+        return s.mean - low, high - s.mean
+    return s.std, s.std
+
+
+def _draw(ax, points: Sequence[Summary], intervals: bool, hollow: Callable[[Summary], bool] | None,
+          colour: Any, marker: str, **style: Any) -> None:
+    """One method's line with its bars; the points `hollow` picks get an open marker drawn over them."""
+    points = sorted(points, key=lambda s: s.params)
+    bars = [spread(s, intervals) for s in points]
+    ax.errorbar([s.params for s in points], [100 * s.mean for s in points],
+                yerr=[[100 * low for low, _ in bars], [100 * high for _, high in bars]], color=colour,
+                marker=marker, markersize=5, capsize=2, **style)
+    opened = [s for s in points if hollow is not None and hollow(s)]
+    if opened:
+        ax.scatter([s.params for s in opened], [100 * s.mean for s in opened], marker=marker, s=36,
+                   facecolors="white", edgecolors=colour, linewidths=1.2, zorder=style.get("zorder", 2) + 1)
+
+
+def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: int | None = None,
+              intervals: bool = False, hollow: Callable[[Summary], bool] | None = None,
+              hollow_note: str = "") -> Path:
     """Accuracy (mean ± std over seeds) against adapter parameters: one panel per group of families (`PANELS`),
     one line per method, LoRA and the Pareto front over all adapter methods in every panel, LoRA r=1's and r=8's
     accuracies with their 0.5-point tolerance band, and head-only (0 parameters, off a log axis) as a red line
-    with its ± std band. A PNG via matplotlib."""
+    with its ± std band. `intervals`: the bars and head-only's band are each point's 95 % bootstrap interval
+    instead. `hollow`: the points it picks get open markers, which `hollow_note` explains. A PNG via matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,24 +198,21 @@ def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: 
                             ha="right", va="bottom", fontsize=7, color="grey")
         if baseline is not None and not math.isnan(baseline.mean):
             ax.axhline(100 * baseline.mean, color="tab:red", linestyle="-.", linewidth=1)
-            ax.axhspan(100 * (baseline.mean - baseline.std), 100 * (baseline.mean + baseline.std), color="tab:red",
-                       alpha=0.08)
+            below, above = spread(baseline, intervals)
+            ax.axhspan(100 * (baseline.mean - below), 100 * (baseline.mean + above), color="tab:red", alpha=0.08)
             ax.annotate("head only (0 adapter parameters)", (0.0, 100 * baseline.mean),
                         xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=7, color="tab:red")
         if front:
             ax.step([s.params for s in front], [100 * s.mean for s in front], where="post", color="grey",
                     linewidth=0.8, label="Pareto front, all methods")
         if lora:
-            ax.errorbar([s.params for s in lora], [100 * s.mean for s in lora], yerr=[100 * s.std for s in lora],
-                        label="LoRA", color="black", marker="o", markersize=5, linewidth=2, capsize=2, zorder=3)
+            _draw(ax, lora, intervals, hollow, "black", "o", label="LoRA", linewidth=2, zorder=3)
         # Ties in parameters are broken by name: a set's order changes with the hash seed, and so the colours.
         methods = sorted({s.method for s in summaries if s.family in families and s.method != "LoRA"},
                          key=lambda m: (min(s.params for s in summaries if s.method == m), m))
         for index, method in enumerate(methods):
-            points = sorted((s for s in summaries if s.method == method), key=lambda s: s.params)
-            ax.errorbar([s.params for s in points], [100 * s.mean for s in points],
-                        yerr=[100 * s.std for s in points], label=method, color=colours(index % 10),
-                        marker=markers[index % len(markers)], markersize=5, linewidth=1.2, capsize=2)
+            _draw(ax, [s for s in summaries if s.method == method], intervals, hollow, colours(index % 10),
+                  markers[index % len(markers)], label=method, linewidth=1.2)
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
@@ -197,7 +220,9 @@ def plot_task(summaries: Sequence[Summary], task: str, path: Path, head_params: 
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     head = f"the head's {head_params:,} not included" if head_params is not None else "the head not included"
-    fig.supxlabel(f"adapter parameters (log scale; {head})", fontsize=10)
-    fig.supylabel("validation accuracy, % (mean ± std over seeds)", fontsize=10)
+    fig.supxlabel(f"adapter parameters (log scale; {head})" + (f"; {hollow_note}" if hollow_note else ""),
+                  fontsize=10)
+    bars = "mean; bars: 95 % interval" if intervals else "mean ± std over seeds"
+    fig.supylabel(f"validation accuracy, % ({bars})", fontsize=10)
     fig.suptitle(f"{task}: accuracy against adapter parameters")
     return page.save_figure(fig, path)

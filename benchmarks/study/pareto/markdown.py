@@ -22,8 +22,9 @@ from benchmarks.study.sweep import HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SW
 BEGIN, END = "<!-- pareto-results:begin -->", "<!-- pareto-results:end -->"
 
 
-def replace_between_markers(text: str, body: str) -> str:
-    return page.replace_between_markers(text, body, BEGIN, END)
+def replace_between_markers(text: str, body: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with this study's generated block (or the one between `begin` and `end`) replaced by `body`."""
+    return page.replace_between_markers(text, body, begin, end)
 
 
 def _pct(value: float) -> str:
@@ -33,6 +34,34 @@ def _pct(value: float) -> str:
 def _mean_std(s: Summary) -> str:
     text = f"{_pct(s.mean)} ± {100 * s.std:.1f} (n={len(s.accuracies)})"
     return text + (f", {s.failed} diverged" if s.failed else "")
+
+
+def efficiency_markdown(summaries: Sequence[Summary]) -> list[str]:
+    """The table of `efficiency_table`: per method, its best point and the fewest parameters reaching LoRA r=1's
+    and r=8's accuracies, with the factor against LoRA."""
+    table = efficiency_table(summaries)
+    header = "| method | best accuracy, % (params) |"
+    rule = "|---|---|"
+    for rank in REFERENCES:
+        ref = reference(summaries, rank)
+        target = f" ({_pct(ref.mean)} %)" if ref else " (not run)"
+        header += f" ≥ LoRA r={rank}{target}: params | factor |"
+        rule += "---|---|"
+    lines = [header, rule]
+    for entry in table:
+        best = entry["best"]
+        cells = [entry["method"], f"{_pct(best.mean)} ({best.params:,})"]
+        for rank in REFERENCES:
+            found = entry[rank]
+            if found is None:
+                cells += ["–", "–"]
+            elif found["point"] is None:
+                cells += ["not reached", "–"]
+            else:
+                cells += [f"{found['point'].params:,} ({found['point'].budget})",
+                          f"{found['factor']:.1f}×" if found["factor"] else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def task_markdown(task: str, rows: Sequence[dict[str, Any]], summaries: Sequence[Summary], figure: str,
@@ -68,28 +97,7 @@ def task_markdown(task: str, rows: Sequence[dict[str, Any]], summaries: Sequence
 
     lines += ["", "Fewest adapter parameters reaching LoRA's accuracy (mean over seeds, within 0.5 points); factor = "
               "LoRA's fewest parameters reaching the same accuracy / the method's:", ""]
-    table = efficiency_table(summaries)
-    header = "| method | best accuracy, % (params) |"
-    rule = "|---|---|"
-    for rank in REFERENCES:
-        ref = reference(summaries, rank)
-        target = f" ({_pct(ref.mean)} %)" if ref else " (not run)"
-        header += f" ≥ LoRA r={rank}{target}: params | factor |"
-        rule += "---|---|"
-    lines += [header, rule]
-    for entry in table:
-        best = entry["best"]
-        cells = [entry["method"], f"{_pct(best.mean)} ({best.params:,})"]
-        for rank in REFERENCES:
-            found = entry[rank]
-            if found is None:
-                cells += ["–", "–"]
-            elif found["point"] is None:
-                cells += ["not reached", "–"]
-            else:
-                cells += [f"{found['point'].params:,} ({found['point'].budget})",
-                          f"{found['factor']:.1f}×" if found["factor"] else "–"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += efficiency_markdown(summaries)
 
     on_front = {id(s) for family in {s.family for s in summaries}
                 for s in pareto_front([s for s in summaries if s.family == family])}

@@ -5,7 +5,6 @@ over seeds and validation images (`summarise`), the best method at each of the i
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from benchmarks.study.intervals import (BOOTSTRAP_SEED, LEVEL, OVER_BOTH, OVER_S
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.peft.matching import METHOD_NAMES, METHODS, STANDARD_BUDGETS
 from benchmarks.study.peft.training import DEFAULT_LRS
-from benchmarks.study.sweep import MAX_EXTENSIONS, SWEEP_SEED, choose_lr, lr_text
+from benchmarks.study.sweep import MAX_EXTENSIONS, lr_text, point_groups, point_lr
 
 
 
@@ -42,27 +41,16 @@ class PointResult(Summary):
 
 def chosen_lr(rows: Sequence[dict[str, Any]], grid: Sequence[float] = DEFAULT_LRS,
               max_extensions: int = MAX_EXTENSIONS) -> tuple[float | None, str, bool]:
-    """(lr, rule, edge) of one point's rows of one task; lr None while its sweep is unfinished. A point with sweep
-    rows follows `choose_lr` on the grid; one run with `--lrs` only takes the best of the lrs it ran (on its
-    first seed), by the same rule."""
-    sweep = any(r["phase"] == "sweep" for r in rows)
-    seeds = {int(r["seed"]) for r in rows}
-    first = SWEEP_SEED if sweep or SWEEP_SEED in seeds else min(seeds)
-    results = {lr_text(r["lr"]): (r["accuracy"], r["val_loss"]) for r in rows if int(r["seed"]) == first}
-    tried = sorted(float(lr) for lr in results)
-    lr, _ = choose_lr(results, grid, max_extensions) if sweep else choose_lr(results, tried, 0)
-    edge = lr is not None and len(tried) > 1 and lr_text(lr) in (lr_text(tried[0]), lr_text(tried[-1]))
-    return lr, "sweep" if sweep else "fixed", edge
+    """(lr, rule, edge) of one point's rows of one task; lr None while its sweep is unfinished (`point_lr` with
+    this study's grid and 4x extensions)."""
+    return point_lr(rows, grid, max_extensions)
 
 
 def summarise(rows: Sequence[dict[str, Any]], task: str, grid: Sequence[float] = DEFAULT_LRS,
               max_extensions: int = MAX_EXTENSIONS) -> tuple[list[PointResult], list[tuple[str, str]]]:
     """The points of `task` whose lr is chosen, fewest parameters first, and the (method, config hash) of those
     whose sweep is unfinished."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["task"] == task:
-            groups[(row["method"], row["config_hash"])].append(row)
+    groups = point_groups(rows, task)
     results, unfinished = [], []
     for key, group in groups.items():
         lr, rule, edge = chosen_lr(group, grid, max_extensions)

@@ -133,9 +133,7 @@ def analyse(results_dir: Path, docs: Path, figures: Path | None = None, tasks: S
         raise SystemExit(f"no peft_baselines_<task>.csv in {results_dir}; run the study first ({SCRIPT} run)")
     sections, written = [], {"figures": [], "docs": Path(docs), "partial": [], "results": {}}
     for task in names:
-        rows = TABLE.read(results_path(results_dir, task))
-        if len({r["setup"] for r in rows}) > 1:
-            raise SystemExit(f"{results_path(results_dir, task)} mixes runs of different setups; keep one per file")
+        rows = page.read_one_setup(TABLE, results_path(results_dir, task))
         results, unfinished = summarise(rows, task, grid, max_extensions)
         note = completeness_note(results, unfinished, expected, seeds)
         if note:
