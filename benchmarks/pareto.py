@@ -123,7 +123,7 @@ def analyse_study(protocol: Protocol, out: Path, docs: Path, tasks: list[str], p
                   seeds: Sequence[int]) -> dict:
     """Figures and the docs block of the protocol's results (the family study's block, or the per-point re-run's)."""
     if protocol.per_point:
-        from benchmarks.study.pareto.report import analyse as analyse_per_point
+        from benchmarks.study.pareto.report_markdown import analyse as analyse_per_point
 
         return analyse_per_point(out, docs, out, tasks, protocol, points, seeds)
     return analyse(out, docs, out, tasks, protocol.grid, protocol.max_extensions, points, seeds)

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "pareto.py"
@@ -117,3 +121,44 @@ def test_the_plan_shows_each_points_steps_and_the_range_of_runs():
     points = len(pareto.study_grid())
     # each point: 5 sweep lrs + seeds 1, 2 at the chosen lr (+ seeds 1, 2 at the default where it differs)
     assert f"{7 * points}–{9 * points} runs per task" in text and f"at most {18 * points} runs" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from superlora.base_models import build_hybrid_vit, save_model
+
+    folder = tmp_path_factory.mktemp("pareto-pp-model") / "model"
+    save_model(build_hybrid_vit(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=3), folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_quick_per_point_run_records_steps_head_lrs_and_per_image_correctness(tiny_model, tmp_path):
+    from benchmarks.study.intervals import decode_correct
+
+    out = tmp_path / "quick"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--protocol", "per-point", "--model",
+                           str(tiny_model), "--out", str(out), "--tasks", "inspection", "--workers", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "pareto_inspection.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == pareto.CORRECT_COLUMNS
+        rows = list(reader)
+    quick = pareto.quick_protocol(PP)
+    # 3 adapter points and head-only, each over the quick grid's 2 lrs on seed 0 (no extension, one seed)
+    assert len(rows) == 8 and {r["phase"] for r in rows} == {"sweep"}
+    for r in rows:
+        params = int(r["adapter_params"])
+        assert int(r["steps"]) == (quick.long_steps if params < quick.long_below else 3)
+        right = decode_correct(r["val_correct"], int(r["val_size"]))
+        assert len(right) == int(r["val_size"]) == 12
+        assert sum(right) / len(right) == pytest.approx(float(r["accuracy"]))
+        if r["family"] == "head-only":
+            assert params == 0 and r["head_lr"] == r["lr"] and r["lr"] in ("0.01", "0.02")
+        else:
+            assert r["head_lr"] == pareto.lr_text(pareto.DEFAULT_HEAD_LR)
+    assert {int(r["steps"]) for r in rows} == {3, 4}  # both run lengths occur
+    page = (out / "benchmarks.md").read_text()
+    assert "pareto-per-point:begin" in page
