@@ -68,6 +68,7 @@ from benchmarks.study.pareto.runner import (BATCH_SIZE, COLUMNS, CORRECT_COLUMNS
                                             Setup, pending_per_point,
                                             append_row, load_results, pending_jobs, read_rows, row_key,
                                             run_job, run_study, weights_digest)
+from superlora.config import RANK_SCALINGS  # noqa: E402
 from superlora.defaults import DEFAULT_HEAD_LR  # noqa: E402
 from benchmarks.study.sweep import (HEAD_ONLY_FAMILY, LR_GRID, MAX_EXTENSIONS, SEEDS, Point, check_grid, choose_lr,  # noqa: E402,F401
                                     config_hash, lr_text)
@@ -103,13 +104,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"{PER_POINT_RESULTS.relative_to(ROOT)} by default (see benchmarks/study/pareto/protocol.py)")
     p.add_argument("--families", nargs="+", default=None, help="run only these families (e.g. for a smoke test)")
     p.add_argument("--methods", nargs="+", default=None, help="run only these methods (names as in `plan`)")
+    p.add_argument("--budgets", nargs="+", default=None, help="run only these budgets of the chosen methods (e.g. r=1)")
     p.add_argument("--fixed-lr", type=float, default=None,
                    help="skip the sweep and use this lr for every family (smoke tests; rows say so via the lr)")
+    p.add_argument("--rank-scaling", choices=RANK_SCALINGS, default="none",
+                   help="every adapter point with this rank_scaling (the lr-transfer candidates; rows go to "
+                        "<results>_<rule> by default, method names carry the rule)")
     p.add_argument("--workers", type=int, default=2, help="training processes (each with --threads threads)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: 2 / workers, >= 1)")
     p.add_argument("--seconds-per-step", type=float, default=None, help="plan: a measured rate for the estimate")
     p.add_argument("--overhead-s", type=float, default=4.0, help="plan: seconds per run besides the steps")
     return p.parse_args(argv)
+
+
+def with_rank_scaling(points: list[Point], rule: str) -> list[Point]:
+    """The points with `rank_scaling=rule` (head-only has no update to scale); the rule joins their method names."""
+    if rule == "none":
+        return points
+    return [p if p.family == HEAD_ONLY_FAMILY else
+            replace(p, method=f"{p.method} [{rule}]", config=p.config.replace(rank_scaling=rule)) for p in points]
 
 
 def quick_protocol(protocol: Protocol) -> Protocol:
@@ -139,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = [p for p in points if p.family in args.families]
     if args.methods:
         points = [p for p in points if p.method in args.methods]
+    if args.budgets:
+        points = [p for p in points if p.budget in args.budgets]
+    points = with_rank_scaling(points, args.rank_scaling)
     if not points:
         raise SystemExit("no point of the grid is left after --families / --methods; see `plan` for the names")
     task_specs = QUICK_TASKS if args.quick else TASKS
@@ -147,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         protocol = quick_protocol(protocol)
     grid, extensions = protocol.grid, protocol.max_extensions
     results = PER_POINT_RESULTS if protocol.per_point else RESULTS
+    if args.rank_scaling != "none":
+        results = results.parent / f"{results.name}_{args.rank_scaling}"
     head_lr = args.head_lr if args.head_lr is not None else (DEFAULT_HEAD_LR if protocol.per_point else HEAD_LR)
 
     if args.command == "plan":

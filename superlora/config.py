@@ -21,6 +21,10 @@ GROUPINGS = ("contiguous", "layer")
 FOLDS = ("native", "stack", "auto")
 FACTORINGS = ("lora", "tucker", "full", "hadamard")
 PROJECTIONS = ("none", "fastfood", "gaussian")
+# How the update's scale follows the number T of rank-one terms each update entry sums (`AdapterPlan.rank_terms`)
+# when alpha is not given: "none" s = 1, "sqrt" s = 1/sqrt(T), "linear" s = 1/T. An lr-transfer candidate under
+# study (benchmarks/lr_rule.py); alpha, when given, always means alpha / r, as in PEFT.
+RANK_SCALINGS = ("none", "sqrt", "linear")
 
 Rank = Union[int, tuple[int, ...]]
 Fold = Union[str, tuple[int, ...]]
@@ -34,6 +38,8 @@ class SuperLoRAConfig:
         `*qkv` layers; a name matching a container module adapts every Linear inside it.
     rank: r, or one rank per mode of the folded tensor (Tucker).
     alpha: scale numerator; the update is multiplied by alpha / r (alpha=None means alpha = r, i.e. scale 1).
+    rank_scaling: with alpha=None, how the scale follows the T rank-one terms each update entry sums: "none"
+        (1), "sqrt" (1/sqrt(T)) or "linear" (1/T); see `update_scale`.
     groups: G, the number of groups, or "per-target" (one group per target weight).
     grouping: "contiguous" (equal chunks of the update vector) or "layer" (boundaries on target boundaries).
     fold: "native" (a group of equal-shape targets is the matrix m x (n*count)), "stack" (count x m x n),
@@ -52,6 +58,7 @@ class SuperLoRAConfig:
     targets: tuple[str, ...] = ("q", "v")
     rank: Rank = 1
     alpha: float | None = None
+    rank_scaling: str = "none"
     groups: int | str = 1
     grouping: str = "contiguous"
     fold: Fold = "auto"
@@ -114,8 +121,15 @@ class SuperLoRAConfig:
 
     @property
     def scaling(self) -> float:
-        """The factor s that multiplies every update: alpha / r."""
+        """The factor s that multiplies every update when rank_scaling is "none": alpha / r (1 without alpha)."""
         return 1.0 if self.alpha is None else self.alpha / self.reference_rank
+
+    def update_scale(self, rank_terms: int) -> float:
+        """The factor s that multiplies every update, given T = `rank_terms` (`AdapterPlan.rank_terms`): alpha / r
+        when alpha is given, else 1, 1/sqrt(T) or 1/T by `rank_scaling`."""
+        if self.alpha is not None or self.rank_scaling == "none":
+            return self.scaling
+        return rank_terms ** -0.5 if self.rank_scaling == "sqrt" else 1.0 / rank_terms
 
     # ------------------------------------------------------------------ (de)serialisation
     def replace(self, **changes: Any) -> SuperLoRAConfig:
@@ -127,6 +141,8 @@ class SuperLoRAConfig:
         for key, value in data.items():
             if isinstance(value, tuple):
                 data[key] = list(value)
+        if data["rank_scaling"] == "none":  # saved configs, and the hashes that name them, stay as they were
+            del data["rank_scaling"]
         return data
 
     @classmethod
@@ -189,6 +205,11 @@ def _validate(c: SuperLoRAConfig) -> None:
         raise _fail("rank", c.rank, "must be a positive integer (or one per mode)", "e.g. rank=4")
     if c.alpha is not None and (not isinstance(c.alpha, (int, float)) or isinstance(c.alpha, bool) or c.alpha <= 0):
         raise _fail("alpha", c.alpha, "must be a positive number or None (alpha = rank)", "e.g. alpha=8")
+    if c.rank_scaling not in RANK_SCALINGS:
+        raise _fail("rank_scaling", c.rank_scaling, "is not a rank scaling", f"use one of {RANK_SCALINGS}")
+    if c.alpha is not None and c.rank_scaling != "none":
+        raise _fail("rank_scaling", c.rank_scaling, "sets the scale, and so does alpha",
+                    'give alpha (scale alpha / r) or rank_scaling, not both')
 
     if c.grouping not in GROUPINGS:
         raise _fail("grouping", c.grouping, "is not a grouping mode", f"use one of {GROUPINGS}")

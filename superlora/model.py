@@ -61,7 +61,7 @@ class SuperLoRAModel(nn.Module):
         self.adapter = adapter.to(device=device, dtype=torch.float32)
         self.config = config
         self.targets = targets
-        self.runtime = AdapterRuntime(self.adapter, config.scaling)
+        self.runtime = AdapterRuntime(self.adapter, config.update_scale(plan.rank_terms))
 
         for param in model.parameters():
             param.requires_grad_(False)

@@ -99,6 +99,19 @@ class PiecePlan:
     def num_parameters(self) -> int:
         return sum(math.prod(shape) for shape in self.parameter_shapes().values())
 
+    @property
+    def rank_terms(self) -> int:
+        """How many rank-one products each entry of this piece sums: 1 for a full piece, r for A B^T, the product
+        of the compressed modes' ranks for Tucker (an uncompressed mode indexes, it does not sum), and the square
+        of its term's for a Hadamard piece (a product of two such sums)."""
+        if self.term == "full":
+            terms = 1
+        elif self.term == "lora":
+            terms = self.ranks[0]
+        else:
+            terms = math.prod(rank for rank, kept in zip(self.ranks, self.compressed) if kept)
+        return terms * terms if self.factoring == "hadamard" else terms
+
 
 @dataclass(frozen=True)
 class GroupPlan:
@@ -123,6 +136,11 @@ class GroupPlan:
     @property
     def num_parameters(self) -> int:
         return sum(piece.num_parameters for piece in self.pieces)
+
+    @property
+    def rank_terms(self) -> int:
+        """Rank-one products per entry of the group tensor: a Kronecker product multiplies its pieces' counts."""
+        return math.prod(piece.rank_terms for piece in self.pieces)
 
     @property
     def is_direct_lora(self) -> bool:
@@ -160,6 +178,11 @@ class AdapterPlan:
     @property
     def num_parameters(self) -> int:
         return sum(group.num_parameters for group in self.groups)
+
+    @property
+    def rank_terms(self) -> int:
+        """T of `SuperLoRAConfig.update_scale`: the largest count of any group (1 without groups)."""
+        return max((group.rank_terms for group in self.groups), default=1)
 
     def direct_groups(self) -> dict[int, int]:
         """target index -> group index for targets that take the factored x A B^T path."""
