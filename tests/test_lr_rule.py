@@ -1,0 +1,54 @@
+"""benchmarks/lr_rule.py, the rank-scaling probe of issue 12, on hand-made rows: which point is which under each
+rule, the per-family ratio of chosen lrs, the spread line, and the page."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from test_pareto_per_point_report import GRID, point_rows
+
+from benchmarks.study.pareto.report import TABLE
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("lr_rule_script", ROOT / "benchmarks" / "lr_rule.py")
+lr_rule = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = lr_rule
+spec.loader.exec_module(lr_rule)
+
+
+def sweep(best: float) -> dict[float, float]:
+    """Seed-0 accuracies over the grid peaking at `best` (an inner grid lr), 0.1 lower per factor 2 away."""
+    import math
+
+    return {lr: 0.8 - 0.1 * abs(math.log2(lr / best)) for lr in GRID}
+
+
+def write(folder: Path, rule: str, bests: dict[tuple[str, str], float]) -> None:
+    suffix = "" if rule == "none" else f" [{rule}]"
+    for (method, budget), best in bests.items():
+        for r in point_rows(method + suffix, sweep(best), task="inspection", key=f"{method}{budget}{rule}"):
+            r["budget"] = budget
+            TABLE.append(folder / "pareto_inspection.csv", r)
+
+
+def test_the_probe_reports_each_familys_ratio_and_the_spread_per_rule(tmp_path):
+    results = tmp_path / "pareto_per_point"
+    # none: the large rank wants a 4x smaller lr; linear: the same lr for both ranks; sqrt: 2x smaller
+    write(lr_rule.folder("none", results), "none", {("LoRA", "r=1"): 0.03, ("LoRA", "r=8"): 0.0075})
+    write(lr_rule.folder("linear", results), "linear", {("LoRA", "r=1"): 0.015, ("LoRA", "r=8"): 0.015})
+    write(lr_rule.folder("sqrt", results), "sqrt", {("LoRA", "r=1"): 0.03, ("LoRA", "r=8"): 0.015})
+    assert lr_rule.folder("linear", results) == tmp_path / "pareto_per_point_linear"
+    text = lr_rule.analyse(results, tmp_path / "lr_rule.md", ["inspection"])
+    assert (tmp_path / "lr_rule.md").read_text() == text
+    assert "| none | LoRA r=1 | 0.03 | 80.0 | 80.0 | 0.0 |" in text
+    assert "| none | LoRA r=8 | 0.0075 | 80.0 | 60.0 | 20.0 |" in text  # two factors of 2 from 0.03
+    assert "| none | LoRA: large / small rank lr | 0.25× | | | |" in text
+    assert "| linear | LoRA: large / small rank lr | 1× | | | |" in text
+    assert "| sqrt | LoRA: large / small rank lr | 0.5× | | | |" in text
+    assert "| none | LoTR r=8 | (sweep unfinished) | | | |" in text
+    assert ("- none: 2 points; chosen lrs 0.0075–0.03 (4×); best factor-4 band holds 2 of 2; large/small-rank "
+            "ratios per family 0.25×; mean seed-0 accuracy at the chosen lrs 80.0 %; worst seed-0 shortfall at "
+            "0.03: 20.0 points (LoRA r=8).") in text
+    assert "- linear: 2 points; chosen lrs 0.015–0.015 (1×)" in text
