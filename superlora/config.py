@@ -189,6 +189,17 @@ def _validate_head_only(c: SuperLoRAConfig) -> None:
                         "leave it out, or choose an adapter preset such as 'lora'")
 
 
+def _validate_scale(c: SuperLoRAConfig) -> None:
+    """alpha and rank_scaling: each valid, and not both."""
+    if c.alpha is not None and (not isinstance(c.alpha, (int, float)) or isinstance(c.alpha, bool) or c.alpha <= 0):
+        raise _fail("alpha", c.alpha, "must be a positive number or None (alpha = rank)", "e.g. alpha=8")
+    if c.rank_scaling not in RANK_SCALINGS:
+        raise _fail("rank_scaling", c.rank_scaling, "is not a rank scaling", f"use one of {RANK_SCALINGS}")
+    if c.alpha is not None and c.rank_scaling != "none":
+        raise _fail("rank_scaling", c.rank_scaling, "sets the scale, and so does alpha",
+                    'give alpha (scale alpha / r) or rank_scaling, not both')
+
+
 def _validate(c: SuperLoRAConfig) -> None:
     """Raise ConfigError naming the field, the value and a valid alternative for the first problem found."""
     if c.name == HEAD_ONLY:
@@ -203,13 +214,7 @@ def _validate(c: SuperLoRAConfig) -> None:
     ranks = c.rank if isinstance(c.rank, tuple) else (c.rank,)
     if not ranks or not all(_is_int(r) and r >= 1 for r in ranks):
         raise _fail("rank", c.rank, "must be a positive integer (or one per mode)", "e.g. rank=4")
-    if c.alpha is not None and (not isinstance(c.alpha, (int, float)) or isinstance(c.alpha, bool) or c.alpha <= 0):
-        raise _fail("alpha", c.alpha, "must be a positive number or None (alpha = rank)", "e.g. alpha=8")
-    if c.rank_scaling not in RANK_SCALINGS:
-        raise _fail("rank_scaling", c.rank_scaling, "is not a rank scaling", f"use one of {RANK_SCALINGS}")
-    if c.alpha is not None and c.rank_scaling != "none":
-        raise _fail("rank_scaling", c.rank_scaling, "sets the scale, and so does alpha",
-                    'give alpha (scale alpha / r) or rank_scaling, not both')
+    _validate_scale(c)
 
     if c.grouping not in GROUPINGS:
         raise _fail("grouping", c.grouping, "is not a grouping mode", f"use one of {GROUPINGS}")
