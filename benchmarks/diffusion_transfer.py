@@ -60,7 +60,7 @@ from benchmarks.study.diffusion_transfer.grid import (BASELINE, BATCH_SIZE, FULL
                                                       TARGETS, Counted, Spec, count_grid, quick_grid, study_grid)
 from benchmarks.study.diffusion_transfer.markdown import (BEGIN, END, FIGURE_NAME, SAMPLES_NAME,  # noqa: E402,F401
                                                           analyse, completeness_note, markdown, plan_markdown,
-                                                          replace_between_markers)
+                                                          replace_between_markers, unstable_lines)
 from benchmarks.study.diffusion_transfer.runner import (COLUMNS, CSV_NAME, SAMPLES_DIR, Job,  # noqa: E402,F401
                                                         Setup, append_row, load_results, measure, pending_jobs,
                                                         read_rows, run_job, run_study, weights_digest)

@@ -274,6 +274,16 @@ def test_lora_is_interpolated_in_log_parameters_and_the_headline_uses_its_r8_los
     assert study.improvement_share(tensor[1], base, study.reference(lora)) == pytest.approx(0.95)
 
 
+def test_points_worse_than_the_untouched_model_are_named_as_unstable_at_their_familys_lr():
+    base = summary("pretrained", "–", 0, [0.0258])
+    fine = summary("LoRTA M=3 G=1", "r=4", 652, [0.0232, 0.0233])
+    noisy = summary("LoRTA M=3 G=28 (per weight)", "r=5", 10220, [0.0232, 0.1103])
+    assert study.unstable_lines([fine], base) == [] and study.unstable_lines([noisy], None) == []
+    (line,) = study.unstable_lines([fine, noisy], base)
+    assert line.startswith("- **Unstable at their family's lr**: 1 point(s) ended above the untouched model's loss")
+    assert "LoRTA M=3 G=28 (per weight) r=5 (0.02320, 0.11030)" in line and "G=1" not in line
+
+
 def test_the_lr_rule_picks_the_lowest_loss_and_extends_past_an_edge():
     lora_r1, lora_r8 = study.quick_grid()[:2]
     points = [lora_r1, lora_r8]

@@ -31,6 +31,22 @@ def _loss(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.5f}"
 
 
+def unstable_lines(summaries: Sequence[Summary], base: Summary | None) -> list[str]:
+    """The claims line for points that ended worse than the untouched model in some seed: at their family's one lr
+    they are unstable, so their row says more about the lr rule than about the method."""
+    if base is None or math.isnan(base.mean):
+        return []
+    bad = [s for s in summaries if s.failed or any(loss > base.mean for loss in s.losses)]
+    if not bad:
+        return []
+    named = "; ".join(f"{s.method} {s.budget} ({', '.join(_loss(x) for x in s.losses)}"
+                      f"{f', {s.failed} diverged' if s.failed else ''})" for s in bad)
+    return [f"- **Unstable at their family's lr**: {len(bad)} point(s) ended above the untouched model's loss in at "
+            f"least one seed: {named}. One lr per family, chosen at its sweep point, is too large for them; "
+            "their numbers measure that rule, not the method (the ViT study's per-point protocol, "
+            "benchmarks/study/pareto/protocol.py, gives every point its own lr)."]
+
+
 def markdown(rows: Sequence[dict[str, Any]], base: Summary | None, summaries: Sequence[Summary], figure: str,
              samples: str | None, note: str | None, grid: Sequence[float], max_extensions: int) -> str:
     """The generated part of the diffusion section: the plain statement, the figure, the tables."""
@@ -65,6 +81,7 @@ def markdown(rows: Sequence[dict[str, Any]], base: Summary | None, summaries: Se
         text = f", {100 * share:.0f} % of LoRA r=8's loss reduction" if share is not None else ""
         lines.append(f"- At most 100 parameters (the paper's 31-parameter regime): best loss {_loss(best.mean)} "
                      f"({best.method} {best.budget}, {best.params:,} parameters{text}).")
+    lines += unstable_lines(summaries, base)
     lines += ["", f"![denoising loss against adapter parameters]({figure})", ""]
     if samples:
         lines += [f"![samples of every method, same noise]({samples})", ""]
