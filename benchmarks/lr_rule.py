@@ -66,39 +66,54 @@ def seed0_at(point: PointSummary, lr: float) -> float:
     return next((acc for x, acc in point.sweep if lr_text(x) == lr_text(lr)), math.nan)
 
 
+def good_lrs(point: PointSummary, images: int) -> list[float]:
+    """The swept lrs whose seed-0 accuracy is within one binomial standard error (at the best accuracy, on `images`
+    validation images) of the best: with one seed, the lrs the data cannot tell from the best."""
+    best = max(acc for _, acc in point.sweep if not math.isnan(acc))
+    se = math.sqrt(best * (1 - best) / images)
+    return [lr for lr, acc in point.sweep if not math.isnan(acc) and acc >= best - se - 1e-12]
+
+
+def _lrs(values: Sequence[float]) -> str:
+    return ", ".join(lr_text(x) for x in values) or "none"
+
+
 def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def rule_rows(rule: str, points: dict[tuple[str, str], PointSummary], default: float) -> list[str]:
+def rule_rows(rule: str, points: dict[tuple[str, str], PointSummary], default: float, images: int) -> list[str]:
     lines = []
     for method, budgets in PROBE:
         got = [points.get((method, b)) for b in budgets]
         for budget, p in zip(budgets, got):
             if p is None:
-                lines.append(f"| {rule} | {method} {budget} | (sweep unfinished) | | | |")
+                lines.append(f"| {rule} | {method} {budget} | (sweep unfinished) | | | | |")
                 continue
             lr = lr_text(p.lr) + (" (edge)" if p.edge else "")
             lines.append(f"| {rule} | {method} {budget} | {lr} | {_pct(seed0_at(p, p.lr))} | "
-                         f"{_pct(seed0_at(p, default))} | {_pct(seed0_at(p, p.lr) - seed0_at(p, default))} |")
+                         f"{_pct(seed0_at(p, default))} | {_pct(seed0_at(p, p.lr) - seed0_at(p, default))} | "
+                         f"{_lrs(good_lrs(p, images))} |")
         if all(got):
-            lines.append(f"| {rule} | {method}: large / small rank lr | {got[1].lr / got[0].lr:.3g}× | | | |")
+            lines.append(f"| {rule} | {method}: large / small rank lr | {got[1].lr / got[0].lr:.3g}× | | | | |")
     return lines
 
 
-def spread_line(rule: str, points: dict[tuple[str, str], PointSummary], default: float) -> str:
+def spread_line(rule: str, points: dict[tuple[str, str], PointSummary], default: float, images: int) -> str:
     found = list(points.values())
     if not found:
         return f"- {rule}: no point has finished its sweep."
     spread = lr_spread(found, seeds=(0,))
     pairs = [points[(m, b[1])].lr / points[(m, b[0])].lr for m, b in PROBE if all((m, x) in points for x in b)]
     worst = max(found, key=lambda p: seed0_at(p, p.lr) - seed0_at(p, default))
+    common = sorted(set.intersection(*(set(lr_text(x) for x in good_lrs(p, images)) for p in found)), key=float)
     return (f"- {rule}: {len(found)} points; chosen lrs {lr_text(spread.low)}–{lr_text(spread.high)} "
             f"({spread.ratio:.3g}×); best factor-4 band holds {spread.in_band} of {spread.points}; "
             + (f"large/small-rank ratios per family {', '.join(f'{x:.3g}×' for x in pairs)}; " if pairs else "")
             + f"mean seed-0 accuracy at the chosen lrs {_pct(sum(seed0_at(p, p.lr) for p in found) / len(found))} %; "
             f"worst seed-0 shortfall at {lr_text(default)}: "
-            f"{_pct(seed0_at(worst, worst.lr) - seed0_at(worst, default))} points ({worst.method} {worst.budget}).")
+            f"{_pct(seed0_at(worst, worst.lr) - seed0_at(worst, default))} points ({worst.method} {worst.budget}); "
+            f"lrs within one standard error of every point's best: {', '.join(common) or 'none'}.")
 
 
 def analyse(results: Path = pareto.PER_POINT_RESULTS, out: Path = OUT, tasks: Sequence[str] = tuple(pareto.TASKS),
@@ -110,11 +125,15 @@ def analyse(results: Path = pareto.PER_POINT_RESULTS, out: Path = OUT, tasks: Se
     for task in tasks:
         per_rule = {rule: probe_points(TABLE.read(folder(rule, results) / f"pareto_{task}.csv"), task)
                     for rule in RULES}
-        lines += [f"## {task}", "", f"| rule | point | chosen lr | seed-0 acc at it, % | at {lr_text(default)}, % | "
-                  "shortfall, points |", "|---|---|---|---|---|---|"]
+        images = pareto.TASKS[task].val_per_class * pareto.TASKS[task].classes
+        lines += [f"## {task}", "", f"{images} validation images: one seed's accuracy has a standard error of about "
+                  f"{100 * math.sqrt(0.8 * 0.2 / images):.1f} points at 80 %, so lrs closer than that to the best "
+                  "are listed as good.", "",
+                  f"| rule | point | chosen lr | seed-0 acc at it, % | at {lr_text(default)}, % | shortfall, points | "
+                  "good lrs (within one standard error) |", "|---|---|---|---|---|---|---|"]
         for rule in RULES:
-            lines += rule_rows(rule, per_rule[rule], default)
-        lines += ["", *[spread_line(rule, per_rule[rule], default) for rule in RULES], ""]
+            lines += rule_rows(rule, per_rule[rule], default, images)
+        lines += ["", *[spread_line(rule, per_rule[rule], default, images) for rule in RULES], ""]
     text = "\n".join(lines)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     return text

@@ -42,13 +42,29 @@ def test_the_probe_reports_each_familys_ratio_and_the_spread_per_rule(tmp_path):
     assert lr_rule.folder("linear", results) == tmp_path / "pareto_per_point_linear"
     text = lr_rule.analyse(results, tmp_path / "lr_rule.md", ["inspection"])
     assert (tmp_path / "lr_rule.md").read_text() == text
-    assert "| none | LoRA r=1 | 0.03 | 80.0 | 80.0 | 0.0 |" in text
-    assert "| none | LoRA r=8 | 0.0075 | 80.0 | 60.0 | 20.0 |" in text  # two factors of 2 from 0.03
-    assert "| none | LoRA: large / small rank lr | 0.25× | | | |" in text
-    assert "| linear | LoRA: large / small rank lr | 1× | | | |" in text
-    assert "| sqrt | LoRA: large / small rank lr | 0.5× | | | |" in text
-    assert "| none | LoTR r=8 | (sweep unfinished) | | | |" in text
+    # 128 validation images: at 80 % one standard error is 3.5 points, so only the best lr itself is good
+    assert "| none | LoRA r=1 | 0.03 | 80.0 | 80.0 | 0.0 | 0.03 |" in text
+    assert "| none | LoRA r=8 | 0.0075 | 80.0 | 60.0 | 20.0 | 0.0075 |" in text  # two factors of 2 from 0.03
+    assert "| none | LoRA: large / small rank lr | 0.25× | | | | |" in text
+    assert "| linear | LoRA: large / small rank lr | 1× | | | | |" in text
+    assert "| sqrt | LoRA: large / small rank lr | 0.5× | | | | |" in text
+    assert "| none | LoTR r=8 | (sweep unfinished) | | | | |" in text
     assert ("- none: 2 points; chosen lrs 0.0075–0.03 (4×); best factor-4 band holds 2 of 2; large/small-rank "
             "ratios per family 0.25×; mean seed-0 accuracy at the chosen lrs 80.0 %; worst seed-0 shortfall at "
-            "0.03: 20.0 points (LoRA r=8).") in text
+            "0.03: 20.0 points (LoRA r=8); lrs within one standard error of every point's best: none.") in text
     assert "- linear: 2 points; chosen lrs 0.015–0.015 (1×)" in text
+    linear = next(line for line in text.splitlines() if line.startswith("- linear:"))
+    assert linear.endswith("lrs within one standard error of every point's best: 0.015.")  # one lr serves both
+    assert text.rstrip().endswith("every point's best: none.")  # sqrt: 0.03 and 0.015 are 10 points apart
+
+
+def test_good_lrs_are_those_within_one_standard_error_of_the_best():
+    from test_pareto_per_point_report import row
+
+    from benchmarks.study.pareto.report import summarise
+
+    rows = [row("p", 0, lr, acc, phase="sweep") for lr, acc in zip(GRID, (0.70, 0.78, 0.80, 0.765, 0.5))]
+    (point,), _ = summarise(rows, "digits")
+    # best 0.80 on 100 images: one standard error is 4 points, so 0.78 and 0.765 are good and 0.70 is not
+    assert [lr_rule.lr_text(x) for x in lr_rule.good_lrs(point, 100)] == ["0.0075", "0.015", "0.03"]
+    assert [lr_rule.lr_text(x) for x in lr_rule.good_lrs(point, 10000)] == ["0.015"]
