@@ -54,13 +54,13 @@ from superlora import diffusion  # noqa: E402
 
 # The study's code lives in benchmarks/study/; its API is importable from this script too (tests load it by path).
 from benchmarks.study.diffusion_transfer.analysis import (PAPER_FACTOR, TOLERANCE, Summary,  # noqa: E402,F401
-                                                          headline, improvement_share, lora_front, lora_params_at,
+                                                          headline, loss_limits, improvement_share, lora_front, lora_params_at,
                                                           plot, reference, samples_figure, summarise)
 from benchmarks.study.diffusion_transfer.grid import (BASELINE, BATCH_SIZE, FULL, QUICK, STEPS,  # noqa: E402,F401
                                                       TARGETS, Counted, Spec, count_grid, quick_grid, study_grid)
 from benchmarks.study.diffusion_transfer.markdown import (BEGIN, END, FIGURE_NAME, SAMPLES_NAME,  # noqa: E402,F401
                                                           analyse, completeness_note, markdown, plan_markdown,
-                                                          replace_between_markers, unstable_lines)
+                                                          best_factor_lines, replace_between_markers, unstable_lines)
 from benchmarks.study.diffusion_transfer.runner import (COLUMNS, CSV_NAME, SAMPLES_DIR, Job,  # noqa: E402,F401
                                                         Setup, append_row, load_results, measure, pending_jobs,
                                                         read_rows, run_job, run_study, weights_digest)

@@ -284,6 +284,20 @@ def test_points_worse_than_the_untouched_model_are_named_as_unstable_at_their_fa
     assert "LoRTA M=3 G=28 (per weight) r=5 (0.02320, 0.11030)" in line and "G=1" not in line
 
 
+def test_the_loss_axis_keeps_unstable_points_off_scale_and_the_best_factor_is_stated():
+    base = summary("pretrained", "–", 0, [0.026])
+    lora = [summary("LoRA", f"r={r}", 100 * r, [loss], "lora") for r, loss in ((1, 0.030 - 0.007), (4, 0.0225))]
+    stable = summary("LoRTA", "r=4", 50, [0.0225])
+    assert study.loss_limits(base, lora + [stable]) is None  # everything below the untouched model: no clipping
+    wild = summary("LoRTA", "r=16", 900, [0.10])
+    low, high = study.loss_limits(base, lora + [stable, wild])
+    assert low == pytest.approx(0.0225 - 0.15 * 0.0035) and high == pytest.approx(0.026 + 0.35 * 0.0035)
+    (line,) = study.best_factor_lines(lora + [stable, wild], study.lora_front(lora))
+    # LoRTA r=4 reaches LoRA r=4's loss with 50 parameters: 400 / 50 = 8x; the wild point has no factor
+    assert line.startswith("- Largest equal-loss factor at any loss LoRA's ranks span: 8.0× (LoRTA r=4, 50 ")
+    assert line.endswith("1 point(s) beat LoRA at their own loss.")
+
+
 def test_the_lr_rule_picks_the_lowest_loss_and_extends_past_an_edge():
     lora_r1, lora_r8 = study.quick_grid()[:2]
     points = [lora_r1, lora_r8]

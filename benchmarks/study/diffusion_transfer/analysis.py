@@ -119,6 +119,16 @@ PANELS = (("LoRTA and its Fastfood projections", ("lorta", "fastfood")),
           ("SuperLoRA 2D and LoNKr", ("superlora-2d", "lonkr")))
 
 
+def loss_limits(base: Summary | None, summaries: Sequence[Summary]) -> tuple[float, float] | None:
+    """The loss axis: from a little below the lowest mean to a little above the untouched model's loss (None
+    without the untouched model, or when every mean fits within that range anyway)."""
+    means = [s.mean for s in summaries if not math.isnan(s.mean)]
+    if base is None or not means or max(means) <= base.mean:
+        return None
+    span = base.mean - min(means)
+    return min(means) - 0.15 * span, base.mean + 0.35 * span
+
+
 def plot(base: Summary | None, summaries: Sequence[Summary], path: Path) -> Path:
     """Evaluation loss (mean ± std over seeds) against adapter parameters, log x; LoRA in both panels, the
     pretrained model and LoRA r=8 as horizontal lines."""
@@ -160,7 +170,18 @@ def plot(base: Summary | None, summaries: Sequence[Summary], path: Path) -> Path
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=6.5, loc="center right")
+    limits = loss_limits(base, summaries)
+    if limits is not None:  # unstable points far above the untouched model would flatten every other point
+        for ax, (_, families) in zip(axes.flat, panels):
+            ax.set_ylim(*limits)
+            off = [s for s in summaries if s.family in families and s.mean > limits[1]]
+            for s in off:
+                ax.plot([s.params], [limits[1]], marker="^", color="#d62728", markersize=7, clip_on=False)
+            if off:
+                ax.annotate("▲ off scale (unstable at the family's lr): " + "; ".join(
+                    f"{s.method} {s.budget} {s.mean:.3f}" for s in off), (0.01, 0.97), xycoords="axes fraction",
+                    va="top", fontsize=6.5, color="#d62728", wrap=True)
     fig.supxlabel("adapter parameters (log scale)", fontsize=10)
     fig.supylabel("held-out denoising loss (lower is better)", fontsize=10)
     fig.suptitle("Bold-stroke digits: denoising loss against adapter parameters")

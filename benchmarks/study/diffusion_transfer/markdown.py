@@ -31,6 +31,19 @@ def _loss(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.5f}"
 
 
+def best_factor_lines(summaries: Sequence[Summary], front: Sequence[Summary]) -> list[str]:
+    """The claims line for the largest equal-loss factor against LoRA at any loss LoRA's curve covers."""
+    factors = [(lora_params_at(s.mean, front) / s.params, s) for s in summaries
+               if s.method != "LoRA" and lora_params_at(s.mean, front) is not None]
+    if not factors:
+        return []
+    factor, s = max(factors, key=lambda fs: (fs[0], -fs[1].params))
+    return [f"- Largest equal-loss factor at any loss LoRA's ranks span: {factor:.1f}× ({s.method} {s.budget}, "
+            f"{s.params:,} parameters, loss {_loss(s.mean)}, which LoRA reaches with about "
+            f"{lora_params_at(s.mean, front):,.0f}); {sum(f > 1 for f, _ in factors)} point(s) beat LoRA at their "
+            "own loss."]
+
+
 def unstable_lines(summaries: Sequence[Summary], base: Summary | None) -> list[str]:
     """The claims line for points that ended worse than the untouched model in some seed: at their family's one lr
     they are unstable, so their row says more about the lr rule than about the method."""
@@ -81,6 +94,7 @@ def markdown(rows: Sequence[dict[str, Any]], base: Summary | None, summaries: Se
         text = f", {100 * share:.0f} % of LoRA r=8's loss reduction" if share is not None else ""
         lines.append(f"- At most 100 parameters (the paper's 31-parameter regime): best loss {_loss(best.mean)} "
                      f"({best.method} {best.budget}, {best.params:,} parameters{text}).")
+    lines += best_factor_lines(summaries, front)
     lines += unstable_lines(summaries, base)
     lines += ["", f"![denoising loss against adapter parameters]({figure})", ""]
     if samples:
