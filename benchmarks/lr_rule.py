@@ -43,12 +43,27 @@ def folder(rule: str, results: Path = pareto.PER_POINT_RESULTS) -> Path:
     return results if rule == "none" else results.parent / f"{results.name}_{rule}"
 
 
+def rank_terms(method: str, budget: str, model: str = pareto.DEFAULT_MODEL) -> int:
+    """T of a study point on `model` (its plan on a meta-device build: shapes only)."""
+    from superlora.base_models import create_meta_model
+    from superlora.functional.plan import plan_adapter
+    from superlora.targets import resolve_targets
+
+    point = next(p for p in pareto.study_grid() if (p.method, p.budget) == (method, budget))
+    targets = resolve_targets(create_meta_model(model, num_classes=4), point.config.targets)
+    return plan_adapter([t.shape for t in targets], point.config).rank_terms
+
+
 def run(task: str, rules: Sequence[str] = RULES, workers: int = 1) -> None:
-    """Every probe point under every rule, family by family (so a stopped probe has whole families)."""
+    """Every probe point under every rule, family by family (so a stopped probe has whole families). A point with
+    T = 1 has the same scale under every rule, so only "none" runs it."""
     for method, budgets in PROBE:
         for rule in rules:
-            pareto.main(["run", "--protocol", "per-point", "--rank-scaling", rule, "--tasks", task, "--seeds", "0",
-                         "--methods", method, "--budgets", *budgets, "--workers", str(workers), "--threads", "1"])
+            chosen = [b for b in budgets if rule == "none" or rank_terms(method, b) > 1]
+            if chosen:
+                pareto.main(["run", "--protocol", "per-point", "--rank-scaling", rule, "--tasks", task, "--seeds",
+                             "0", "--methods", method, "--budgets", *chosen, "--workers", str(workers),
+                             "--threads", "1"])
 
 
 def base_method(method: str) -> str:
@@ -125,6 +140,10 @@ def analyse(results: Path = pareto.PER_POINT_RESULTS, out: Path = OUT, tasks: Se
     for task in tasks:
         per_rule = {rule: probe_points(TABLE.read(folder(rule, results) / f"pareto_{task}.csv"), task)
                     for rule in RULES}
+        for rule in RULES[1:]:  # T = 1: every rule is "none" (scale 1), so its sweep is "none"'s
+            for key, point in per_rule["none"].items():
+                if key not in per_rule[rule] and rank_terms(*key) == 1:
+                    per_rule[rule][key] = point
         images = pareto.TASKS[task].val_per_class * pareto.TASKS[task].classes
         lines += [f"## {task}", "", f"{images} validation images: one seed's accuracy has a standard error of about "
                   f"{100 * math.sqrt(0.8 * 0.2 / images):.1f} points at 80 %, so lrs closer than that to the best "

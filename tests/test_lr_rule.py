@@ -38,7 +38,8 @@ def test_the_probe_reports_each_familys_ratio_and_the_spread_per_rule(tmp_path):
     # none: the large rank wants a 4x smaller lr; linear: the same lr for both ranks; sqrt: 2x smaller
     write(lr_rule.folder("none", results), "none", {("LoRA", "r=1"): 0.03, ("LoRA", "r=8"): 0.0075})
     write(lr_rule.folder("linear", results), "linear", {("LoRA", "r=1"): 0.015, ("LoRA", "r=8"): 0.015})
-    write(lr_rule.folder("sqrt", results), "sqrt", {("LoRA", "r=1"): 0.03, ("LoRA", "r=8"): 0.015})
+    # sqrt leaves r=1 out (T = 1: its scale is 1 under every rule), so the analysis takes none's sweep for it
+    write(lr_rule.folder("sqrt", results), "sqrt", {("LoRA", "r=8"): 0.015})
     assert lr_rule.folder("linear", results) == tmp_path / "pareto_per_point_linear"
     text = lr_rule.analyse(results, tmp_path / "lr_rule.md", ["inspection"])
     assert (tmp_path / "lr_rule.md").read_text() == text
@@ -55,7 +56,9 @@ def test_the_probe_reports_each_familys_ratio_and_the_spread_per_rule(tmp_path):
     assert "- linear: 2 points; chosen lrs 0.015–0.015 (1×)" in text
     linear = next(line for line in text.splitlines() if line.startswith("- linear:"))
     assert linear.endswith("lrs within one standard error of every point's best: 0.015.")  # one lr serves both
+    assert "| sqrt | LoRA r=1 | 0.03 | 80.0 | 80.0 | 0.0 | 0.03 |" in text  # none's run
     assert text.rstrip().endswith("every point's best: none.")  # sqrt: 0.03 and 0.015 are 10 points apart
+    assert [lr_rule.rank_terms("LoRTA M=3", b) for b in ("r=8", "r=16")] == [8 ** 3, 16 ** 3]
 
 
 def test_good_lrs_are_those_within_one_standard_error_of_the_best():
