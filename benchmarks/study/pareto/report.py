@@ -16,11 +16,10 @@ from benchmarks.study.intervals import rows_interval
 from benchmarks.study.pareto import analysis
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.pareto.protocol import PER_POINT, Protocol
-from benchmarks.study.pareto.runner import COLUMNS, FLOATS, INTS
-from benchmarks.study.store import ResultsTable
+from benchmarks.study.pareto.runner import CORRECT_TABLE
 from benchmarks.study.sweep import HEAD_ONLY_FAMILY, SEEDS, SWEEP_SEED, lr_text, point_groups, point_lr
 
-TABLE = ResultsTable(COLUMNS + ("val_correct",), INTS, FLOATS)  # the re-run's rows: per-image correctness last
+TABLE = CORRECT_TABLE  # the re-run's rows: the study's columns with per-image correctness last (runner.py)
 BAND = 4.0  # issue 12: the points' best lrs should lie within one factor-4 band ...
 BAND_SHARE = 0.9  # ... for at least 90 % of the points
 WITHIN = 0.015  # and the default lr's mean should be within 1.5 points of each point's own best
