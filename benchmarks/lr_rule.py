@@ -44,14 +44,9 @@ def folder(rule: str, results: Path = pareto.PER_POINT_RESULTS) -> Path:
 
 
 def rank_terms(method: str, budget: str, model: str = pareto.DEFAULT_MODEL) -> int:
-    """T of a study point on `model` (its plan on a meta-device build: shapes only)."""
-    from superlora.base_models import create_meta_model
-    from superlora.functional.plan import plan_adapter
-    from superlora.targets import resolve_targets
-
+    """T of a study point on `model` (benchmarks/study/pareto/grid.py: `rank_terms`)."""
     point = next(p for p in pareto.study_grid() if (p.method, p.budget) == (method, budget))
-    targets = resolve_targets(create_meta_model(model, num_classes=4), point.config.targets)
-    return plan_adapter([t.shape for t in targets], point.config).rank_terms
+    return pareto.rank_terms(point, model)
 
 
 def run(task: str, rules: Sequence[str] = RULES, workers: int = 1) -> None:

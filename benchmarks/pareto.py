@@ -59,13 +59,13 @@ if str(ROOT) not in sys.path:
 from benchmarks.study.pareto.analysis import (REFERENCES, TOLERANCE, Summary, efficiency_table,  # noqa: E402,F401
                                               fewest_reaching, pareto_front, plot_task, summarise)
 from benchmarks.study.pareto.grid import (DEFAULT_MODEL, QUICK_TASKS, TASKS, Counted, TaskSpec,  # noqa: E402,F401
-                                          count_grid, quick_grid, study_grid, task_sets)
+                                          count_grid, quick_grid, rank_terms, study_grid, task_sets)
 from benchmarks.study.pareto.markdown import (BEGIN, END, analyse, claims_markdown,  # noqa: E402,F401
                                               completeness_note, plan_markdown, replace_between_markers,
                                               task_markdown)
 from benchmarks.study.pareto.protocol import FAMILY, PER_POINT, PROTOCOLS, Protocol  # noqa: E402,F401
 from benchmarks.study.pareto.runner import (BATCH_SIZE, COLUMNS, CORRECT_COLUMNS, HEAD_LR, STEPS, Job,  # noqa: E402,F401
-                                            Setup, pending_per_point,
+                                            CORRECT_TABLE, Setup, borrow_rows, pending_per_point, results_path,
                                             append_row, load_results, pending_jobs, read_rows, row_key,
                                             run_job, run_study, weights_digest)
 from superlora.config import RANK_SCALINGS  # noqa: E402
@@ -110,6 +110,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-scaling", choices=RANK_SCALINGS, default="none",
                    help="every adapter point with this rank_scaling (the lr-transfer candidates; rows go to "
                         "<results>_<rule> by default, method names carry the rule)")
+    p.add_argument("--borrow-from", type=Path, default=None,
+                   help="with --rank-scaling: the 'none' run's results folder, whose seed-0 runs of the points the "
+                        "rule leaves unchanged (T = 1) are copied instead of run (default: that run's default folder)")
     p.add_argument("--workers", type=int, default=2, help="training processes (each with --threads threads)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: 2 / workers, >= 1)")
     p.add_argument("--seconds-per-step", type=float, default=None, help="plan: a measured rate for the estimate")
@@ -117,11 +120,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def with_rank_scaling(points: list[Point], rule: str) -> list[Point]:
-    """The points with `rank_scaling=rule` (head-only has no update to scale); the rule joins their method names."""
+def with_rank_scaling(points: list[Point], rule: str, model: str = DEFAULT_MODEL) -> list[Point]:
+    """The points with `rank_scaling=rule`; the rule joins their method names. A point whose update sums one
+    rank-one term (T = 1, head-only too) has scale 1 under every rule, so it stays as it is: the same config, key
+    and runs as under "none" (a rule's run borrows those runs' sweep, see `run_study`)."""
     if rule == "none":
         return points
-    return [p if p.family == HEAD_ONLY_FAMILY else
+    return [p if rank_terms(p, model) == 1 else
             replace(p, method=f"{p.method} [{rule}]", config=p.config.replace(rank_scaling=rule)) for p in points]
 
 
@@ -154,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = [p for p in points if p.method in args.methods]
     if args.budgets:
         points = [p for p in points if p.budget in args.budgets]
-    points = with_rank_scaling(points, args.rank_scaling)
+    points = with_rank_scaling(points, args.rank_scaling, args.model)
     if not points:
         raise SystemExit("no point of the grid is left after --families / --methods; see `plan` for the names")
     task_specs = QUICK_TASKS if args.quick else TASKS
@@ -192,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"no weights for {args.model} (the bundled default's are assets/default/model.safetensors, "
                          "written when its pretraining is final); give another --model, e.g. a save_model folder")
     setup = Setup(args.model, weights_digest(args.model), steps, batch, head_lr, tuple(tasks.items()), protocol)
-    run_study(points, setup, out, seeds, args.workers, threads, grid, extensions, args.fixed_lr)
+    borrow = None
+    if args.rank_scaling != "none" and not args.quick:  # T = 1 points: their sweep is the "none" run's
+        borrow = (args.borrow_from or (PER_POINT_RESULTS if protocol.per_point else RESULTS),
+                  {p.key for p in points if p.config.rank_scaling == "none"})
+    run_study(points, setup, out, seeds, args.workers, threads, grid, extensions, args.fixed_lr, borrow)
     if args.quick:
         written = analyse_study(protocol, out, args.docs or out / "benchmarks.md", list(tasks), points, seeds)
         print("wrote", ", ".join(str(p) for p in [*written["figures"], written["docs"]]))

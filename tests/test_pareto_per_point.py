@@ -162,3 +162,35 @@ def test_quick_per_point_run_records_steps_head_lrs_and_per_image_correctness(ti
     assert {int(r["steps"]) for r in rows} == {3, 4}  # both run lengths occur
     page = (out / "benchmarks.md").read_text()
     assert "pareto-per-point:begin" in page
+
+
+def test_a_rank_scaling_leaves_the_points_with_one_rank_term_as_they_are():
+    lora1, lora8, head = point("lora", "r=1"), point("lora", "r=8"), point("head-only", "0 params")
+    scaled = pareto.with_rank_scaling([lora1, lora8, head], "sqrt")
+    assert [pareto.rank_terms(p, pareto.DEFAULT_MODEL) for p in (lora1, lora8, head)] == [1, 8, 1]
+    assert scaled[0] == lora1 and scaled[2] == head  # same config, key and name as under "none"
+    assert scaled[1].method == "LoRA [sqrt]" and scaled[1].config.rank_scaling == "sqrt"
+    assert scaled[1].key != lora8.key
+
+
+def test_a_rule_run_borrows_the_seed_0_runs_of_unscaled_points_and_runs_only_their_later_seeds(tmp_path):
+    setup = pareto.Setup("m", "w", 100, 32, 0.01, (("inspection", pareto.TASKS["inspection"]),), PP)
+    lora1, lora8 = point("lora", "r=1"), pareto.with_rank_scaling([point("lora", "r=8")], "sqrt")[0]
+    none, rule = tmp_path / "none", tmp_path / "sqrt"
+    none.mkdir()
+    table = pareto.CORRECT_TABLE
+    full = {c: 0 if c in table.ints else "" for c in pareto.CORRECT_COLUMNS}
+    for lr, acc in zip(PP.grid, (0.5, 0.6, 0.8, 0.7, 0.4)):  # the "none" run's sweep of LoRA r=1
+        table.append(pareto.results_path(none, "inspection"),
+                     {**full, **sweep_row(lora1, lr, acc), "setup": setup.fingerprint("inspection")})
+    table.append(pareto.results_path(none, "inspection"),  # a later seed there is not borrowed
+                 {**full, **sweep_row(lora1, 0.015, 0.7, seed=1, phase="main"),
+                  "setup": setup.fingerprint("inspection")})
+    assert pareto.borrow_rows(none, rule, ["inspection"], setup, {lora1.key}) == 5
+    assert pareto.borrow_rows(none, rule, ["inspection"], setup, {lora1.key}) == 0  # once
+    rows = pareto.load_results(rule, ["inspection"], setup)
+    assert sorted(r["lr"] for r in rows) == sorted(PP.grid) and {r["seed"] for r in rows} == {0}
+    jobs = pareto.pending_per_point(rows, ["inspection"], [lora1, lora8], [0, 1, 2], PP)
+    # LoRA r=1's sweep is decided by the borrowed rows (best 0.015): its seeds 1, 2 come next, here
+    assert ("main", lora1.method, 1, "0.015") in keys(jobs) and ("main", lora1.method, 2, "0.03") in keys(jobs)
+    assert not any(j.point.key == lora1.key and j.seed == 0 for j in jobs)

@@ -115,6 +115,17 @@ def count_grid(points: Sequence[Point], model: str, num_classes: int) -> list[Co
     return counted
 
 
+def rank_terms(point: Point, model: str) -> int:
+    """T of a point on `model`: the rank-one terms each update entry sums (`AdapterPlan.rank_terms`, from its plan on
+    a meta-device build: shapes only). Head-only has no update and gives 1."""
+    from superlora.base_models import create_meta_model
+    from superlora.functional.plan import plan_adapter
+    from superlora.targets import resolve_targets
+
+    targets = resolve_targets(create_meta_model(model, num_classes=2), point.config.targets)
+    return plan_adapter([t.shape for t in targets], point.config).rank_terms
+
+
 def task_sets(task: str, spec: TaskSpec):
     """(train, val) ImageSets of a task: per class, a seeded random `val_per_class` for validation and the next
     `train_per_class` for training. The same for every method, seed and run."""

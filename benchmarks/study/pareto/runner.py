@@ -248,9 +248,35 @@ def load_results(out: Path, tasks: Sequence[str], setup: Setup) -> list[dict[str
     return rows
 
 
+def borrow_rows(source: Path, out: Path, tasks: Sequence[str], setup: Setup, keys: set[str]) -> int:
+    """Copy into `out`'s results the seed-0 rows of `source` (another run of the same setup) for the points whose
+    config hash is in `keys` and that `out` lacks; returns how many. The rows are copied as text, unchanged."""
+    import csv
+
+    table = table_for(setup.protocol)
+    load_results(source, tasks, setup)  # refuses a source of another setup
+    own = {row_key(r) for r in load_results(out, tasks, setup)}
+    copied = 0
+    for task in tasks:
+        path = results_path(source, task)
+        if not path.is_file():
+            continue
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            if row["config_hash"] in keys and int(row["seed"]) == SWEEP_SEED and row_key(row) not in own:
+                table.append(results_path(out, task), row)
+                own.add(row_key(row))
+                copied += 1
+    return copied
+
+
 def run_study(points: Sequence[Point], setup: Setup, out: Path, seeds: Sequence[int], workers: int, threads: int,
               grid: Sequence[float] = LR_GRID, max_extensions: int = MAX_EXTENSIONS,
-              fixed_lr: float | None = None) -> None:
+              fixed_lr: float | None = None, borrow: tuple[Path, set[str]] | None = None) -> None:
+    """Run every pending job of the study into `out` until none is left. `borrow` = (folder, config hashes): the
+    seed-0 runs (the lr sweep) of those points come from that folder's results, which another process may still be
+    writing; they are copied in whenever pending runs are decided and never run here (the later seeds are)."""
     check_grid(points, need_sweep=fixed_lr is None and not setup.protocol.per_point)
     tasks = [name for name, _ in setup.tasks]
     counts = {(task, c.point.key): c for task, spec in setup.tasks
@@ -259,9 +285,15 @@ def run_study(points: Sequence[Point], setup: Setup, out: Path, seeds: Sequence[
     started, finished = time.monotonic(), 0
 
     def pending() -> tuple[int, list[tuple[Job, Setup, Counted]]]:
+        if borrow is not None:
+            copied = borrow_rows(borrow[0], out, tasks, setup, borrow[1])
+            if copied:
+                print(f"copied {copied} seed-0 runs from {borrow[0]}", flush=True)
         rows = load_results(out, tasks, setup)
         jobs = pending_per_point(rows, tasks, points, seeds, setup.protocol) if setup.protocol.per_point \
             else pending_jobs(rows, tasks, points, seeds, grid, max_extensions, fixed_lr)
+        if borrow is not None:
+            jobs = [job for job in jobs if not (job.seed == SWEEP_SEED and job.point.key in borrow[1])]
         return len(rows), [(job, setup, counts[(job.task, job.point.key)]) for job in jobs]
 
     def record(job: Job, row: dict[str, Any]) -> None:
