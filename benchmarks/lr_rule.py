@@ -40,7 +40,7 @@ OUT = ROOT / "benchmarks" / "results" / "lr_rule.md"
 
 
 def folder(rule: str, results: Path = pareto.PER_POINT_RESULTS) -> Path:
-    return results if rule == "none" else results.parent / f"{results.name}_{rule}"
+    return pareto.rule_folder(rule, results)
 
 
 def rank_terms(method: str, budget: str, model: str = pareto.DEFAULT_MODEL) -> int:

@@ -137,13 +137,28 @@ def quick_protocol(protocol: Protocol) -> Protocol:
     return replace(protocol, grid=(1.5e-2, 3e-2), max_extensions=0, long_steps=4, head_grid=(1e-2, 2e-2))
 
 
+def rule_folder(rule: str, results: Path | None = None) -> Path:
+    """The per-point re-run's results folder under a rank scaling ("none": the plain one)."""
+    results = PER_POINT_RESULTS if results is None else results
+    return results if rule == "none" else results.parent / f"{results.name}_{rule}"
+
+
 def analyse_study(protocol: Protocol, out: Path, docs: Path, tasks: list[str], points: list[Point],
-                  seeds: Sequence[int]) -> dict:
-    """Figures and the docs block of the protocol's results (the family study's block, or the per-point re-run's)."""
+                  seeds: Sequence[int], rule: str = "none", compare: bool = False) -> dict:
+    """Figures and the docs block of the protocol's results (the family study's block, or the per-point re-run's:
+    one block per rank scaling; with `compare`, also the block that sets the rule's chosen lrs beside "none"'s)."""
     if protocol.per_point:
+        from benchmarks.study.pareto import rules
         from benchmarks.study.pareto.report_markdown import analyse as analyse_per_point
 
-        return analyse_per_point(out, docs, out, tasks, protocol, points, seeds)
+        marker = "pareto-per-point" + ("" if rule == "none" else f"-{rule}")
+        written = analyse_per_point(out, docs, out, tasks, protocol, points, seeds, marker)
+        if compare:
+            other = "sqrt" if rule == "none" else rule
+            folders = {"none": rule_folder("none"), other: rule_folder(other)}
+            if all(f.is_dir() for f in folders.values()):
+                rules.analyse(folders, docs, tasks, protocol, sum(p.family != HEAD_ONLY_FAMILY for p in points))
+        return written
     return analyse(out, docs, out, tasks, protocol.grid, protocol.max_extensions, points, seeds)
 
 
@@ -167,9 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         protocol = quick_protocol(protocol)
     grid, extensions = protocol.grid, protocol.max_extensions
-    results = PER_POINT_RESULTS if protocol.per_point else RESULTS
-    if args.rank_scaling != "none":
-        results = results.parent / f"{results.name}_{args.rank_scaling}"
+    results = rule_folder(args.rank_scaling, PER_POINT_RESULTS if protocol.per_point else RESULTS)
     head_lr = args.head_lr if args.head_lr is not None else (DEFAULT_HEAD_LR if protocol.per_point else HEAD_LR)
 
     if args.command == "plan":
@@ -178,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "analyse":
         out = args.out or results
-        written = analyse_study(protocol, out, args.docs or DOCS, list(tasks), points, args.seeds)
+        written = analyse_study(protocol, out, args.docs or DOCS, list(tasks), points, args.seeds, args.rank_scaling,
+                                compare=args.out is None)
         print("wrote", ", ".join(str(p) for p in [*written["figures"], written["docs"]]))
         if written["partial"]:
             print("partial results (runs missing) for:", ", ".join(written["partial"]))

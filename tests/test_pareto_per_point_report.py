@@ -208,3 +208,41 @@ def test_the_docs_page_has_the_per_point_markers_between_the_pareto_and_peft_blo
     text = (ROOT / "docs" / "benchmarks.md").read_text()
     order = [text.index(m) for m in ("<!-- pareto-results:end -->", BEGIN, END, "<!-- peft-results:begin -->")]
     assert order == sorted(order)
+
+
+def test_the_rule_comparison_sets_the_chosen_lrs_side_by_side_on_the_points_decided_under_both(tmp_path):
+    from benchmarks.study.pareto import rules
+
+    lora1 = dict(zip(GRID, (0.5, 0.6, 0.8, 0.78, 0.4)))  # T = 1: the same rows under both rules
+    none = point_rows("LoRA r=1", lora1, params=4608, key="h1")
+    none += point_rows("LoRA r=8", dict(zip(GRID, (0.9, 0.8, 0.7, 0.5, 0.3))) | {0.001875: 0.85}, params=36864,
+                       key="h8")  # best at 0.00375 (0.001875 worse): 16x below the top of the band
+    none += point_rows("LoTR", dict(zip(GRID, (0.1, 0.2, 0.3, 0.4, 0.5))), family="lotr", key="ht")  # sweeping
+    sqrt = point_rows("LoRA r=1", lora1, params=4608, key="h1")
+    sqrt += point_rows("LoRA r=8 [sqrt]", dict(zip(GRID, (0.5, 0.6, 0.7, 0.84, 0.8))), params=36864, key="h8s")
+    write_rows(tmp_path / "none", none)
+    write_rows(tmp_path / "sqrt", sqrt)
+    docs = tmp_path / "page.md"
+    docs.write_text(f"# page\n\n{rules.BEGIN}\n{rules.END}\n")
+    out = rules.analyse({"none": tmp_path / "none", "sqrt": tmp_path / "sqrt"}, docs, ["digits"], PER_POINT, 3)
+    by_rule = {s.rule: s for s in out["digits"]}
+    assert [p.method for p in by_rule["none"].points] == ["LoRA r=1", "LoRA r=8"]  # LoTR: not decided under both
+    assert [p.lr for p in by_rule["sqrt"].points] == [0.015, 0.03]
+    assert by_rule["none"].shortfalls == pytest.approx((0.02, 0.4))  # seed 0: best minus seed 0 at 0.03
+    assert by_rule["sqrt"].shortfalls == pytest.approx((0.02, 0.0))
+    assert by_rule["none"].within == 0 and by_rule["sqrt"].within == 1  # 2 points is more than 1.5
+    text = docs.read_text()
+    assert "2 adapter points have a finished seed-0 sweep under every rule (points still sweeping or not started " \
+           "— none: 1, sqrt: 1)." in text
+    assert "| none | 2 | 0.00375–0.015 | 4× | [0.00375, 0.015] | 2 of 2 (≥ 90 %) | 0 of 2 | 40.0 (LoRA r=8 b36864) |" \
+           in text
+    assert "| sqrt | 2 | 0.015–0.03 | 2× | [0.015, 0.06] | 2 of 2 (≥ 90 %) | 1 of 2 | 2.0 (LoRA r=1 b4608) |" in text
+    assert "| LoRA | r=8 |" not in text and "| LoRA r=8 | b36864 | 36,864 | 0.00375 (40.0) | 0.03 (0.0) |" in text
+
+
+def test_the_docs_page_has_the_sqrt_and_rule_comparison_markers():
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    names = ("pareto-per-point:end", "pareto-per-point-sqrt:begin", "pareto-per-point-sqrt:end",
+             "pareto-rules:begin", "pareto-rules:end", "peft-results:begin")
+    order = [text.index(f"<!-- {m} -->") for m in names]
+    assert order == sorted(order)

@@ -220,12 +220,12 @@ def task_section(results_dir: Path, task: str, docs: Path, figures: Path, protoc
 
 def analyse(results_dir: Path, docs: Path, figures: Path | None = None, tasks: Sequence[str] | None = None,
             protocol: Protocol = PER_POINT, points: Sequence[Point] | None = None,
-            seeds: Sequence[int] = SEEDS) -> dict[str, Any]:
+            seeds: Sequence[int] = SEEDS, marker: str = "pareto-per-point") -> dict[str, Any]:
     """Read the re-run's `results_dir/pareto_<task>.csv` (the study's columns plus `val_correct`), write
     `figures/pareto_per_point_<task>.png` and the tables into `docs` between the pareto-per-point markers (a page
     with only a title and the markers is created if `docs` does not exist). `points`: the study's grid, to mark
     points still missing as partial. Returns what it wrote: figures, docs, partial (the tasks marked partial) and
-    summaries (per task)."""
+    summaries (per task). `marker`: the block's marker name (a rank scaling's run has its own block)."""
     names = [p.stem[len("pareto_"):] for p in sorted(Path(results_dir).glob("pareto_*.csv"))]
     names = [name for name in names if tasks is None or name in tasks]
     if not names:
@@ -243,5 +243,6 @@ def analyse(results_dir: Path, docs: Path, figures: Path | None = None, tasks: S
     top = [f"**Partial results ({', '.join(written['partial'])})**: see the note under each task.", ""] \
         if written["partial"] else []
     body = "\n".join(["### Results (generated)", "", *top, *sections])
-    page.write_block(Path(docs), body, BEGIN, END, "Pareto study, per-point re-run (generated)")
+    page.write_block(Path(docs), body, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->",
+                     "Pareto study, per-point re-run (generated)")
     return written

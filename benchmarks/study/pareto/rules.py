@@ -1,0 +1,143 @@
+"""Before and after a rank scaling (issue 12, items 1-2): the per-point re-run under "none" (today's scale) and under
+a rule (`rank_scaling`, docs/method.md) side by side, on the points whose seed-0 sweep has finished under both.
+
+Per task and rule: how far apart the chosen lrs lie, how many fall in the best factor-4 band, and, on seed 0 alone
+(the default lr 0.03 is a sweep lr, so every swept point has a seed-0 run there), how far the default falls short of
+each point's own best. The 3-seed criterion stays with the rule's own block (report_markdown.py), which needs seeds
+1 and 2 at both lrs. `analyse` writes the comparison into docs/benchmarks.md between the pareto-rules markers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.study import page
+from benchmarks.study.pareto.protocol import PER_POINT, Protocol
+from benchmarks.study.pareto.report import BAND, BAND_SHARE, TABLE, WITHIN, PointSummary, lr_spread, summarise
+from benchmarks.study.pareto.runner import results_path
+from benchmarks.study.sweep import lr_text
+
+BEGIN, END = "<!-- pareto-rules:begin -->", "<!-- pareto-rules:end -->"
+
+
+def base_method(method: str) -> str:
+    """A point's method without the rule's tag ("LoRA [sqrt]" -> "LoRA")."""
+    return method.split(" [", 1)[0]
+
+
+def seed0_shortfall(point: PointSummary, default: float) -> float:
+    """Seed-0 accuracy at the chosen lr minus seed 0 at `default` (NaN: no seed-0 run at `default`; a diverged run
+    there counts as accuracy 0)."""
+    sweep = {lr_text(lr): acc for lr, acc in point.sweep}
+    at_default = sweep.get(lr_text(default))
+    if at_default is None:
+        return math.nan
+    best = sweep[lr_text(point.lr)]
+    return (0.0 if math.isnan(best) else best) - (0.0 if math.isnan(at_default) else at_default)
+
+
+@dataclass(frozen=True)
+class RuleSummary:
+    """One rule on one task, over the adapter points decided under every compared rule."""
+
+    rule: str
+    points: tuple[PointSummary, ...]
+    shortfalls: tuple[float, ...]  # seed0_shortfall of each point, same order
+
+    @property
+    def within(self) -> int:
+        return sum(s <= WITHIN + 1e-12 for s in self.shortfalls)
+
+    @property
+    def worst(self) -> tuple[PointSummary, float] | None:
+        pairs = sorted(zip(self.points, self.shortfalls), key=lambda ps: (-ps[1], ps[0].params, ps[0].method))
+        return pairs[0] if pairs else None
+
+
+def compare(by_rule: dict[str, Sequence[PointSummary]], default: float) -> list[RuleSummary]:
+    """The rules' summaries on the (base method, budget) adapter points decided under all of them."""
+    keyed = {rule: {(base_method(p.method), p.budget): p for p in points if not p.head}
+             for rule, points in by_rule.items()}
+    common = set.intersection(*(set(k) for k in keyed.values())) if keyed else set()
+    order = sorted(common, key=lambda k: (next(iter(keyed.values()))[k].params, k))
+    out = []
+    for rule, points in keyed.items():
+        chosen = tuple(points[k] for k in order)
+        out.append(RuleSummary(rule, chosen, tuple(seed0_shortfall(p, default) for p in chosen)))
+    return out
+
+
+def _pts(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def table_markdown(summaries: Sequence[RuleSummary], default: float) -> list[str]:
+    """One row per rule: spread, band, and the seed-0 shortfall at the default lr."""
+    d = lr_text(default)
+    lines = [f"| rule | points | chosen lrs | ratio | best factor-{BAND:g} band | share in it | seed 0 at {d}: within "
+             f"{100 * WITHIN:.1f} points of the point's best | worst seed-0 shortfall at {d}, points |",
+             "|---" * 8 + "|"]
+    for s in summaries:
+        spread = lr_spread(s.points, seeds=())
+        worst = s.worst
+        worst_text = f"{_pts(worst[1])} ({base_method(worst[0].method)} {worst[0].budget})" if worst else "–"
+        band = f"[{lr_text(spread.band[0])}, {lr_text(spread.band[1])}]" if spread.band else "–"
+        met = " (≥ 90 %)" if spread.band_met else ""
+        lines.append(f"| {s.rule} | {spread.points} | {lr_text(spread.low)}–{lr_text(spread.high)} | "
+                     f"{spread.ratio:g}× | {band} | {spread.in_band} of {spread.points}{met} | {s.within} of "
+                     f"{len(s.points)} | {worst_text} |")
+    return lines
+
+
+def points_markdown(summaries: Sequence[RuleSummary]) -> list[str]:
+    """Every common point's chosen lr and seed-0 shortfall under each rule, folded away."""
+    head = " | ".join(f"{s.rule}: chosen lr (shortfall)" for s in summaries)
+    lines = ["<details><summary>Per point: chosen lr and seed-0 shortfall at the default lr, points</summary>", "",
+             f"| method | budget | params | {head} |", "|---" * (3 + len(summaries)) + "|"]
+    if summaries:
+        for i, p in enumerate(summaries[0].points):
+            cells = " | ".join(f"{lr_text(s.points[i].lr)}{' (edge)' if s.points[i].edge else ''} "
+                               f"({_pts(s.shortfalls[i])})" for s in summaries)
+            lines.append(f"| {base_method(p.method)} | {p.budget} | {p.params:,} | {cells} |")
+    return lines + ["", "</details>"]
+
+
+def task_markdown(task: str, summaries: Sequence[RuleSummary], undecided: dict[str, int], default: float,
+                  images: int | None) -> str:
+    missing = ", ".join(f"{rule}: {n}" for rule, n in undecided.items() if n)
+    noise = (f" One seed on {images} validation images has a standard error of about "
+             f"{100 * math.sqrt(0.8 * 0.2 / images):.1f} points at 80 %, so seed-0 shortfalls under that are noise."
+             if images else "")
+    lines = [f"#### {task}", "",
+             f"{len(summaries[0].points) if summaries else 0} adapter points have a finished seed-0 sweep under "
+             f"every rule" + (f" (points still sweeping or not started — {missing})" if missing else "") + "."
+             + noise, "", *table_markdown(summaries, default), "", *points_markdown(summaries), ""]
+    return "\n".join(lines)
+
+
+def analyse(folders: dict[str, Path], docs: Path, tasks: Sequence[str], protocol: Protocol = PER_POINT,
+            expected: int | None = None) -> dict[str, Any]:
+    """Compare the rules whose results lie in `folders` (rule -> the per-point re-run's results folder) on every
+    task and write the block into `docs`. `expected`: the grid's adapter points per task (to say how many are not
+    decided yet). Returns {task: [RuleSummary]}."""
+    default = protocol.default_lr
+    sections, out = [], {}
+    for task in tasks:
+        by_rule, undecided, images = {}, {}, None
+        for rule, folder in folders.items():
+            rows = page.read_one_setup(TABLE, results_path(folder, task))
+            points, _ = summarise(rows, task, protocol)
+            by_rule[rule] = points
+            undecided[rule] = (expected - sum(not p.head for p in points)) if expected else 0
+            images = images or (rows[0]["val_size"] if rows else None)
+        out[task] = compare(by_rule, default)
+        sections.append(task_markdown(task, out[task], undecided, default, images))
+    intro = (f"Chosen lrs under each rank scaling, on the points decided under all of them (seed-0 sweeps; criterion: "
+             f"≥ {100 * BAND_SHARE:.0f} % of the points in one factor-{BAND:g} band). Generated by "
+             "`python benchmarks/pareto.py analyse --protocol per-point --rank-scaling RULE` from "
+             + ", ".join(f"`{Path(f).name}/`" for f in folders.values()) + ".")
+    page.write_block(Path(docs), "\n".join([intro, "", *sections]), BEGIN, END, "Rank scalings compared")
+    return out
