@@ -297,3 +297,10 @@ def test_curves_from_a_real_run_folder_match_its_history(tmp_path):
     assert from_folder["val_accuracy"] == ([row["step"] for row in result.history],
                                            [row["val_accuracy"] for row in result.history])
     assert _curves(curves_figure(tmp_path / "run" / "metrics.csv")) == from_folder
+
+
+def test_the_accuracy_panel_is_a_fixed_percent_axis_even_for_a_single_point():
+    figure = curves_figure([{"epoch": 1, "step": 3, "train_loss": 1.2, "val_loss": 1.1, "val_accuracy": 0.75}])
+    axis = figure.layout.yaxis2
+    assert tuple(axis.range) == (0, 1.02) and axis.tickformat == ".0%"
+    assert figure.layout.yaxis.range is None  # the loss axis still fits its values

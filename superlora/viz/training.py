@@ -152,7 +152,9 @@ def curves_figure(runs: Run | Mapping[str, Run], title: str | None = None) -> go
                 ), row=1, col=col)
     figure.update_xaxes(title="step")
     figure.update_yaxes(title="loss", row=1, col=1)
-    figure.update_yaxes(title="accuracy", row=1, col=2)
+    # Accuracy is a fraction: a fixed 0-100 % axis reads the same for every run, even with a single point
+    # (plotly would otherwise centre an axis from -0.5 to 1.5 on a lone value).
+    figure.update_yaxes(title="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=2)
     figure.update_layout(template=TEMPLATE, title=title or "Training curves", height=380,
                          margin=dict(l=60, r=30, t=70, b=50))
     return figure
