@@ -246,3 +246,17 @@ def test_the_docs_page_has_the_sqrt_and_rule_comparison_markers():
              "pareto-rules:begin", "pareto-rules:end", "peft-results:begin")
     order = [text.index(f"<!-- {m} -->") for m in names]
     assert order == sorted(order)
+
+
+def test_the_rule_comparison_scores_every_grid_lr_as_the_single_default(tmp_path):
+    from benchmarks.study.pareto import rules
+
+    a = point_rows("A", dict(zip(GRID, (0.5, 0.6, 0.8, 0.78, 0.4))), key="ha")  # best 0.015
+    b = point_rows("B", dict(zip(GRID, (0.3, 0.4, 0.5, 0.7, 0.71))) | {0.12: 0.6}, key="hb")  # best 0.06
+    write_rows(tmp_path / "none", a + b)
+    docs = tmp_path / "page.md"
+    rules.analyse({"none": tmp_path / "none"}, docs, ["digits"], PER_POINT)
+    text = docs.read_text()
+    assert "| 0.015 | 1 of 2 / 21.0 |" in text  # A at its best; B 0.71 - 0.5
+    assert "| 0.03 | 1 of 2 / 2.0 |" in text  # A 0.8 - 0.78 = 2 points (over 1.5), B 0.71 - 0.7 = 1 point
+    assert "| 0.06 | 1 of 2 / 40.0 |" in text
