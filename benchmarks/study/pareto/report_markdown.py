@@ -31,6 +31,13 @@ def pct(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def _seeds(seeds: Sequence[int], all_: bool = False) -> str:
+    """"seeds 0, 1, 2" / "all 3 seeds" (all_); "seed 0" for one."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"all {len(seeds)} seeds" if all_ else "seeds " + ", ".join(map(str, seeds))
+
+
 def _lrs(values: Sequence[float]) -> str:
     return ", ".join(lr_text(v) for v in values)
 
@@ -48,7 +55,8 @@ def protocol_markdown(protocol: Protocol, steps: tuple[int, int] | None, seeds: 
     return (f"Every point sweeps its own adapter lr on seed 0 over ({_lrs(protocol.grid)}), extended by "
             f"{protocol.factor:g}× past an edge at most {protocol.max_extensions} times (best validation accuracy, "
             f"ties to the lower loss, then the smaller lr; \"edge\": the chosen lr is the smallest or largest "
-            f"tried){head}, and {lengths}. Seeds {', '.join(map(str, seeds))} then run at the chosen lr{default}; "
+            f"tried){head}, and {lengths}. {_seeds(seeds).capitalize()} then run"
+            f"{'s' if len(seeds) == 1 else ''} at the chosen lr{default}; "
             f"accuracy is the mean over seeds, with a {100 * LEVEL:.0f} % percentile bootstrap interval over seeds "
             f"× validation images ({resamples:,} resamples, RNG seed {BOOTSTRAP_SEED}), and the shortfall is the "
             "chosen lr's mean minus the default lr's, in points.")
@@ -145,8 +153,8 @@ def spread_markdown(spread: LrSpread, protocol: Protocol, seeds: Sequence[int] =
                   f"{worst.params:,} parameters, chosen lr {lr_text(worst.lr)})" if worst is not None
                   else "no shortfall measured yet")
     missing = spread.points - spread.complete
-    lines += [f"- At the default lr {default}: {spread.within} of the {spread.complete} points with all "
-              f"{len(seeds)} seeds there are within {100 * WITHIN:.1f} points of their own best"
+    lines += [f"- At the default lr {default}: {spread.within} of the {spread.complete} points with "
+              f"{_seeds(seeds, True)} there are within {100 * WITHIN:.1f} points of their own best"
               + (f" ({missing} still lack their default-lr runs)" if missing else "") + f"; {worst_text}.",
               f"- **With the single default lr {default}, every point's {len(seeds)}-seed mean within "
               f"{100 * WITHIN:.1f} points of its own best: {_verdict(spread.default_met)}** ({spread.within} of "
@@ -167,7 +175,7 @@ def completeness_note(points: Sequence[PointSummary], unfinished: Sequence[tuple
     chosen = sum(key in done and not done[key][0] for key in expected)
     default = sum(key in done and done[key][0] and not done[key][1] for key in expected)
     sweeping = sum(key in set(unfinished) for key in expected)
-    return (f"**Partial results: {full} of {len(expected)} points have all {len(seeds)} seeds at their chosen lr "
+    return (f"**Partial results: {full} of {len(expected)} points have {_seeds(seeds, True)} at their chosen lr "
             f"and at the default lr; {chosen} lack seeds at the chosen lr, {default} at the default lr, {sweeping} "
             f"are still in their lr sweep and {len(expected) - full - chosen - default - sweeping} have no run "
             f"yet.** The re-run had not finished when this was written (`{SCRIPT} run` with the same options "
