@@ -111,8 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="every adapter point with this rank_scaling (the lr-transfer candidates; rows go to "
                         "<results>_<rule> by default, method names carry the rule)")
     p.add_argument("--borrow-from", type=Path, default=None,
-                   help="with --rank-scaling: the 'none' run's results folder, whose seed-0 runs of the points the "
-                        "rule leaves unchanged (T = 1) are copied instead of run (default: that run's default folder)")
+                   help="with --protocol per-point and --rank-scaling: the 'none' run's results folder, whose "
+                        "seed-0 runs of the points the rule leaves unchanged (T = 1) are copied instead of run "
+                        "(default: that run's default folder)")
     p.add_argument("--workers", type=int, default=2, help="training processes (each with --threads threads)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: 2 / workers, >= 1)")
     p.add_argument("--seconds-per-step", type=float, default=None, help="plan: a measured rate for the estimate")
@@ -212,9 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "written when its pretraining is final); give another --model, e.g. a save_model folder")
     setup = Setup(args.model, weights_digest(args.model), steps, batch, head_lr, tuple(tasks.items()), protocol)
     borrow = None
-    if args.rank_scaling != "none" and not args.quick:  # T = 1 points: their sweep is the "none" run's
-        borrow = (args.borrow_from or (PER_POINT_RESULTS if protocol.per_point else RESULTS),
-                  {p.key for p in points if p.config.rank_scaling == "none"})
+    if args.rank_scaling != "none" and protocol.per_point and not args.quick:
+        # T = 1 points: their seed-0 runs are exactly their lr sweep, the same as the "none" run's (under the family
+        # protocol a rule can move the family's lr, so nothing is borrowed there)
+        borrow = (args.borrow_from or PER_POINT_RESULTS, {p.key for p in points if p.config.rank_scaling == "none"})
     run_study(points, setup, out, seeds, args.workers, threads, grid, extensions, args.fixed_lr, borrow)
     if args.quick:
         written = analyse_study(protocol, out, args.docs or out / "benchmarks.md", list(tasks), points, seeds)
