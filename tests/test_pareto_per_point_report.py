@@ -234,9 +234,10 @@ def test_the_rule_comparison_sets_the_chosen_lrs_side_by_side_on_the_points_deci
     text = docs.read_text()
     assert "2 adapter points have a finished seed-0 sweep under every rule (points still sweeping or not started " \
            "— none: 1, sqrt: 1)." in text
-    assert "| none | 2 | 0.00375–0.015 | 4× | [0.00375, 0.015] | 2 of 2 (≥ 90 %) | 0 of 2 | 40.0 (LoRA r=8 b36864) |" \
-           in text
-    assert "| sqrt | 2 | 0.015–0.03 | 2× | [0.015, 0.06] | 2 of 2 (≥ 90 %) | 1 of 2 | 2.0 (LoRA r=1 b4608) |" in text
+    assert ("| none | 2 | 0.00375–0.015 | 4× | [0.00375, 0.015] | 2 of 2 (≥ 90 %) | 0 of 2 | "
+            "40.0 (LoRA r=8 b36864) |") in text
+    assert ("| sqrt | 2 | 0.015–0.03 | 2× | [0.015, 0.06] | 2 of 2 (≥ 90 %) | 1 of 2 | "
+            "2.0 (LoRA r=1 b4608) |") in text
     assert "| LoRA | r=8 |" not in text and "| LoRA r=8 | b36864 | 36,864 | 0.00375 (40.0) | 0.03 (0.0) |" in text
 
 
