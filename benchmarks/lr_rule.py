@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import pareto  # noqa: E402
 from benchmarks.study.pareto.report import TABLE, PointSummary, lr_spread, summarise  # noqa: E402
-from benchmarks.study.sweep import lr_text  # noqa: E402
+from benchmarks.study.sweep import base_method, lr_text  # noqa: E402
 
 RULES = ("none", "linear", "sqrt")
 PROBE = (("LoRA", ("r=1", "r=8")), ("SuperLoRA 2D G=1", ("r=1", "r=16")), ("LoRTA M=3", ("r=8", "r=16")),
@@ -59,10 +59,6 @@ def run(task: str, rules: Sequence[str] = RULES, workers: int = 1) -> None:
                 pareto.main(["run", "--protocol", "per-point", "--rank-scaling", rule, "--tasks", task, "--seeds",
                              "0", "--methods", method, "--budgets", *chosen, "--workers", str(workers),
                              "--threads", "1"])
-
-
-def base_method(method: str) -> str:
-    return method.split(" [", 1)[0]
 
 
 def probe_points(rows: Sequence[dict], task: str) -> dict[tuple[str, str], PointSummary]:

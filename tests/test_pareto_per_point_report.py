@@ -261,3 +261,23 @@ def test_the_rule_comparison_scores_every_grid_lr_as_the_single_default(tmp_path
     assert "| 0.015 | 1 of 2 / 21.0 |" in text  # A at its best; B 0.71 - 0.5
     assert "| 0.03 | 1 of 2 / 2.0 |" in text  # A 0.8 - 0.78 = 2 points (over 1.5), B 0.71 - 0.7 = 1 point
     assert "| 0.06 | 1 of 2 / 40.0 |" in text
+
+
+def test_a_rule_block_keeps_one_method_whole_when_the_rule_tags_only_its_higher_ranks(tmp_path):
+    """Under a rank scaling, LoRA r=1 (T = 1) keeps its name and LoRA r=8 is stored as "LoRA [sqrt]"; the rule's
+    block shows them as one method, so LoRA r=8's accuracy is found and SuperLoRA is compared with the whole curve."""
+    rows = point_rows("LoRA", dict(zip(GRID, (0.5, 0.6, 0.8, 0.78, 0.4))), {0.015: (0.8, 0.8), 0.03: (0.78, 0.78)},
+                      params=4608, key="h1")
+    rows += point_rows("LoRA [sqrt]", dict(zip(GRID, (0.5, 0.6, 0.7, 0.9, 0.8))), {0.03: (0.9, 0.9)},
+                       params=36864, key="h8")
+    for r in rows:
+        r["budget"] = "r=1" if r["config_hash"] == "h1" else "r=8"
+    results = tmp_path / "results"
+    write_rows(results, rows)
+    docs = tmp_path / "page.md"
+    written = analyse(results, docs, tmp_path)
+    block = docs.read_text()
+    assert "[sqrt]" not in block
+    assert [p.method for p in written["summaries"]["digits"]] == ["LoRA", "LoRA"]
+    assert "| LoRA | r=8 | 36,864 | 100 | 0.03 | 90.0 ± 0.0 (n=3) |" in block
+    assert "≥ LoRA r=8 (90.0 %)" in block and "LoRA r=8 (not run)" not in block

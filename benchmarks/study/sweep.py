@@ -60,6 +60,12 @@ def check_grid(points: Sequence[Point], need_sweep: bool = True) -> None:
         raise ValueError("the grid lists one adapter config twice")
 
 
+def base_method(method: str) -> str:
+    """A point's method without a rank scaling's tag ("LoRA [sqrt]" -> "LoRA"; see `with_rank_scaling` in
+    benchmarks/pareto.py): within one rule's results, and across rules, points of one method share a name."""
+    return method.split(" [", 1)[0]
+
+
 def lr_text(lr: float | str) -> str:
     """The canonical text of a learning rate (keys compare text, never floats)."""
     return f"{float(lr):.4g}"

@@ -21,7 +21,7 @@ from benchmarks.study.pareto.protocol import PER_POINT, Protocol
 from benchmarks.study.pareto.report import (BAND, BAND_SHARE, TABLE, WITHIN, LrSpread, PointSummary, long_steps,
                                             lr_spread, plot_task, summarise)
 from benchmarks.study.pareto.runner import results_path
-from benchmarks.study.sweep import HEAD_ONLY_FAMILY, SEEDS, Point, lr_text
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, SEEDS, Point, base_method, lr_text
 
 BEGIN, END = "<!-- pareto-per-point:begin -->", "<!-- pareto-per-point:end -->"
 SCRIPT = "python benchmarks/pareto.py"
@@ -216,7 +216,10 @@ def task_section(results_dir: Path, task: str, docs: Path, figures: Path, protoc
                  ) -> tuple[str, str | None, Path | None, list[PointSummary]]:
     """One task's markdown, its partial-results note (None: complete), its figure (None: nothing to draw yet) and
     its points."""
-    rows = page.read_one_setup(TABLE, results_path(results_dir, task))
+    # A rule's results tag the method names of the points it changes ("LoRA [sqrt]" beside the untouched "LoRA"
+    # r=1); inside one rule's block they are one method, so its curve and efficiency factors are whole.
+    rows = [dict(r, method=base_method(r["method"]))
+            for r in page.read_one_setup(TABLE, results_path(results_dir, task))]
     summaries, unfinished = summarise(rows, task, protocol)
     note = completeness_note(summaries, unfinished, expected, seeds)
     if not summaries:
@@ -238,7 +241,7 @@ def analyse(results_dir: Path, docs: Path, figures: Path | None = None, tasks: S
     names = [name for name in names if tasks is None or name in tasks]
     if not names:
         raise SystemExit(f"no pareto_<task>.csv in {results_dir}; run the re-run first ({SCRIPT} run)")
-    expected = [(p.method, p.key) for p in points] if points else None
+    expected = [(base_method(p.method), p.key) for p in points] if points else None
     sections, written = [], {"figures": [], "docs": Path(docs), "partial": [], "summaries": {}}
     for task in names:
         section, note, figure, summaries = task_section(Path(results_dir), task, Path(docs),

@@ -18,14 +18,9 @@ from benchmarks.study import page
 from benchmarks.study.pareto.protocol import PER_POINT, Protocol
 from benchmarks.study.pareto.report import BAND, BAND_SHARE, TABLE, WITHIN, PointSummary, lr_spread, summarise
 from benchmarks.study.pareto.runner import results_path
-from benchmarks.study.sweep import lr_text
+from benchmarks.study.sweep import base_method, lr_text
 
 BEGIN, END = "<!-- pareto-rules:begin -->", "<!-- pareto-rules:end -->"
-
-
-def base_method(method: str) -> str:
-    """A point's method without the rule's tag ("LoRA [sqrt]" -> "LoRA")."""
-    return method.split(" [", 1)[0]
 
 
 def seed0_shortfall(point: PointSummary, default: float) -> float:
