@@ -281,3 +281,43 @@ def test_a_rule_block_keeps_one_method_whole_when_the_rule_tags_only_its_higher_
     assert [p.method for p in written["summaries"]["digits"]] == ["LoRA", "LoRA"]
     assert "| LoRA | r=8 | 36,864 | 100 | 0.03 | 90.0 ± 0.0 (n=3) |" in block
     assert "≥ LoRA r=8 (90.0 %)" in block and "LoRA r=8 (not run)" not in block
+
+
+def test_paired_difference_pairs_seeds_and_images_and_refuses_unequal_tables():
+    from benchmarks.study.intervals import paired_difference
+
+    first = [[1, 1, 1, 0], [1, 1, 0, 0]]
+    second = [[1, 0, 1, 0], [1, 1, 0, 0]]
+    mean, low, high = paired_difference(first, second)
+    assert mean == pytest.approx(0.125)
+    assert 0.0 <= low <= mean <= high <= 1.0  # no image is worse under `first`: no resample is below 0
+    assert paired_difference(first, second) == (mean, low, high)  # a fixed RNG seed: the page regenerates
+    assert paired_difference(first, first) == (0.0, 0.0, 0.0)  # the same runs: no difference, and no noise either
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference(first, [[1, 0, 1]])
+
+
+def test_the_held_out_shortfall_leaves_out_seed_0_and_names_the_points_measurably_short(tmp_path):
+    right, half = (True,) * 8, (True,) * 4 + (False,) * 4
+
+    def runs(method, chosen_masks, default_masks, key):
+        rows = [row(method, 0, lr, accuracy, phase="sweep", key=key, correct=right if lr == 0.015 else half)
+                for lr, accuracy in zip(GRID, (0.5, 0.6, 1.0, 0.5, 0.4))]  # seed 0 picks 0.015
+        for seed in (1, 2):
+            rows.append(row(method, seed, 0.015, sum(chosen_masks) / 8, key=key, correct=chosen_masks))
+            rows.append(row(method, seed, 0.03, sum(default_masks) / 8, key=key, correct=default_masks))
+        return rows
+
+    rows = runs("short", right, (False,) * 8, "h-short") + runs("lucky", half, half, "h-lucky")
+    points = by_method(summarise(rows, "digits")[0])
+    assert points["short"].held_out == (1.0, 1.0, 1.0)  # every image, both seeds: no spread
+    assert points["lucky"].held_out == (0.0, 0.0, 0.0)  # seed 0's 50-point lead is not there on seeds 1, 2
+    assert points["lucky"].shortfall == pytest.approx(1 / 6)  # the 3-seed shortfall carries seed 0's luck
+    spread = lr_spread(list(points.values()))
+    assert spread.measured == 2 and [p.method for p in spread.short] == ["short"]
+    text = "\n".join(spread_markdown(spread, PER_POINT))
+    assert ("the default falls more than 1.5 points short with 95 % confidence for 1 of the 2 points measured so "
+            "far: short b5000 (100.0 [100.0, 100.0]).") in text
+    write_rows(tmp_path / "results", rows)
+    analyse(tmp_path / "results", tmp_path / "page.md", tmp_path)
+    assert "| 16.7 | 0.0 [0.0, 0.0] |" in (tmp_path / "page.md").read_text()  # lucky: 3-seed vs held-out

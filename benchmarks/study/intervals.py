@@ -1,6 +1,7 @@
 """Uncertainty of a study point's accuracy: per-image correctness stored in a row (`encode_correct`), and 95 %
 percentile bootstrap intervals of the mean accuracy over seeds and validation images (`bootstrap_interval`), or over
-seeds alone where a row has no per-image record (`seed_interval`). Shared by the ViT studies."""
+seeds alone where a row has no per-image record (`seed_interval`); and the paired difference of two lrs run on the
+same seeds and images (`paired_difference`). Shared by the ViT studies."""
 
 from __future__ import annotations
 
@@ -47,15 +48,41 @@ def bootstrap_interval(correct: Sequence[Sequence[bool]], resamples: int = RESAM
     validation images (its columns) are drawn again with replacement, independently."""
     import numpy as np
 
-    matrix = np.asarray(correct, dtype=float)
+    means = _resampled_means(np.asarray(correct, dtype=float), resamples, seed)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def _resampled_means(matrix, resamples: int, seed: int):
+    """The mean of a (runs x images) table after drawing its rows and, independently, its columns again with
+    replacement, `resamples` times."""
+    import numpy as np
+
     runs, images = matrix.shape
     rng = np.random.default_rng(seed)
     run_counts = rng.multinomial(runs, np.full(runs, 1 / runs), size=resamples)
     image_counts = rng.multinomial(images, np.full(images, 1 / images), size=resamples)
-    # whole counts of right answers (exact in float64), divided once: an all-right matrix gives exactly 1.0
-    means = np.einsum("br,ri,bi->b", run_counts, matrix, image_counts) / (runs * images)
+    # whole counts (exact in float64), divided once: an all-right matrix gives exactly 1.0
+    return np.einsum("br,ri,bi->b", run_counts, matrix, image_counts) / (runs * images)
+
+
+def paired_difference(first: Sequence[Sequence[bool]], second: Sequence[Sequence[bool]],
+                      resamples: int = RESAMPLES, level: float = LEVEL, seed: int = BOOTSTRAP_SEED
+                      ) -> tuple[float, float, float]:
+    """(mean difference, low, high): the mean accuracy of `first` minus that of `second`, where row k of each is
+    the same seed on the same validation images, with a percentile interval that draws the seeds (as pairs) and the
+    images again with replacement. Pairing removes what the seeds and images have in common, so the interval is
+    far narrower than the two means' own intervals would suggest."""
+    import numpy as np
+
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if a.ndim != 2 or a.shape != b.shape or not a.size:
+        raise ValueError(f"paired_difference takes two equal, non-empty (seeds x images) tables, not {a.shape} and "
+                         f"{b.shape}")
+    matrix = a - b
+    means = _resampled_means(matrix, resamples, seed)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    return float(matrix.mean()), float(low), float(high)
 
 
 def seed_interval(accuracies: Sequence[float], resamples: int = RESAMPLES, level: float = LEVEL,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.study.intervals import rows_interval
+from benchmarks.study.intervals import decode_correct, paired_difference, rows_interval
 from benchmarks.study.pareto import analysis
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.pareto.protocol import PER_POINT, Protocol
@@ -41,6 +41,9 @@ class PointSummary(Summary):
     default_accuracies: tuple[float, ...]  # the finished runs at the default lr
     default_seeds: tuple[int, ...] = ()  # every run at the default lr, diverged ones included
     default_failed: int = 0
+    # The shortfall on the seeds the sweep did not pick on (seed 0 chose the lr, which favours it there), paired
+    # seed by seed and image by image: (mean, low, high) of chosen minus default; None where it cannot be measured.
+    held_out: tuple[float, float, float] | None = None
 
     @property
     def at_default(self) -> bool:
@@ -75,13 +78,33 @@ def _point(task: str, lr: float, edge: bool, group: Sequence[dict[str, Any]], pr
     default_ok = [r["accuracy"] for r in at_default if r["status"] == "ok"]
     sweep = sorted((float(lr_text(r["lr"])), r["accuracy"]) for r in group if int(r["seed"]) == SWEEP_SEED)
     interval, over = rows_interval(runs)
+    held_out = None if default is None or lr_text(default) == lr_text(lr) else held_out_shortfall(runs, at_default)
     return PointSummary(
         task=task, family=first["family"], method=first["method"], budget=first["budget"],
         params=int(first["adapter_params"]), lr=lr, accuracies=tuple(r["accuracy"] for r in ok),
         failed=len(runs) - len(ok), config_hash=first["config_hash"], steps=int(first["steps"]), edge=edge,
         sweep=tuple(sweep), seeds=tuple(int(r["seed"]) for r in runs), interval=interval, interval_over=over,
         default_lr=default, default_accuracies=tuple(default_ok),
-        default_seeds=tuple(int(r["seed"]) for r in at_default), default_failed=len(at_default) - len(default_ok))
+        default_seeds=tuple(int(r["seed"]) for r in at_default), default_failed=len(at_default) - len(default_ok),
+        held_out=held_out)
+
+
+def held_out_shortfall(chosen: Sequence[dict[str, Any]], default: Sequence[dict[str, Any]]
+                       ) -> tuple[float, float, float] | None:
+    """`paired_difference` of the chosen lr's runs and the default lr's on the seeds other than the sweep's, where
+    both finished and kept their per-image record; None when no such seed exists or a run there diverged."""
+    def by_seed(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        return {int(r["seed"]): r for r in rows if int(r["seed"]) != SWEEP_SEED}
+
+    first, second = by_seed(chosen), by_seed(default)
+    seeds = sorted(set(first) & set(second))
+    rows = [(first[s], second[s]) for s in seeds]
+    if not rows or any(r["status"] != "ok" for pair in rows for r in pair):
+        return None
+    masks = [[decode_correct(r.get("val_correct", ""), int(r["val_size"])) for r in pair] for pair in rows]
+    if not all(a and b and len(a) == len(b) for a, b in masks):
+        return None
+    return paired_difference([a for a, _ in masks], [b for _, b in masks])
 
 
 def summarise(rows: Sequence[dict[str, Any]], task: str, protocol: Protocol = PER_POINT
@@ -108,7 +131,9 @@ class LrSpread:
     lrs: the chosen lrs, smallest first; band: the factor-`BAND` range [x, BAND x], x one of them, that holds the
     most (the smallest such x on a tie), and `in_band` how many. complete: the points with a finished run at the
     default lr for every seed; within: those of them whose default-lr mean is within `WITHIN` of their chosen-lr
-    mean (none diverged); worst: the point with the largest shortfall (a diverged default run counts as worst)."""
+    mean (none diverged); worst: the point with the largest shortfall (a diverged default run counts as worst).
+    measured: the points with a held-out shortfall (`PointSummary.held_out`); short: those of them whose interval
+    lies wholly above `WITHIN`, i.e. the default is measurably more than `WITHIN` short, and not only by noise."""
 
     lrs: tuple[float, ...]
     band: tuple[float, float] | None
@@ -117,6 +142,8 @@ class LrSpread:
     complete: int
     within: int
     worst: PointSummary | None
+    measured: int = 0
+    short: tuple[PointSummary, ...] = ()
 
     @property
     def low(self) -> float:
@@ -169,7 +196,9 @@ def lr_spread(summaries: Sequence[PointSummary], seeds: Sequence[int] = SEEDS) -
     within = [p for p in complete if not p.default_failed and p.shortfall <= WITHIN + 1e-12]
     ranked = [p for p in adapters if p.default_failed or not math.isnan(p.shortfall)]
     worst = max(ranked, key=lambda p: (_shortfall_rank(p), -p.params, p.method), default=None)
-    return LrSpread(lrs, band, in_band, len(adapters), len(complete), len(within), worst)
+    measured = [p for p in adapters if p.held_out is not None]
+    short = tuple(p for p in measured if p.held_out[1] > WITHIN + 1e-12)
+    return LrSpread(lrs, band, in_band, len(adapters), len(complete), len(within), worst, len(measured), short)
 
 
 def long_steps(summaries: Sequence[PointSummary]) -> tuple[int, int] | None:

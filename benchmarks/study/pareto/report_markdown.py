@@ -59,7 +59,9 @@ def protocol_markdown(protocol: Protocol, steps: tuple[int, int] | None, seeds: 
             f"{'s' if len(seeds) == 1 else ''} at the chosen lr{default}; "
             f"accuracy is the mean over seeds, with a {100 * LEVEL:.0f} % percentile bootstrap interval over seeds "
             f"× validation images ({resamples:,} resamples, RNG seed {BOOTSTRAP_SEED}), and the shortfall is the "
-            "chosen lr's mean minus the default lr's, in points.")
+            "chosen lr's mean minus the default lr's, in points. The held-out shortfall leaves out the seed that "
+            "chose the lr: the same difference on the other seeds, with a paired bootstrap interval (seeds and "
+            "images drawn again together for both lrs).")
 
 
 def _runs(p: PointSummary) -> str:
@@ -89,16 +91,25 @@ def _shortfall(p: PointSummary) -> str:
     return "–" if math.isnan(p.shortfall) else f"{100 * p.shortfall:.1f}"
 
 
+def _held_out(p: PointSummary) -> str:
+    if p.at_default:
+        return "0.0"
+    if p.held_out is None:
+        return "–"
+    mean, low, high = (100 * v for v in p.held_out)
+    return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+
 def points_markdown(points: Sequence[PointSummary], protocol: Protocol) -> list[str]:
     """One row per adapter point (head-only has its own line), fewest parameters first."""
     default = lr_text(protocol.default_lr) if protocol.default_lr is not None else "–"
     lines = ["| method | budget | adapter params | steps | chosen lr | accuracy, % (mean ± sd) | 95 % interval, % | "
-             f"at the default lr {default}, % | shortfall, points |", "|---" * 9 + "|"]
+             f"at the default lr {default}, % | shortfall, points | held-out shortfall [95 %] |", "|---" * 10 + "|"]
     for p in points:
         if not p.head:
             lr = lr_text(p.lr) + (" (edge)" if p.edge else "")
             lines.append(f"| {p.method} | {p.budget} | {p.params:,} | {p.steps} | {lr} | {_runs(p)} | "
-                         f"{_interval(p)} | {_default(p)} | {_shortfall(p)} |")
+                         f"{_interval(p)} | {_default(p)} | {_shortfall(p)} | {_held_out(p)} |")
     return lines
 
 
@@ -159,6 +170,12 @@ def spread_markdown(spread: LrSpread, protocol: Protocol, seeds: Sequence[int] =
               f"- **With the single default lr {default}, every point's {len(seeds)}-seed mean within "
               f"{100 * WITHIN:.1f} points of its own best: {_verdict(spread.default_met)}** ({spread.within} of "
               f"{spread.points})."]
+    if spread.measured:
+        named = "; ".join(f"{p.method} {p.budget} ({_held_out(p)})" for p in spread.short) or "none"
+        lines.append(f"- Held out from the choice (seed 0 picked each point's lr, which favours it there): on the "
+                     f"other seeds, paired seed by seed and image by image, the default falls more than "
+                     f"{100 * WITHIN:.1f} points short with 95 % confidence for {len(spread.short)} of the "
+                     f"{spread.measured} points measured so far: {named}.")
     return lines
 
 
