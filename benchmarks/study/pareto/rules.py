@@ -9,6 +9,7 @@ each point's own best. The 3-seed criterion stays with the rule's own block (rep
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,18 @@ from benchmarks.study.sweep import base_method, lr_text
 BEGIN, END = "<!-- pareto-rules:begin -->", "<!-- pareto-rules:end -->"
 
 
+def seed0_at(point: PointSummary, lr: float) -> float:
+    """Seed-0 accuracy at `lr` (a diverged run counts as 0; NaN: not run)."""
+    value = {lr_text(x): acc for x, acc in point.sweep}.get(lr_text(lr))
+    if value is None:
+        return math.nan
+    return 0.0 if math.isnan(value) else value
+
+
 def seed0_shortfall(point: PointSummary, default: float) -> float:
     """Seed-0 accuracy at the chosen lr minus seed 0 at `default` (NaN: no seed-0 run at `default`; a diverged run
     there counts as accuracy 0)."""
-    sweep = {lr_text(lr): acc for lr, acc in point.sweep}
-    at_default = sweep.get(lr_text(default))
-    if at_default is None:
-        return math.nan
-    best = sweep[lr_text(point.lr)]
-    return (0.0 if math.isnan(best) else best) - (0.0 if math.isnan(at_default) else at_default)
+    return seed0_at(point, point.lr) - seed0_at(point, default)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,26 @@ def candidates_markdown(summaries: Sequence[RuleSummary], lrs: Sequence[float]) 
     return lines
 
 
+def at_default_markdown(summaries: Sequence[RuleSummary], default: float, images: int | None) -> list[str]:
+    """What a user gets who keeps the default lr: each rule's seed-0 accuracy there against the first rule's
+    (today's), point by point, with how many points move by more than one seed's standard error either way."""
+    if len(summaries) < 2 or not summaries[0].points:
+        return []
+    noise = math.sqrt(0.8 * 0.2 / images) if images else 0.0
+    base, lines = summaries[0], []
+    for other in summaries[1:]:
+        diffs = [seed0_at(b, default) - seed0_at(a, default) for a, b in zip(base.points, other.points)]
+        diffs = [d for d in diffs if not math.isnan(d)]
+        if not diffs:
+            continue
+        up, down = sum(d > noise for d in diffs), sum(d < -noise for d in diffs)
+        lines.append(f"At the default lr {lr_text(default)}, seed 0, \"{other.rule}\" minus \"{base.rule}\" over "
+                     f"the {len(diffs)} points: mean {100 * statistics.fmean(diffs):+.1f}, median "
+                     f"{100 * statistics.median(diffs):+.1f} points; higher by more than one standard error "
+                     f"({100 * noise:.1f} points) on {up}, lower on {down}.")
+    return lines
+
+
 def points_markdown(summaries: Sequence[RuleSummary]) -> list[str]:
     """Every common point's chosen lr and seed-0 shortfall under each rule, folded away."""
     head = " | ".join(f"{s.rule}: chosen lr (shortfall)" for s in summaries)
@@ -125,6 +149,7 @@ def task_markdown(task: str, summaries: Sequence[RuleSummary], undecided: dict[s
              f"{len(summaries[0].points) if summaries else 0} adapter points have a finished seed-0 sweep under "
              f"every rule" + (f" (points still sweeping or not started — {missing})" if missing else "") + "."
              + noise, "", *table_markdown(summaries, default), "",
+             *(line for text in at_default_markdown(summaries, default, images) for line in (text, "")),
              "Each lr of the sweep grid as the one default (seed 0; every point ran every grid lr):", "",
              *candidates_markdown(summaries, grid), "", *points_markdown(summaries), ""]
     return "\n".join(lines)
