@@ -324,3 +324,12 @@ def test_the_held_out_shortfall_leaves_out_seed_0_and_names_the_points_measurabl
     write_rows(tmp_path / "results", rows)
     analyse(tmp_path / "results", tmp_path / "page.md", tmp_path)
     assert "| 16.7 | 0.0 [0.0, 0.0] |" in (tmp_path / "page.md").read_text()  # lucky: 3-seed vs held-out
+
+
+def test_a_sweep_only_block_has_no_held_out_column(tmp_path):
+    write_rows(tmp_path / "results", study_rows())
+    analyse(tmp_path / "results", tmp_path / "one.md", tmp_path, seeds=(0,))
+    analyse(tmp_path / "results", tmp_path / "three.md", tmp_path)
+    one, three = (tmp_path / "one.md").read_text(), (tmp_path / "three.md").read_text()
+    assert "held-out" not in one and "| shortfall, points |\n|---|---|---|---|---|---|---|---|---|\n" in one
+    assert "| shortfall, points | held-out shortfall [95 %] |" in three and "The held-out shortfall leaves" in three

@@ -21,7 +21,7 @@ from benchmarks.study.pareto.protocol import PER_POINT, Protocol
 from benchmarks.study.pareto.report import (BAND, BAND_SHARE, TABLE, WITHIN, LrSpread, PointSummary, long_steps,
                                             lr_spread, plot_task, summarise)
 from benchmarks.study.pareto.runner import results_path
-from benchmarks.study.sweep import HEAD_ONLY_FAMILY, SEEDS, Point, base_method, lr_text
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, SEEDS, SWEEP_SEED, Point, base_method, lr_text
 
 BEGIN, END = "<!-- pareto-per-point:begin -->", "<!-- pareto-per-point:end -->"
 SCRIPT = "python benchmarks/pareto.py"
@@ -50,6 +50,9 @@ def protocol_markdown(protocol: Protocol, steps: tuple[int, int] | None, seeds: 
                f"{steps[0]}" if steps else "every point trains the same number of steps")
     head = (f"; head-only sweeps its head lr over ({_lrs(protocol.head_grid)}) instead"
             if protocol.head_grid is not None else "")
+    held_out = (" The held-out shortfall leaves out the seed that chose the lr: the same difference on the other "
+                "seeds, with a paired bootstrap interval (seeds and images drawn again together for both lrs)."
+                if len(seeds) > 1 else "")
     default = (f" and again at the shipped default lr {lr_text(protocol.default_lr)} (head-only: head lr "
                f"{lr_text(protocol.default_head_lr)}) where that differs" if protocol.default_lr is not None else "")
     return (f"Every point sweeps its own adapter lr on seed 0 over ({_lrs(protocol.grid)}), extended by "
@@ -59,9 +62,7 @@ def protocol_markdown(protocol: Protocol, steps: tuple[int, int] | None, seeds: 
             f"{'s' if len(seeds) == 1 else ''} at the chosen lr{default}; "
             f"accuracy is the mean over seeds, with a {100 * LEVEL:.0f} % percentile bootstrap interval over seeds "
             f"× validation images ({resamples:,} resamples, RNG seed {BOOTSTRAP_SEED}), and the shortfall is the "
-            "chosen lr's mean minus the default lr's, in points. The held-out shortfall leaves out the seed that "
-            "chose the lr: the same difference on the other seeds, with a paired bootstrap interval (seeds and "
-            "images drawn again together for both lrs).")
+            "chosen lr's mean minus the default lr's, in points." + held_out)
 
 
 def _runs(p: PointSummary) -> str:
@@ -100,16 +101,19 @@ def _held_out(p: PointSummary) -> str:
     return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
 
 
-def points_markdown(points: Sequence[PointSummary], protocol: Protocol) -> list[str]:
-    """One row per adapter point (head-only has its own line), fewest parameters first."""
+def points_markdown(points: Sequence[PointSummary], protocol: Protocol, held_out: bool = True) -> list[str]:
+    """One row per adapter point (head-only has its own line), fewest parameters first. `held_out`: with the
+    held-out shortfall (a run of the sweep seed alone has none)."""
     default = lr_text(protocol.default_lr) if protocol.default_lr is not None else "–"
+    extra = " held-out shortfall [95 %] |" if held_out else ""
     lines = ["| method | budget | adapter params | steps | chosen lr | accuracy, % (mean ± sd) | 95 % interval, % | "
-             f"at the default lr {default}, % | shortfall, points | held-out shortfall [95 %] |", "|---" * 10 + "|"]
+             f"at the default lr {default}, % | shortfall, points |{extra}", "|---" * (9 + held_out) + "|"]
     for p in points:
         if not p.head:
             lr = lr_text(p.lr) + (" (edge)" if p.edge else "")
             lines.append(f"| {p.method} | {p.budget} | {p.params:,} | {p.steps} | {lr} | {_runs(p)} | "
-                         f"{_interval(p)} | {_default(p)} | {_shortfall(p)} | {_held_out(p)} |")
+                         f"{_interval(p)} | {_default(p)} | {_shortfall(p)} |"
+                         + (f" {_held_out(p)} |" if held_out else ""))
     return lines
 
 
@@ -217,7 +221,7 @@ def task_markdown(task: str, rows: Sequence[dict[str, Any]], points: Sequence[Po
     lines = [f"#### {task}", ""] + ([note, ""] if note else [])
     lines += [setup_markdown(task, rows), "", protocol_markdown(protocol, long_steps(points), seeds), "",
               f"![{task}: accuracy against adapter parameters, each point at its own lr]({figure})", "",
-              *points_markdown(points, protocol), "", *sweeps_markdown(points), "", *head_only_markdown(points), "",
+              *points_markdown(points, protocol, held_out=set(seeds) != {SWEEP_SEED}), "", *sweeps_markdown(points), "", *head_only_markdown(points), "",
               *front_markdown(points), "",
               "Fewest adapter parameters reaching LoRA's accuracy (mean over seeds, within 0.5 points); factor = "
               "LoRA's fewest parameters reaching the same accuracy / the method's:", "",
