@@ -312,10 +312,14 @@ def test_the_held_out_shortfall_leaves_out_seed_0_and_names_the_points_measurabl
         return rows
 
     rows = runs("short", right, (False,) * 8, "h-short") + runs("lucky", half, half, "h-lucky")
-    points = by_method(summarise(rows, "digits")[0])
+    blown = runs("blown", right, half, "h-blown")  # seed 2 diverges at the default lr: every image counts as wrong
+    blown[-1] = row("blown", 2, 0.03, math.nan, key="h-blown")
+    points = by_method(summarise(rows + blown, "digits")[0])
+    assert points["blown"].held_out[0] == pytest.approx(0.75)  # seed 1: 1 - 0.5, seed 2: 1 - 0
     assert points["short"].held_out == (1.0, 1.0, 1.0)  # every image, both seeds: no spread
     assert points["lucky"].held_out == (0.0, 0.0, 0.0)  # seed 0's 50-point lead is not there on seeds 1, 2
     assert points["lucky"].shortfall == pytest.approx(1 / 6)  # the 3-seed shortfall carries seed 0's luck
+    points.pop("blown")
     spread = lr_spread(list(points.values()))
     assert spread.measured == 2 and [p.method for p in spread.short] == ["short"]
     text = "\n".join(spread_markdown(spread, PER_POINT))

@@ -91,20 +91,21 @@ def _point(task: str, lr: float, edge: bool, group: Sequence[dict[str, Any]], pr
 
 def held_out_shortfall(chosen: Sequence[dict[str, Any]], default: Sequence[dict[str, Any]]
                        ) -> tuple[float, float, float] | None:
-    """`paired_difference` of the chosen lr's runs and the default lr's on the seeds other than the sweep's, where
-    both finished and kept their per-image record; None when no such seed exists or a run there diverged."""
+    """`paired_difference` of the chosen lr's runs and the default lr's on the seeds other than the sweep's that ran
+    both (a diverged run counts as every image wrong, as in the seed-0 shortfall); None when there is no such seed
+    or a finished run lacks its per-image record."""
     def by_seed(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         return {int(r["seed"]): r for r in rows if int(r["seed"]) != SWEEP_SEED}
 
+    def mask(row: dict[str, Any]) -> tuple[bool, ...]:
+        size = int(row["val_size"])
+        return decode_correct(row.get("val_correct", ""), size) if row["status"] == "ok" else (False,) * size
+
     first, second = by_seed(chosen), by_seed(default)
-    seeds = sorted(set(first) & set(second))
-    rows = [(first[s], second[s]) for s in seeds]
-    if not rows or any(r["status"] != "ok" for pair in rows for r in pair):
+    pairs = [(mask(first[s]), mask(second[s])) for s in sorted(set(first) & set(second))]
+    if not pairs or not all(a and b and len(a) == len(b) for a, b in pairs):
         return None
-    masks = [[decode_correct(r.get("val_correct", ""), int(r["val_size"])) for r in pair] for pair in rows]
-    if not all(a and b and len(a) == len(b) for a, b in masks):
-        return None
-    return paired_difference([a for a, _ in masks], [b for _, b in masks])
+    return paired_difference([a for a, _ in pairs], [b for _, b in pairs])
 
 
 def summarise(rows: Sequence[dict[str, Any]], task: str, protocol: Protocol = PER_POINT

@@ -221,7 +221,8 @@ def task_markdown(task: str, rows: Sequence[dict[str, Any]], points: Sequence[Po
     lines = [f"#### {task}", ""] + ([note, ""] if note else [])
     lines += [setup_markdown(task, rows), "", protocol_markdown(protocol, long_steps(points), seeds), "",
               f"![{task}: accuracy against adapter parameters, each point at its own lr]({figure})", "",
-              *points_markdown(points, protocol, held_out=set(seeds) != {SWEEP_SEED}), "", *sweeps_markdown(points), "", *head_only_markdown(points), "",
+              *points_markdown(points, protocol, held_out=set(seeds) != {SWEEP_SEED}), "",
+              *sweeps_markdown(points), "", *head_only_markdown(points), "",
               *front_markdown(points), "",
               "Fewest adapter parameters reaching LoRA's accuracy (mean over seeds, within 0.5 points); factor = "
               "LoRA's fewest parameters reaching the same accuracy / the method's:", "",
