@@ -71,3 +71,21 @@ def test_good_lrs_are_those_within_one_standard_error_of_the_best():
     # best 0.80 on 100 images: one standard error is 4 points, so 0.78 and 0.765 are good and 0.70 is not
     assert [lr_rule.lr_text(x) for x in lr_rule.good_lrs(point, 100)] == ["0.0075", "0.015", "0.03"]
     assert [lr_rule.lr_text(x) for x in lr_rule.good_lrs(point, 10000)] == ["0.015"]
+
+
+def test_the_gradient_probe_fit_reads_a_perfect_inverse_rule_as_slope_minus_log2_10():
+    import math
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("lr_gradient_probe", ROOT / "benchmarks" / "lr_gradient_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    inverse = [{"g1": g, "lr": 0.03 / g} for g in (0.01, 0.1, 1.0, 10.0)]  # lr = c / |g|_1 exactly
+    assert probe.fit(inverse) == pytest.approx((-math.log2(10), 1.0))
+    flat = [{"g1": g, "lr": lr} for g, lr in ((0.01, 0.03), (0.1, 0.06), (1.0, 0.06), (10.0, 0.03))]
+    assert probe.fit(flat) == pytest.approx((0.0, 0.0), abs=1e-12)  # no relation, as on inspection
+    # (benchmarks/results/lr_gradient_probe.md)
+    text = probe.markdown([dict(task="digits", rule="none", method="LoRA", budget="r=1", params=4608, **p)
+                           for p in inverse])
+    assert "| digits | none | 4 | 0.003–3 | 0.01–10 | -3.32 | 1.00 |" in text
