@@ -46,8 +46,8 @@ def config_hash(config: SuperLoRAConfig) -> str:
 
 
 def check_grid(points: Sequence[Point], need_sweep: bool = True) -> None:
-    """Exactly one sweep point per family (head-only has none; a fixed lr replaces the sweep), and no config twice (a run's
-    key would be ambiguous)."""
+    """Exactly one sweep point per family (head-only has none; a fixed lr replaces the sweep), and no config twice
+    (a run's key would be ambiguous)."""
     sweeps = defaultdict(int)
     for point in points:
         sweeps[point.family] += point.sweep
