@@ -261,9 +261,11 @@ def test_the_rule_comparison_scores_every_grid_lr_as_the_single_default(tmp_path
     docs = tmp_path / "page.md"
     rules.analyse({"none": tmp_path / "none"}, docs, ["digits"], PER_POINT)
     text = docs.read_text()
-    assert "| 0.015 | 1 of 2 / 21.0 |" in text  # A at its best; B 0.71 - 0.5
-    assert "| 0.03 | 1 of 2 / 2.0 |" in text  # A 0.8 - 0.78 = 2 points (over 1.5), B 0.71 - 0.7 = 1 point
-    assert "| 0.06 | 1 of 2 / 40.0 |" in text
+    # one seed on 8 images: 2 standard errors = 2 sqrt(0.8 x 0.2 / 8) = 28.3 points
+    assert "| single lr | none: within 1.5 / within 2 SE (28.3) points / worst shortfall |" in text
+    assert "| 0.015 | 1 of 2 / 2 of 2 / 21.0 |" in text  # A at its best; B 0.71 - 0.5
+    assert "| 0.03 | 1 of 2 / 2 of 2 / 2.0 |" in text  # A 0.8 - 0.78 = 2 points (over 1.5), B 0.71 - 0.7 = 1 point
+    assert "| 0.06 | 1 of 2 / 1 of 2 / 40.0 |" in text  # A 0.8 - 0.4: beyond the noise too
 
 
 def test_a_rule_block_keeps_one_method_whole_when_the_rule_tags_only_its_higher_ranks(tmp_path):

@@ -91,17 +91,23 @@ def table_markdown(summaries: Sequence[RuleSummary], default: float) -> list[str
     return lines
 
 
-def candidates_markdown(summaries: Sequence[RuleSummary], lrs: Sequence[float]) -> list[str]:
+def candidates_markdown(summaries: Sequence[RuleSummary], lrs: Sequence[float], images: int | None = None
+                        ) -> list[str]:
     """Which single lr would serve each rule best on seed 0: per lr of the sweep grid (every point ran them all),
-    how many points it brings within `WITHIN` of their own best, and the worst shortfall."""
-    lines = ["| single lr | " + " | ".join(f"{s.rule}: within {100 * WITHIN:.1f} points / worst shortfall"
-                                         for s in summaries) + " |", "|---" * (1 + len(summaries)) + "|"]
+    how many points it brings within `WITHIN` of their own best, how many within two standard errors of one seed
+    on `images` validation images (what seed 0 alone cannot tell apart; left out without `images`), and the worst
+    shortfall."""
+    noise = 2 * math.sqrt(0.8 * 0.2 / images) if images else None
+    within_noise = f" / within 2 SE ({_pts(noise)})" if noise else ""
+    lines = ["| single lr | " + " | ".join(f"{s.rule}: within {100 * WITHIN:.1f}{within_noise} points / worst "
+                                         "shortfall" for s in summaries) + " |", "|---" * (1 + len(summaries)) + "|"]
     for lr in lrs:
         cells = []
         for s in summaries:
             falls = [seed0_shortfall(p, lr) for p in s.points]
-            within = sum(f <= WITHIN + 1e-12 for f in falls)
-            cells.append(f"{within} of {len(falls)} / {_pts(max(falls, default=math.nan))}")
+            counts = [sum(f <= limit + 1e-12 for f in falls) for limit in (WITHIN, noise) if limit is not None]
+            worst = _pts(max(falls, default=math.nan))
+            cells.append(" / ".join(f"{c} of {len(falls)}" for c in counts) + f" / {worst}")
         lines.append(f"| {lr_text(lr)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -150,8 +156,9 @@ def task_markdown(task: str, summaries: Sequence[RuleSummary], undecided: dict[s
              f"every rule" + (f" (points still sweeping or not started — {missing})" if missing else "") + "."
              + noise, "", *table_markdown(summaries, default), "",
              *(line for text in at_default_markdown(summaries, default, images) for line in (text, "")),
-             "Each lr of the sweep grid as the one default (seed 0; every point ran every grid lr):", "",
-             *candidates_markdown(summaries, grid), "", *points_markdown(summaries), ""]
+             "Each lr of the sweep grid as the one default (seed 0; every point ran every grid lr; \"within 2 SE\": "
+             "closer to the point's best than two standard errors of one seed):", "",
+             *candidates_markdown(summaries, grid, images), "", *points_markdown(summaries), ""]
     return "\n".join(lines)
 
 
