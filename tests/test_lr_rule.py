@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 from test_pareto_per_point_report import GRID, point_rows
 
 from benchmarks.study.pareto.report import TABLE
@@ -76,8 +77,6 @@ def test_good_lrs_are_those_within_one_standard_error_of_the_best():
 def test_the_gradient_probe_fit_reads_a_perfect_inverse_rule_as_slope_minus_log2_10():
     import math
 
-    import pytest
-
     spec = importlib.util.spec_from_file_location("lr_gradient_probe", ROOT / "benchmarks" / "lr_gradient_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
@@ -89,3 +88,29 @@ def test_the_gradient_probe_fit_reads_a_perfect_inverse_rule_as_slope_minus_log2
     text = probe.markdown([dict(task="digits", rule="none", method="LoRA", budget="r=1", params=4608, **p)
                            for p in inverse])
     assert "| digits | none | 4 | 0.003–3 | 0.01–10 | -3.32 | 1.00 |" in text
+
+
+def test_the_probe_runs_pick_by_accuracy_then_loss_and_score_the_pick_on_the_full_sweep(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("lr_probe", ROOT / "benchmarks" / "lr_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    tie = [dict(lr="0.06", accuracy="0.7", val_loss="0.9"), dict(lr="0.015", accuracy="0.7", val_loss="0.5"),
+           dict(lr="0.03", accuracy="0.6", val_loss="0.1")]
+    assert probe.pick(tie) == "0.015"  # equal accuracy: the lower loss
+
+    from test_pareto_per_point_report import write_rows
+
+    rows = point_rows("A", dict(zip(GRID, (0.5, 0.6, 0.8, 0.7, 0.5))), key="ha")  # full runs: best 0.015
+    rows += point_rows("B", dict(zip(GRID, (0.5, 0.6, 0.7, 0.75, 0.8))) | {0.12: 0.6}, key="hb")  # best 0.06
+    write_rows(tmp_path / "none", rows)
+    monkeypatch.setattr(probe, "FOLDERS", {"none": tmp_path / "none"})
+    probes = [dict(task="digits", rule="none", config_hash=key, steps="25", lr=lr, accuracy=acc, val_loss="1")
+              for key, accs in (("ha", ("0.6", "0.65", "0.4")), ("hb", ("0.5", "0.6", "0.7")))
+              for lr, acc in zip(("0.015", "0.03", "0.06"), accs)]
+    found = {f["method"]: f for f in probe.outcomes("digits", "none", probes)}
+    assert found["A"]["picked"] == "0.03" and found["A"]["picked_short"] == pytest.approx(10.0)  # 0.8 - 0.7
+    assert found["B"]["picked"] == "0.06" and found["B"]["picked_short"] == pytest.approx(0.0)
+    assert found["B"]["default_short"] == pytest.approx(5.0)  # 0.8 - 0.75 at 0.03
+    text = probe.markdown(probes)
+    assert "- the probes' pick: within 1.5 points of the point's best for 1 of 2" in text
+    assert "- the default 0.03: within 1.5 points of the point's best for 0 of 2" in text
