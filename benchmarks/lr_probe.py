@@ -34,13 +34,14 @@ from benchmarks.study.pareto.grid import DEFAULT_MODEL, TASKS, task_sets  # noqa
 from benchmarks.study.pareto.protocol import PER_POINT  # noqa: E402
 from benchmarks.study.pareto.report import TABLE, summarise  # noqa: E402
 from benchmarks.study.sweep import base_method, lr_text  # noqa: E402
+from superlora.train.auto_lr import LR_CANDIDATES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FOLDERS = {"none": RESULTS / "pareto_per_point", "sqrt": RESULTS / "pareto_per_point_sqrt"}
 ROWS, OUT = RESULTS / "lr_probe.csv", RESULTS / "lr_probe.md"
 COLUMNS = ("task", "rule", "method", "budget", "config_hash", "params", "full_steps", "steps", "lr", "accuracy",
            "val_loss", "seconds")
-CANDIDATES = (0.015, 0.03, 0.06)
+CANDIDATES = LR_CANDIDATES  # the library's own (superlora.train.auto_lr), probed the way `pick_lr` probes
 
 
 def read_rows() -> list[dict]:

@@ -12,11 +12,13 @@ step loop), `prepare` (the model and data a run starts from), `accelerator` (dev
 and the warm-up/cosine schedule), `resume` (the run's identity and config.json, run-folder checks), `sampling`
 (deterministic batches and augmentation), `metrics` (accuracy, per-class precision / recall / F1, confusion,
 missed defects and false alarms), `validation` (those results as a record and as the run folder's validation/),
-`checkpoint` (resumable state), `callbacks` (tqdm bar, event log). Run folders live in `superlora.runs`, the
+`checkpoint` (resumable state), `callbacks` (tqdm bar, event log), `auto_lr` (the adapter lr picked from short
+probe runs: `pick_lr`). Run folders live in `superlora.runs`, the
 run report in `superlora.report`; predictions in `superlora.inference`.
 """
 
 from superlora.inference import predict
+from superlora.train.auto_lr import LrPick, LrProbe, pick_lr
 from superlora.train.callbacks import EventLog, TqdmProgress
 from superlora.train.loop import train
 from superlora.train.options import (
@@ -32,6 +34,8 @@ from superlora.train.options import (
 __all__ = [
     "Callback",
     "EventLog",
+    "LrPick",
+    "LrProbe",
     "NonFiniteLossError",
     "StopSignal",
     "TqdmProgress",
@@ -39,6 +43,7 @@ __all__ = [
     "TrainOptions",
     "TrainResult",
     "TrainingError",
+    "pick_lr",
     "predict",
     "train",
 ]

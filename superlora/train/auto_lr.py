@@ -1,0 +1,111 @@
+"""Pick the adapter learning rate of a run from short probe runs, so that a user need not tune it.
+
+No fixed scale carries one lr across every adapter and budget (docs/benchmarks.md, issue 12): the best lr of the
+study's points on the digits task spans 0.015 to 0.06, and 0.03 falls up to 9.8 points short of a point's best. A
+quarter-length run per candidate lr ranks the candidates well enough (benchmarks/lr_probe.py: on digits the pick is
+within 1.5 points of the point's best for 7 of 8 points, the fixed default for 4 of 8), for 75 % more steps.
+
+    pick = pick_lr("superlora-default", train_set, val_set, preset("lorta", rank=4), TrainOptions(steps=150))
+    result = train("superlora-default", train_set, val_set, preset("lorta", rank=4), options.replace(lr=pick.lr))
+
+Each probe is an ordinary `train()` run (the same data order, augmentation, seed and head lr) with its warm-up and
+cosine schedule compressed to the probe's length; it writes no run folder. The best probe wins by validation
+accuracy, then lower validation loss, then the smaller lr; a probe whose loss becomes NaN or infinite loses.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from superlora.config import SuperLoRAConfig
+from superlora.data import ImageSet
+from superlora.errors import ConfigError
+from superlora.train.loop import train
+from superlora.train.options import Callback, NonFiniteLossError, StopSignal, TrainOptions
+from superlora.train.sampling import steps_per_epoch
+
+LR_CANDIDATES = (0.015, 0.03, 0.06)  # factor-2 steps around the shipped default 0.03
+PROBE_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class LrProbe:
+    """One candidate's short run: its validation accuracy and loss (0 and inf when its loss blew up)."""
+
+    lr: float
+    steps: int
+    accuracy: float
+    loss: float
+    diverged: bool = False
+
+
+@dataclass(frozen=True)
+class LrPick:
+    """The chosen lr and every probe, in the order they ran; `stopped` when a stop request cut the probes short
+    (then `lr` is the best of the probes that finished, or the first candidate if none did)."""
+
+    lr: float
+    probes: tuple[LrProbe, ...]
+    stopped: bool = False
+
+    def describe(self) -> str:
+        tried = ", ".join(f"{p.lr:g}: " + ("diverged" if p.diverged else f"{100 * p.accuracy:.1f} %")
+                          for p in self.probes)
+        return f"lr {self.lr:g} (probe runs of {self.probes[0].steps} steps: {tried})" if self.probes else \
+            f"lr {self.lr:g} (no probe finished)"
+
+
+def probe_steps(options: TrainOptions, train_size: int, fraction: float = PROBE_FRACTION) -> int:
+    """Steps of one probe: `fraction` of the run `options` describes on `train_size` images, at least one."""
+    return max(1, round(fraction * options.total_steps(steps_per_epoch(train_size, options.batch_size))))
+
+
+def _check(val_set: ImageSet | None, candidates: Sequence[float], fraction: float) -> None:
+    if val_set is None or not len(val_set):
+        raise ConfigError("picking the lr needs validation images: the probes are compared on them")
+    if not candidates or any(not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0
+                             for lr in candidates):
+        raise ConfigError(f"candidates={tuple(candidates)!r}: give one or more positive learning rates, "
+                          "e.g. (0.015, 0.03, 0.06)")
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"fraction={fraction!r}: a probe runs a share of the run, 0 < fraction <= 1 (e.g. 0.25)")
+
+
+def pick_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet, config: SuperLoRAConfig | dict | str,
+            options: TrainOptions | None = None, *, candidates: Sequence[float] = LR_CANDIDATES,
+            fraction: float = PROBE_FRACTION, callbacks: Iterable[Callback] = (),
+            stop: StopSignal | None = None) -> LrPick:
+    """Train `config` on `model` for `fraction` of the run at each of `candidates` and return the best lr.
+
+    model: as for `train()`; a module is copied for each probe, so the caller's model is left untouched.
+    options: the run the lr is for (its steps or epochs set the probes' length; `lr` and `output_dir` are
+        ignored). callbacks: get every probe's events (a probe's "start" event says its lr).
+    """
+    options = options if options is not None else TrainOptions()
+    candidates = tuple(candidates)
+    _check(val_set, candidates, fraction)
+    steps = probe_steps(options, len(train_set), fraction)
+    stop = stop or StopSignal()
+    probes: list[LrProbe] = []
+    for lr in candidates:
+        if stop.requested:
+            break
+        probe_options = options.replace(steps=steps, epochs=None, lr=float(lr), output_dir=None,
+                                        checkpoint_every=None, eval_every_epoch=False)
+        subject = copy.deepcopy(model) if isinstance(model, nn.Module) else model
+        try:
+            result = train(subject, train_set, val_set, config, probe_options, callbacks=callbacks, stop=stop)
+        except NonFiniteLossError:
+            probes.append(LrProbe(float(lr), steps, 0.0, math.inf, diverged=True))
+            continue
+        if result.stopped:
+            break
+        probes.append(LrProbe(float(lr), steps, result.best_accuracy, result.metrics.get("loss", math.inf)))
+    finished = [p for p in probes if not p.diverged] or probes
+    best = min(finished, key=lambda p: (-p.accuracy, p.loss, p.lr)).lr if finished else float(candidates[0])
+    return LrPick(best, tuple(probes), stopped=stop.requested)
