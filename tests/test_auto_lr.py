@@ -89,15 +89,17 @@ def test_a_stop_request_ends_the_probes_with_the_best_finished_one(monkeypatch):
     (dict(candidates=(float("nan"),)), "one or more positive learning rates"),
     (dict(fraction=0.0), "0 < fraction <= 1"),
     (dict(fraction=1.5), "0 < fraction <= 1"),
+    (dict(config="head-only"), "no adapter lr to pick"),
+    (dict(config={"name": "head-only", "targets": []}), "no adapter lr to pick"),
 ])
 def test_bad_arguments_are_refused_before_any_training(monkeypatch, kwargs, message):
     train_set, val_set = colour_split()
     fake = FakeTrain({})
     monkeypatch.setattr(auto_lr, "train", fake)
-    arguments = dict(val_set=val_set) | kwargs
-    val = arguments.pop("val_set")
+    arguments = dict(val_set=val_set, config=LORA) | kwargs
+    val, config = arguments.pop("val_set"), arguments.pop("config")
     with pytest.raises(ConfigError, match=message):
-        pick_lr("m", train_set, val, LORA, TrainOptions(steps=8, batch_size=8), **arguments)
+        pick_lr("m", train_set, val, config, TrainOptions(steps=8, batch_size=8), **arguments)
     assert fake.calls == []
 
 

@@ -349,3 +349,24 @@ def test_head_only_counts_trains_lists_predicts_and_exports(capsys, workspace, t
     code, out, err = run_cli(capsys, "export", run, "--format", "adapter", "merged", "--output", tmp_path / "out")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter", "merged"]
+
+
+def test_pick_lr_trains_at_the_probes_choice_and_records_the_probes(capsys, workspace, tmp_path):
+    run = tmp_path / "picked"
+    code, out, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model", "--preset", "lora",
+                             "--rank", "2", "--steps", "8", "--batch-size", "8", "--pick-lr", "--output", run)
+    assert code == 0, err
+    picked = re.search(r"^picked lr ([0-9.]+) \(probe runs of 2 steps: 0\.015: .*, 0\.03: .*, 0\.06: .*\)$", out,
+                       re.MULTILINE)
+    assert picked, out
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["lr"] == float(picked.group(1)) == config["lr_pick"]["lr"]
+    assert [p["lr"] for p in config["lr_pick"]["probes"]] == [0.015, 0.03, 0.06]
+    assert {p["steps"] for p in config["lr_pick"]["probes"]} == {2}  # a quarter of 8
+    assert not (tmp_path / "runs").exists()  # the probes write no run folders
+
+    for argv, message in ((["--lr", "0.01"], "--pick-lr picks the adapter lr itself; leave out --lr"),
+                          (["--preset", "head-only"], "there is no adapter lr to pick")):
+        code, _, err = run_cli(capsys, "train", workspace / "data", "--model", workspace / "model", "--steps", "4",
+                               "--batch-size", "8", "--pick-lr", "--output", tmp_path / "refused", *argv)
+        assert code != 0 and message in one_error_line(err)

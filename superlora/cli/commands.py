@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -173,6 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _fail("this run was trained on a model object, not a model name; pass --model NAME_OR_PATH")
     _check_model_name(model_name)
     config = adapter_config(args, saved.get("adapter"))
+    if getattr(args, "pick_lr", False):  # before the data loads
+        _check_pick_lr(args, config)
     options, output = _train_options(args, saved)
 
     val_fraction = args.val_fraction if args.val_fraction is not None else data_saved.get("val_fraction", 0.2)
@@ -186,11 +189,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, output_dir=str(output))
     run_info = {"data": {"source": source, "val_fraction": val_fraction, "split_seed": split_seed, "labels": labels}}
     with _stop_on_interrupt() as stop:
+        if getattr(args, "pick_lr", False):
+            options, run_info["lr_pick"] = _picked_lr(args, model_name, train_set, val_set, config, options, stop)
+            if stop.requested:
+                return 1
         result = train(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()], stop=stop,
                        resume=bool(args.resume), run_info=run_info)
     if _is_main_process():
         _print_result(result)
     return 0
+
+
+def _check_pick_lr(args: argparse.Namespace, config: Any) -> None:
+    if args.resume:
+        _fail("--resume continues the run at its own lr; leave out --pick-lr")
+    if args.lr is not None:
+        _fail("--pick-lr picks the adapter lr itself; leave out --lr")
+    if config.head_only:
+        _fail("the head-only method trains no adapter, so there is no adapter lr to pick; set --head-lr instead")
+
+
+def _picked_lr(args: argparse.Namespace, model_name: str, train_set: Any, val_set: Any, config: Any, options: Any,
+               stop: Any) -> tuple[Any, dict[str, Any]]:
+    """--pick-lr: the options with the lr that short probe runs chose, and what the run records about them."""
+    from superlora.train import TqdmProgress, pick_lr
+
+    pick = pick_lr(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()], stop=stop)
+    if _is_main_process():
+        print(("stopped while picking: " if pick.stopped else "picked ") + pick.describe())
+    record = {"lr": pick.lr, "probes": [{**dataclasses.asdict(p), "loss": p.loss if math.isfinite(p.loss) else None}
+                                        for p in pick.probes]}  # JSON has no infinity
+    return dataclasses.replace(options, lr=pick.lr), record
 
 
 def _default_model() -> str:

@@ -127,6 +127,9 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     opts.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto (GPU if present), cpu, cuda")
     opts.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (auto)")
     opts.add_argument("--num-workers", type=int, help="data loader worker processes (0)")
+    opts.add_argument("--pick-lr", action="store_true",
+                      help="pick the adapter lr from short probe runs (0.015, 0.03, 0.06, a quarter of the run each; "
+                           "the whole takes about 1.75x as long) instead of --lr")
 
 
 def _add_model_arg(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:

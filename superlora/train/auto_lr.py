@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from superlora.config import SuperLoRAConfig
+from superlora.config import SuperLoRAConfig, preset
 from superlora.data import ImageSet
 from superlora.errors import ConfigError
 from superlora.train.loop import train
@@ -65,7 +65,13 @@ def probe_steps(options: TrainOptions, train_size: int, fraction: float = PROBE_
     return max(1, round(fraction * options.total_steps(steps_per_epoch(train_size, options.batch_size))))
 
 
-def _check(val_set: ImageSet | None, candidates: Sequence[float], fraction: float) -> None:
+def _check(config: SuperLoRAConfig | dict | str | None, val_set: ImageSet | None, candidates: Sequence[float],
+           fraction: float) -> None:
+    resolved = preset(config) if isinstance(config, str) else \
+        SuperLoRAConfig.from_dict(config) if isinstance(config, dict) else config
+    if resolved is not None and resolved.head_only:
+        raise ConfigError("the head-only method trains no adapter, so there is no adapter lr to pick; set head_lr "
+                          "(docs/training.md) or choose an adapter")
     if val_set is None or not len(val_set):
         raise ConfigError("picking the lr needs validation images: the probes are compared on them")
     if not candidates or any(not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0
@@ -88,7 +94,7 @@ def pick_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet, conf
     """
     options = options if options is not None else TrainOptions()
     candidates = tuple(candidates)
-    _check(val_set, candidates, fraction)
+    _check(config, val_set, candidates, fraction)
     steps = probe_steps(options, len(train_set), fraction)
     stop = stop or StopSignal()
     probes: list[LrProbe] = []
