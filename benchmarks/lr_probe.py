@@ -73,7 +73,7 @@ def probe(task: str, rule: str, fraction: float, lrs: tuple[float, ...]) -> None
     import torch
 
     from superlora import SuperLoRAConfig
-    from superlora.train import TrainOptions, train
+    from superlora.train import NonFiniteLossError, TrainOptions, train
 
     torch.set_num_threads(1)
     train_set, val_set = task_sets(task, TASKS[task])
@@ -87,18 +87,27 @@ def probe(task: str, rule: str, fraction: float, lrs: tuple[float, ...]) -> None
             options = TrainOptions(steps=steps, batch_size=32, lr=lr, head_lr=float(head_lr), seed=0,
                                    eval_every_epoch=False, device="cpu")
             started = time.monotonic()
-            result = train(DEFAULT_MODEL, train_set, val_set, SuperLoRAConfig.from_dict(json.loads(config)), options)
+            try:
+                result = train(DEFAULT_MODEL, train_set, val_set, SuperLoRAConfig.from_dict(json.loads(config)),
+                               options)
+                accuracy, loss = result.best_accuracy, result.metrics["loss"]
+            except NonFiniteLossError:  # a diverged probe: recorded as pick_lr scores it (accuracy 0, loss inf)
+                accuracy, loss = 0.0, math.inf
             append_row(dict(task=task, rule=rule, method=base_method(point.method), budget=point.budget,
                             config_hash=point.config_hash, params=point.params, full_steps=point.steps, steps=steps,
-                            lr=lr_text(lr), accuracy=result.best_accuracy, val_loss=result.metrics["loss"],
+                            lr=lr_text(lr), accuracy=accuracy, val_loss=loss,
                             seconds=round(time.monotonic() - started, 1)))
             print(f"{task} {rule} {point.method} {point.budget} lr {lr_text(lr)} {steps} steps: "
-                  f"{100 * result.best_accuracy:.1f} %", flush=True)
+                  f"{100 * accuracy:.1f} %", flush=True)
 
 
 def pick(probes: list[dict]) -> str:
-    """The probe lr with the best accuracy, then the lower validation loss, then the smaller lr."""
-    return min(probes, key=lambda r: (-float(r["accuracy"]), float(r["val_loss"]), float(r["lr"])))["lr"]
+    """The lr `pick_lr` would choose from these probe rows (`superlora.train.auto_lr.best_probe`)."""
+    from superlora.train.auto_lr import LrProbe, best_probe
+
+    best = best_probe([LrProbe(float(r["lr"]), int(r.get("steps", 0)), float(r["accuracy"]), float(r["val_loss"]),
+                               diverged=math.isinf(float(r["val_loss"]))) for r in probes])
+    return lr_text(best.lr)
 
 
 def outcomes(task: str, rule: str, rows: list[dict]) -> list[dict]:

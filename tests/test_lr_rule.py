@@ -97,6 +97,8 @@ def test_the_probe_runs_pick_by_accuracy_then_loss_and_score_the_pick_on_the_ful
     tie = [dict(lr="0.06", accuracy="0.7", val_loss="0.9"), dict(lr="0.015", accuracy="0.7", val_loss="0.5"),
            dict(lr="0.03", accuracy="0.6", val_loss="0.1")]
     assert probe.pick(tie) == "0.015"  # equal accuracy: the lower loss
+    blown = [dict(lr="0.06", accuracy="0.0", val_loss="inf"), dict(lr="0.03", accuracy="0.0", val_loss="2.0")]
+    assert probe.pick(blown) == "0.03"  # a diverged probe loses even to an equally bad finished one
 
     from test_pareto_per_point_report import write_rows
 

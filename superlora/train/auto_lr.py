@@ -112,6 +112,12 @@ def pick_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet, conf
         if result.stopped:
             break
         probes.append(LrProbe(float(lr), steps, result.best_accuracy, result.metrics.get("loss", math.inf)))
-    finished = [p for p in probes if not p.diverged] or probes
-    best = min(finished, key=lambda p: (-p.accuracy, p.loss, p.lr)).lr if finished else float(candidates[0])
-    return LrPick(best, tuple(probes), stopped=stop.requested)
+    best = best_probe(probes)
+    return LrPick(best.lr if best else float(candidates[0]), tuple(probes), stopped=stop.requested)
+
+
+def best_probe(probes: Sequence[LrProbe]) -> LrProbe | None:
+    """The winning probe: the best validation accuracy, then the lower loss, then the smaller lr; a diverged probe
+    only when every probe diverged; None for no probes."""
+    finished = [p for p in probes if not p.diverged] or list(probes)
+    return min(finished, key=lambda p: (-p.accuracy, p.loss, p.lr)) if finished else None
