@@ -106,13 +106,20 @@ def test_the_probe_runs_pick_by_accuracy_then_loss_and_score_the_pick_on_the_ful
     rows += point_rows("B", dict(zip(GRID, (0.5, 0.6, 0.7, 0.75, 0.8))) | {0.12: 0.6}, key="hb")  # best 0.06
     write_rows(tmp_path / "none", rows)
     monkeypatch.setattr(probe, "FOLDERS", {"none": tmp_path / "none"})
-    probes = [dict(task="digits", rule="none", config_hash=key, steps="25", lr=lr, accuracy=acc, val_loss="1")
+    probes = [dict(task="digits", rule="none", config_hash=key, steps="25", full_steps="100", lr=lr, accuracy=acc,
+                   val_loss="1")
               for key, accs in (("ha", ("0.6", "0.65", "0.4")), ("hb", ("0.5", "0.6", "0.7")))
               for lr, acc in zip(("0.015", "0.03", "0.06"), accs)]
     found = {f["method"]: f for f in probe.outcomes("digits", "none", probes)}
     assert found["A"]["picked"] == "0.03" and found["A"]["picked_short"] == pytest.approx(10.0)  # 0.8 - 0.7
     assert found["B"]["picked"] == "0.06" and found["B"]["picked_short"] == pytest.approx(0.0)
     assert found["B"]["default_short"] == pytest.approx(5.0)  # 0.8 - 0.75 at 0.03
-    text = probe.markdown(probes)
+    longer = [dict(r, steps="50", accuracy="0.5" if r["lr"] == "0.015" else "0.1") for r in probes]
+    assert probe.fractions(probes + longer) == [0.25, 0.5]
+    assert {f["picked"] for f in probe.outcomes("digits", "none", probes + longer, 0.5)} == {"0.015"}
+    assert probe.outcomes("digits", "none", probes + longer) == list(found.values())  # 0.25: as before
+    text = probe.markdown(probes + longer)
+    assert '## digits, rank scaling "none", probes of 0.25 of the run' in text
+    assert '## digits, rank scaling "none", probes of 0.5 of the run' in text
     assert "- the probes' pick: within 1.5 points of the point's best for 1 of 2" in text
     assert "- the default 0.03: within 1.5 points of the point's best for 0 of 2" in text
