@@ -1,11 +1,14 @@
 """Pick the adapter learning rate of a run from short probe runs, so that a user need not tune it.
 
 No fixed scale carries one lr across every adapter and budget (docs/benchmarks.md, issue 12): the best lr of the
-study's points on the digits task spans 0.015 to 0.06, and 0.03 falls up to 9.8 points short of a point's best. A
-quarter-length run per candidate lr ranks the candidates well enough (benchmarks/lr_probe.py: on digits the pick is
-within 1.5 points of the point's best for 7 of 8 points, the fixed default for 4 of 8), for 75 % more steps.
+study's points on the digits task spans 0.015 to 0.06, and 0.03 falls up to 9.8 points short of a point's best.
+Probe runs of a quarter of the run rank the candidates well there (benchmarks/lr_probe.py: within 1.5 points of
+the point's best for 7 of 8 digits points, the fixed default for 4 of 8) but not on the inspection sample, where
+they favour the largest lr and do no better than the default on average. So this is an option, not the default.
+It costs about 75 % more steps.
 
-    pick = pick_lr("superlora-default", train_set, val_set, preset("lorta", rank=4), TrainOptions(steps=150))
+    options = TrainOptions(steps=150)
+    pick = pick_lr("superlora-default", train_set, val_set, preset("lorta", rank=4), options)
     result = train("superlora-default", train_set, val_set, preset("lorta", rank=4), options.replace(lr=pick.lr))
 
 Each probe is an ordinary `train()` run (the same data order, augmentation, seed and head lr) with its warm-up and
