@@ -26,12 +26,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.pareto import RESULTS, rule_folder  # noqa: E402
 from benchmarks.study.pareto.grid import DEFAULT_MODEL, TASKS, task_sets  # noqa: E402
-from benchmarks.study.pareto.report import TABLE, summarise  # noqa: E402
+from benchmarks.study.pareto.report import decided_adapter_points  # noqa: E402
 from benchmarks.study.sweep import base_method, lr_text  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-FOLDERS = {"none": RESULTS / "pareto_per_point", "sqrt": RESULTS / "pareto_per_point_sqrt"}
+FOLDERS = {rule: rule_folder(rule) for rule in ("none", "sqrt")}
 OUT = RESULTS / "lr_gradient_probe.md"
 BATCH = 64
 
@@ -85,13 +85,10 @@ def measure() -> list[dict]:
     for task in TASKS:
         batch, classes = fixed_batch(task)
         for rule, folder in FOLDERS.items():
-            rows = TABLE.read(folder / f"pareto_{task}.csv")
-            configs = {r["config_hash"]: r["config"] for r in rows}
-            for p in summarise(rows, task)[0]:
-                if not p.head:
-                    found.append(dict(task=task, rule=rule, method=base_method(p.method), budget=p.budget,
-                                      params=p.params, lr=p.lr, g1=adapter_l1(configs[p.config_hash], batch, classes)))
-                    print(task, rule, p.method, p.budget, lr_text(p.lr), f"‖g‖₁ = {found[-1]['g1']:.3g}", flush=True)
+            for p, row in decided_adapter_points(folder, task):
+                found.append(dict(task=task, rule=rule, method=base_method(p.method), budget=p.budget,
+                                  params=p.params, lr=p.lr, g1=adapter_l1(row["config"], batch, classes)))
+                print(task, rule, p.method, p.budget, lr_text(p.lr), f"‖g‖₁ = {found[-1]['g1']:.3g}", flush=True)
     return found
 
 

@@ -18,7 +18,6 @@ Rows: benchmarks/results/lr_probe.csv; results: benchmarks/results/lr_probe.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -30,41 +29,30 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.pareto import RESULTS, rule_folder  # noqa: E402
 from benchmarks.study.pareto.grid import DEFAULT_MODEL, TASKS, task_sets  # noqa: E402
 from benchmarks.study.pareto.protocol import PER_POINT  # noqa: E402
-from benchmarks.study.pareto.report import TABLE, summarise  # noqa: E402
+from benchmarks.study.pareto.report import decided_adapter_points  # noqa: E402
+from benchmarks.study.store import ResultsTable  # noqa: E402
 from benchmarks.study.sweep import base_method, lr_text  # noqa: E402
 from superlora.train.auto_lr import LR_CANDIDATES  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-FOLDERS = {"none": RESULTS / "pareto_per_point", "sqrt": RESULTS / "pareto_per_point_sqrt"}
+FOLDERS = {rule: rule_folder(rule) for rule in ("none", "sqrt")}
 ROWS, OUT = RESULTS / "lr_probe.csv", RESULTS / "lr_probe.md"
-COLUMNS = ("task", "rule", "method", "budget", "config_hash", "params", "full_steps", "steps", "lr", "accuracy",
-           "val_loss", "seconds")
+# One row per finished probe, appended atomically; lr stays text (lr_text), the key it is compared by.
+PROBES = ResultsTable(("task", "rule", "method", "budget", "config_hash", "params", "full_steps", "steps", "lr",
+                       "accuracy", "val_loss", "seconds"), ("params", "full_steps", "steps"),
+                      ("accuracy", "val_loss", "seconds"))
 CANDIDATES = LR_CANDIDATES  # the library's own (superlora.train.auto_lr), probed the way `pick_lr` probes
 
 
 def read_rows() -> list[dict]:
-    if not ROWS.exists():
-        return []
-    with ROWS.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_row(row: dict) -> None:
-    new = not ROWS.exists()
-    with ROWS.open("a", newline="") as f:  # one line per finished probe: an interrupted run loses at most one
-        writer = csv.DictWriter(f, COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    return PROBES.read(ROWS)
 
 
 def decided_points(task: str, rule: str) -> list[tuple]:
     """(summary, config JSON, head lr) of every adapter point whose seed-0 sweep has decided."""
-    rows = TABLE.read(FOLDERS[rule] / f"pareto_{task}.csv")
-    configs = {r["config_hash"]: (r["config"], r["head_lr"]) for r in rows}
-    return [(p, *configs[p.config_hash]) for p in summarise(rows, task)[0] if not p.head]
+    return [(p, row["config"], row["head_lr"]) for p, row in decided_adapter_points(FOLDERS[rule], task)]
 
 
 def probe(task: str, rule: str, fraction: float, lrs: tuple[float, ...]) -> None:
@@ -82,7 +70,7 @@ def probe(task: str, rule: str, fraction: float, lrs: tuple[float, ...]) -> None
     for point, config, head_lr in sorted(decided_points(task, rule), key=lambda t: (t[0].steps, t[0].params)):
         steps = probe_length(fraction, point.steps)
         for lr in lrs:
-            if (task, rule, point.config_hash, str(steps), lr_text(lr)) in done:
+            if (task, rule, point.config_hash, steps, lr_text(lr)) in done:
                 continue
             options = TrainOptions(steps=steps, batch_size=32, lr=lr, head_lr=float(head_lr), seed=0,
                                    eval_every_epoch=False, device="cpu")
@@ -93,10 +81,10 @@ def probe(task: str, rule: str, fraction: float, lrs: tuple[float, ...]) -> None
                 accuracy, loss = result.best_accuracy, result.metrics["loss"]
             except NonFiniteLossError:  # a diverged probe: recorded as pick_lr scores it (accuracy 0, loss inf)
                 accuracy, loss = 0.0, math.inf
-            append_row(dict(task=task, rule=rule, method=base_method(point.method), budget=point.budget,
-                            config_hash=point.config_hash, params=point.params, full_steps=point.steps, steps=steps,
-                            lr=lr_text(lr), accuracy=accuracy, val_loss=loss,
-                            seconds=round(time.monotonic() - started, 1)))
+            PROBES.append(ROWS, dict(task=task, rule=rule, method=base_method(point.method), budget=point.budget,
+                                     config_hash=point.config_hash, params=point.params, full_steps=point.steps,
+                                     steps=steps, lr=lr_text(lr), accuracy=accuracy, val_loss=loss,
+                                     seconds=round(time.monotonic() - started, 1)))
             print(f"{task} {rule} {point.method} {point.budget} lr {lr_text(lr)} {steps} steps: "
                   f"{100 * accuracy:.1f} %", flush=True)
 

@@ -16,7 +16,7 @@ from benchmarks.study.intervals import decode_correct, paired_difference, rows_i
 from benchmarks.study.pareto import analysis
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.pareto.protocol import PER_POINT, Protocol
-from benchmarks.study.pareto.runner import CORRECT_TABLE
+from benchmarks.study.pareto.runner import CORRECT_TABLE, results_path
 from benchmarks.study.sweep import HEAD_ONLY_FAMILY, SEEDS, SWEEP_SEED, lr_text, point_groups, point_lr
 
 TABLE = CORRECT_TABLE  # the re-run's rows: the study's columns with per-image correctness last (runner.py)
@@ -123,6 +123,15 @@ def summarise(rows: Sequence[dict[str, Any]], task: str, protocol: Protocol = PE
         else:
             points.append(_point(task, lr, edge, group, protocol))
     return sorted(points, key=lambda p: (p.params, p.method)), sorted(unfinished)
+
+
+def decided_adapter_points(folder: Path, task: str, protocol: Protocol = PER_POINT
+                           ) -> list[tuple[PointSummary, dict[str, Any]]]:
+    """The adapter points of a per-point results folder whose seed-0 sweep has decided, each with one of its rows
+    (which carries the config and head lr the point ran with). For the scripts that study those points further."""
+    rows = TABLE.read(results_path(folder, task))
+    first = {r["config_hash"]: r for r in reversed(rows)}
+    return [(p, first[p.config_hash]) for p in summarise(rows, task, protocol)[0] if not p.head]
 
 
 @dataclass(frozen=True)
