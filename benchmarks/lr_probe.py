@@ -2,12 +2,11 @@
 
 No fixed rank scaling carries one lr across the study's points on digits (docs/benchmarks.md, "Before and after"),
 so the library could pick the lr per run instead: train a few candidate lrs for a fraction of the run, keep the
-one with the best validation accuracy, then train the whole run at it. This script measures what that choice
+one with the lowest validation loss, then train the whole run at it. This script measures what that choice
 would be worth before anything is built. For every point of the per-point re-run whose seed-0 sweep has decided
 (under one rank scaling), it trains each candidate lr for `--fraction` of the point's steps (the warm-up and cosine
-schedule compressed to the probe's length; everything else as in the study, seed 0), picks the best probe
-(accuracy, then lower validation loss, then the smaller lr), and reads the full-length seed-0 accuracy at that lr
-from the point's sweep. The shortfall against the point's own best is set beside the fixed default's.
+schedule compressed to the probe's length; everything else as in the study, seed 0), picks the best probe as `superlora.train.pick_lr` does (lowest validation loss, then accuracy,
+then the smaller lr), and reads the full-length seed-0 accuracy at that lr from the point's sweep. The shortfall against the point's own best is set beside the fixed default's.
 
     python benchmarks/lr_probe.py run --task digits [--rule none] [--fraction 0.25]   # resumable rows
     python benchmarks/lr_probe.py analyse                                             # the markdown below
@@ -122,7 +121,8 @@ def outcomes(task: str, rule: str, rows: list[dict], fraction: float = 0.25) -> 
         chosen = pick(probes)
         found.append(dict(method=base_method(point.method), budget=point.budget, params=point.params,
                           steps=probes[0]["steps"], full_steps=point.steps, best_lr=lr_text(point.lr), picked=chosen,
-                          probes=" ".join(f"{r['lr']}: {100 * float(r['accuracy']):.1f}" for r in probes),
+                          probes="; ".join(f"{r['lr']}: {float(r['val_loss']):.3f} / {100 * float(r['accuracy']):.1f}"
+                                         for r in probes),
                           picked_short=100 * (best - full.get(chosen, math.nan)),
                           default_short=100 * (best - full[lr_text(PER_POINT.default_lr)])))
     return found
@@ -137,7 +137,7 @@ def markdown(rows: list[dict]) -> str:
             images = TASKS[task].val_per_class * TASKS[task].classes
             noise = 200 * math.sqrt(0.8 * 0.2 / images)
             lines += [f"## {task}, rank scaling \"{rule}\", probes of {fraction:g} of the run", "",
-                      "| method | budget | params | probe steps (of) | probes (lr: accuracy, %) | picked | best full "
+                      "| method | budget | params | probe steps (of) | probes (lr: val loss / accuracy, %) | picked | best full "
                       "lr | shortfall at the pick | at the default 0.03 |", "|---" * 9 + "|"]
             lines += [f"| {f['method']} | {f['budget']} | {f['params']:,} | {f['steps']} ({f['full_steps']}) | "
                       f"{f['probes']} | {f['picked']} | {f['best_lr']} | {f['picked_short']:.1f} | "

@@ -37,20 +37,25 @@ class FakeTrain:
                                metrics={"loss": self.loss.get(options.lr, 1.0)})
 
 
-def test_the_best_probe_wins_by_accuracy_then_loss_then_the_smaller_lr(monkeypatch):
+def test_the_best_probe_wins_by_loss_then_accuracy_then_the_smaller_lr(monkeypatch):
     train_set, val_set = colour_split()  # 27 training images
-    fake = FakeTrain({0.015: 0.7, 0.03: 0.8, 0.06: 0.8}, loss={0.03: 0.6, 0.06: 0.4})
+    # 0.06 has the best accuracy but 0.03 the lowest loss: the loss decides
+    fake = FakeTrain({0.015: 0.7, 0.03: 0.8, 0.06: 0.85}, loss={0.015: 0.9, 0.03: 0.4, 0.06: 0.6})
     monkeypatch.setattr(auto_lr, "train", fake)
     options = TrainOptions(epochs=4, batch_size=8, output_dir="somewhere", checkpoint_every=2)  # 16 steps
     pick = pick_lr("any-model", train_set, val_set, LORA, options)
-    assert pick.lr == 0.06 and not pick.stopped  # 0.03 and 0.06 tie on accuracy: the lower loss wins
+    assert pick.lr == 0.03 and not pick.stopped
     assert [p.lr for p in pick.probes] == list(LR_CANDIDATES) and {p.steps for p in pick.probes} == {4}
     for call, lr in zip(fake.calls, LR_CANDIDATES):  # a quarter of the run, no run folder, at the candidate
         assert (call.options.steps, call.options.epochs, call.options.lr) == (4, None, lr)
         assert call.options.output_dir is None and call.options.checkpoint_every is None
         assert call.options.batch_size == 8 and call.options.seed == options.seed
-    assert "lr 0.06 (probe runs of 4 steps: 0.015: 70.0 %, 0.03: 80.0 %, 0.06: 80.0 %)" == pick.describe()
+    assert pick.describe() == ("lr 0.03 (probe runs of 4 steps: 0.015: loss 0.900, 70.0 %, "
+                               "0.03: loss 0.400, 80.0 %, 0.06: loss 0.600, 85.0 %)")
 
+    fake = FakeTrain({0.015: 0.7, 0.03: 0.8, 0.06: 0.75}, loss={0.015: 0.5, 0.03: 0.5, 0.06: 0.5})
+    monkeypatch.setattr(auto_lr, "train", fake)
+    assert pick_lr("any-model", train_set, val_set, LORA, options).lr == 0.03  # equal losses: the better accuracy
     fake = FakeTrain({0.015: 0.8, 0.03: 0.8, 0.06: 0.8})
     monkeypatch.setattr(auto_lr, "train", fake)
     assert pick_lr("any-model", train_set, val_set, LORA, options).lr == 0.015  # all equal: the smallest
@@ -120,6 +125,6 @@ def test_a_real_pick_on_a_tiny_vit_leaves_the_model_as_it_was():
                    candidates=(1e-3, 1e-2))
     assert pick.lr in (1e-3, 1e-2) and [p.steps for p in pick.probes] == [4, 4]
     assert all(0.0 <= p.accuracy <= 1.0 and math.isfinite(p.loss) for p in pick.probes)
-    best = max(pick.probes, key=lambda p: (p.accuracy, -p.loss))
+    best = min(pick.probes, key=lambda p: (p.loss, -p.accuracy))
     assert pick.lr == best.lr
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probes trained copies

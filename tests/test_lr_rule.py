@@ -90,13 +90,15 @@ def test_the_gradient_probe_fit_reads_a_perfect_inverse_rule_as_slope_minus_log2
     assert "| digits | none | 4 | 0.003–3 | 0.01–10 | -3.32 | 1.00 |" in text
 
 
-def test_the_probe_runs_pick_by_accuracy_then_loss_and_score_the_pick_on_the_full_sweep(tmp_path, monkeypatch):
+def test_the_probe_runs_pick_by_loss_then_accuracy_and_score_the_pick_on_the_full_sweep(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("lr_probe", ROOT / "benchmarks" / "lr_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    tie = [dict(lr="0.06", accuracy="0.7", val_loss="0.9"), dict(lr="0.015", accuracy="0.7", val_loss="0.5"),
-           dict(lr="0.03", accuracy="0.6", val_loss="0.1")]
-    assert probe.pick(tie) == "0.015"  # equal accuracy: the lower loss
+    rows = [dict(lr="0.06", accuracy="0.7", val_loss="0.9"), dict(lr="0.015", accuracy="0.7", val_loss="0.5"),
+            dict(lr="0.03", accuracy="0.6", val_loss="0.1")]
+    assert probe.pick(rows) == "0.03"  # the lowest loss, though its accuracy is the lowest
+    tie = [dict(lr="0.06", accuracy="0.7", val_loss="0.5"), dict(lr="0.015", accuracy="0.6", val_loss="0.5")]
+    assert probe.pick(tie) == "0.06"  # equal loss: the better accuracy
     blown = [dict(lr="0.06", accuracy="0.0", val_loss="inf"), dict(lr="0.03", accuracy="0.0", val_loss="2.0")]
     assert probe.pick(blown) == "0.03"  # a diverged probe loses even to an equally bad finished one
 
@@ -114,7 +116,7 @@ def test_the_probe_runs_pick_by_accuracy_then_loss_and_score_the_pick_on_the_ful
     assert found["A"]["picked"] == "0.03" and found["A"]["picked_short"] == pytest.approx(10.0)  # 0.8 - 0.7
     assert found["B"]["picked"] == "0.06" and found["B"]["picked_short"] == pytest.approx(0.0)
     assert found["B"]["default_short"] == pytest.approx(5.0)  # 0.8 - 0.75 at 0.03
-    longer = [dict(r, steps="50", accuracy="0.5" if r["lr"] == "0.015" else "0.1") for r in probes]
+    longer = [dict(r, steps="50", val_loss="0.5" if r["lr"] == "0.015" else "0.9") for r in probes]
     assert probe.fractions(probes + longer) == [0.25, 0.5]
     assert {f["picked"] for f in probe.outcomes("digits", "none", probes + longer, 0.5)} == {"0.015"}
     assert probe.outcomes("digits", "none", probes + longer) == list(found.values())  # 0.25: as before
