@@ -21,7 +21,7 @@ from torch import nn
 from superlora.config import FOLDS, GROUPINGS, HEAD_ONLY, METHODS, PER_TARGET, PRESET_DESCRIPTIONS, PROJECTIONS, \
     SuperLoRAConfig, preset
 from superlora.counting import ParameterCount
-from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_STEPS
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_STEPS, LR_CANDIDATES
 from superlora.errors import ConfigError
 from superlora.targets import target_names
 
@@ -135,9 +135,13 @@ TRAINING_CONTROLS: tuple[Control, ...] = (
     Control("good_class", "choice", "Good (defect-free) class", "the class of defect-free parts: counts missed "
             "defects (defects predicted good) and false alarms (good parts flagged)", AUTO_GOOD_CLASS,
             choices=(AUTO_GOOD_CLASS,)),
-    # Last, so that the studio's /train inputs before it keep their positions.
+    # Added later, so last: the studio's /train inputs before them keep their positions.
     Control("head_lr", "float", "Learning rate (head)", "AdamW learning rate of the classifier head, trained in "
             "full beside the adapter", DEFAULT_HEAD_LR, 0.0, None, short="Head learning rate"),
+    Control("pick_lr", "bool", "Pick the adapter learning rate for me (takes about 1.75× as long)",
+            f"train the adapter at {', '.join(f'{lr:g}' for lr in LR_CANDIDATES)} for a quarter of the run each, "
+            "then the whole run at the lr whose short run reached the lowest validation loss; the adapter learning "
+            "rate set by hand is then unused", False, short="Pick the learning rate"),
 )
 
 ADAPTER_NAMES = tuple(c.name for c in ADAPTER_CONTROLS)

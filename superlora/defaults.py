@@ -9,3 +9,7 @@ DEFAULT_HEAD_LR = 1e-2  # AdamW learning rate of the modules trained in full (th
 DEFAULT_EPOCHS = 3  # run length of TrainOptions() when neither epochs nor steps is given
 DEFAULT_STEPS = 150  # run length the faces (studio, CLI help, widgets) start from
 DEFAULT_BATCH_SIZE = 32  # the global batch: images per optimizer step
+# `pick_lr` (the faces' "pick the learning rate" option): the candidate adapter lrs, factor-2 steps around
+# DEFAULT_LR, and the share of the run each probe trains (evidence: benchmarks/results/lr_probe.md)
+LR_CANDIDATES = (1.5e-2, 3e-2, 6e-2)
+PROBE_FRACTION = 0.25

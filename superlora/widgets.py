@@ -277,7 +277,9 @@ class TrainingPanel:
     """Runs `superlora.train.train` in a background thread with a progress bar, a Stop button and live curves.
 
     `lr` and `head_lr` are the learning-rate boxes (built from `superlora.controls`); a run takes `options` (default
-    `TrainOptions()`) with those two rates.
+    `TrainOptions()`) with those two rates. With the `pick_lr` box ticked, a run is `train_at_picked_lr` instead:
+    short probe runs choose the adapter lr (the bar and status follow them; the curves show the real run only),
+    the lr box then shows the lr picked and `lr_pick` holds the probes.
 
     The Stop button calls `StopSignal.request()`; training ends at the next step and reports "stopped".
     `start()` returns at once; `wait()` blocks until the run ends and returns its TrainResult (re-raising any
@@ -307,13 +309,15 @@ class TrainingPanel:
         # The learning rates, from the controls' one description; they start at `options`' values.
         self.lr, self.head_lr = (control_widget(CONTROLS[name], getattr(options, name, CONTROLS[name].default))
                                  for name in ("lr", "head_lr"))
+        self.pick_lr = control_widget(CONTROLS["pick_lr"])
+        self.lr_pick: Any = None
         self.start_button = w.Button(description="Train", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.curves = go.FigureWidget(curves_figure([]))
         self.confusion = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.lr, self.head_lr]),
+        self.widget = w.VBox([w.HBox([self.lr, self.head_lr]), self.pick_lr,
                               w.HBox([self.start_button, self.stop_button, self.progress]), self.status,
                               self.curves, self.confusion])
 
@@ -331,16 +335,20 @@ class TrainingPanel:
         train_fn = self._train_fn or train
         rates = dict(lr=float(self.lr.value), head_lr=float(self.head_lr.value))
         options = self.options.replace(**rates) if self.options is not None else TrainOptions(**rates)
-        self.events, self.result, self.exception = [], None, None
+        self.events, self.result, self.exception, self.lr_pick = [], None, None, None
         self.stop_signal = StopSignal()
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.progress.value, self.progress.bar_style = 0, "info"
         self.status.value = "starting…"
         kwargs: dict[str, Any] = dict(options=options, callbacks=(self.handle,), stop=self.stop_signal)
+        picking = bool(self.pick_lr.value)
 
         def run() -> None:
             try:
-                self.result = train_fn(self.model, self.train_set, self.val_set, self.config, **kwargs)
+                if picking:
+                    self._train_at_picked_lr(kwargs)
+                else:
+                    self.result = train_fn(self.model, self.train_set, self.val_set, self.config, **kwargs)
             except BaseException as err:  # noqa: BLE001 - reported in the panel and re-raised by wait()
                 self.exception = err
                 self.status.value = f"<span style='color:#b00'>error: {err}</span>"
@@ -351,6 +359,18 @@ class TrainingPanel:
 
         self._thread = threading.Thread(target=run, name="superlora-training", daemon=True)
         self._thread.start()
+
+    def _train_at_picked_lr(self, kwargs: dict[str, Any]) -> None:
+        from superlora.train import train_at_picked_lr
+
+        self.result, self.lr_pick = train_at_picked_lr(self.model, self.train_set, self.val_set, self.config,
+                                                       **kwargs)
+        if self.result is None:
+            self.status.value = "stopped while picking the learning rate: " + self.lr_pick.describe()
+            self.progress.bar_style = "warning"
+        else:
+            self.lr.value = self.lr_pick.lr
+            self.status.value += " · picked " + self.lr_pick.describe()
 
     def stop(self) -> None:
         """Ask the running training to stop after its current step."""
@@ -369,7 +389,17 @@ class TrainingPanel:
     # ------------------------------------------------------------------ events
     def handle(self, event: Any) -> None:
         """The training callback: progress, status line, the latest validation confusion matrix and (at most
-        every redraw_every_s, and at every non-step event) the curves."""
+        every redraw_every_s, and at every non-step event) the curves. A probe's events (`pick_lr`) move the bar and
+        the status only."""
+        from superlora.train.auto_lr import probe_of
+
+        probe = probe_of(event)
+        if probe is not None:
+            self.progress.max = max(1, int(event.total_steps or 1))
+            self.progress.value = min(int(event.step or 0), self.progress.max)
+            self.status.value = (f"picking the learning rate: short run {probe['index']} of {probe['of']} at lr "
+                                 f"{probe['lr']:g} · " + self.status_text(event))
+            return
         with self._lock:
             self.events.append(event)
         if getattr(event, "total_steps", None):

@@ -99,7 +99,8 @@ def test_field_labels_name_the_control_of_each_field():
         "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
         "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ", "shuffle": "Shuffle",
         "uncompressed_modes": "Method (preset)", "steps": "Steps", "epochs": "Epochs", "lr": "Learning rate",
-        "batch_size": "Batch size", "good_class": "Good (defect-free) class", "head_lr": "Head learning rate"}
+        "batch_size": "Batch size", "good_class": "Good (defect-free) class", "head_lr": "Head learning rate",
+            "pick_lr": "Pick the learning rate"}
 
 
 def test_values_from_config_refuses_what_no_control_shows():

@@ -36,13 +36,14 @@ def test_a_cli_run_without_flags_trains_with_the_defaults_and_its_help_says_them
     assert (flags.lr, flags.head_lr) == (0.05, 0.02)
 
 
-def test_the_studio_appends_the_head_lr_after_its_older_inputs():
+def test_the_studio_appends_the_head_lr_and_the_lr_pick_after_its_older_inputs():
     from superlora.studio import TRAIN_INPUT_NAMES
     from superlora.studio.settings_file import CONFIG_KEYS
 
-    # /train's inputs keep their old positions; the head lr was appended (after the good class), as in settings.
-    assert TRAIN_INPUT_NAMES[-6:] == ("steps", "epochs", "lr", "batch_size", "good_class", "head_lr")
-    assert CONFIG_KEYS[-5:] == ("sample", "labels", "top_k", "formats", "head_lr")
+    # /train's inputs keep their old positions; the head lr, then the lr pick were appended (after the good
+    # class), as in settings.
+    assert TRAIN_INPUT_NAMES[-7:] == ("steps", "epochs", "lr", "batch_size", "good_class", "head_lr", "pick_lr")
+    assert CONFIG_KEYS[-6:] == ("sample", "labels", "top_k", "formats", "head_lr", "pick_lr")
 
 
 def test_the_training_panel_shows_the_default_rates_and_trains_with_what_it_shows():

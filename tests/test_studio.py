@@ -599,7 +599,8 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
     app, url = studio
     limits = app.sessions.limits
     clients = [Client(url, verbose=False) for _ in range(4)]
-    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4, "auto", 0.01]  # ..., batch_size, good_class, head_lr
+    # ..., batch_size, good_class, head_lr, pick_lr
+    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4, "auto", 0.01, False]
     try:
         for client in clients[:3]:
             load_colours(client, tmp_path, ("red", "blue"), per_class=6)  # 10 training images
@@ -623,7 +624,7 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
         full = r"The training queue is full: 1 runs are waiting for a slot \(at most 1, --max-queued-jobs\)"
         with pytest.raises(ValidationError, match=full):
             clients[3].predict(steps=3, batch_size=4, api_name="/train")
-        event, detail = call_route(url, "train", [*raw_train[:-6], 3, 0, 0.01, 4, "auto", 0.01])
+        event, detail = call_route(url, "train", [*raw_train[:-7], 3, 0, 0.01, 4, "auto", 0.01, False])
         assert event == "http 422" and re.search(full, detail[14]["message"])
         for client in clients[:2]:
             client.predict(api_name="/stop")
@@ -766,6 +767,91 @@ def test_the_train_inputs_default_to_superlora_defaults(client):
     parameters = {p["parameter_name"]: p["parameter_default"] for p in named["/train"]["parameters"]}
     assert (parameters["lr"], parameters["head_lr"], parameters["steps"], parameters["batch_size"]) == \
         (defaults.DEFAULT_LR, defaults.DEFAULT_HEAD_LR, defaults.DEFAULT_STEPS, defaults.DEFAULT_BATCH_SIZE)
+    assert parameters["pick_lr"] is False  # the lr pick is asked for, never on by default
+
+
+def test_picking_the_lr_runs_three_short_runs_first_and_says_what_it_picked(tiny_model, tmp_path):  # noqa: F811
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, load_data, train_model
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    try:
+        load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
+                  sessions, request)
+        values = run_values(str(tiny_model), *COUNT_VALUES, 4, 0, 0.01, 4, "auto", 0.01, True)
+        outputs = list(train_model(values, sessions, request))
+        lines = [status for status, *_ in outputs]
+        for index, lr in enumerate((0.015, 0.03, 0.06), 1):  # each probe is one step: a quarter of 4
+            assert any(f"Picking the learning rate: short run {index} of 3 at lr {lr:g} · step 1/1" in line
+                       for line in lines), lines
+        status = lines[-1]
+        assert status.startswith("**Done** after 4 steps"), status
+        run_config = json.loads((sessions.peek("tab").run_dir / "config.json").read_text())
+        pick = run_config["lr_pick"]
+        assert [p["lr"] for p in pick["probes"]] == [0.015, 0.03, 0.06] and run_config["options"]["lr"] == pick["lr"]
+        best = min(pick["probes"], key=lambda p: (p["loss"], -p["accuracy"], p["lr"]))
+        assert pick["lr"] == best["lr"] and f"Adapter learning rate **{pick['lr']:g}**, picked by short runs" in status
+        # the curves are the run's own 4 steps, not the probes'
+        assert [e.kind for e in sessions.peek("tab").events].count("step") == 4
+    finally:
+        sessions.close_all()
+
+
+def studio_with_a_run(tiny_model, tmp_path):  # noqa: F811
+    """(sessions, request): a session "tab" with 8 colour images loaded and a 3-step run kept."""
+    from types import SimpleNamespace
+
+    from superlora.studio import SessionStore, load_data, train_model
+
+    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
+              sessions, request)
+    list(train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request))
+    return sessions, request
+
+
+def test_a_stop_while_picking_the_lr_trains_nothing_and_keeps_the_previous_run(tiny_model, tmp_path,  # noqa: F811
+                                                                                monkeypatch):
+    from types import SimpleNamespace
+
+    from superlora.studio import train_model
+    from superlora.train import auto_lr
+
+    sessions, request = studio_with_a_run(tiny_model, tmp_path)
+    try:
+        session = sessions.peek("tab")
+        kept, folders = session.run_dir, sorted(session.folder.iterdir())
+
+        def stopped_probe(*args, stop=None, **kwargs):  # the user presses Stop during the first short run
+            stop.request()
+            return SimpleNamespace(stopped=True)
+
+        monkeypatch.setattr(auto_lr, "train", stopped_probe)
+        values = run_values(str(tiny_model), *COUNT_VALUES, 4, 0, 0.01, 4, "auto", 0.01, True)
+        *_, (status, curves, per_class, confusion) = train_model(values, sessions, request)
+        assert status == "**Stopped** while picking the learning rate; nothing was trained (tabs 4 to 6 still use " \
+                         "the previous run)."
+        assert session.run_dir == kept and sorted(session.folder.iterdir()) == folders and session.phase == "idle"
+    finally:
+        sessions.close_all()
+
+
+def test_the_lr_pick_counts_against_the_step_limit():
+    from superlora.studio import SessionStore
+    from superlora.studio.sessions import StudioLimits
+    from superlora.studio.train_tab import training_refusal
+
+    # the probes count against the step limit: 6,000 steps take 10,500 with them
+    limited = SessionStore(StudioLimits(max_steps=10_000))
+    try:
+        assert training_refusal(None, limited, 6000, 0, 32) is None
+        refusal = training_refusal(None, limited, 6000, 0, 32, pick_lr=True)
+        assert refusal.startswith("This run would take 10,500 steps, the short runs that pick the learning rate "
+                                  "included, over the limit of 10,000")
+    finally:
+        limited.close_all()
+
 
 def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: F811
     from types import SimpleNamespace
@@ -790,15 +876,10 @@ def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: 
 
 
 def test_an_abandoned_run_leaves_no_run_folder_and_the_previous_run_stays(tiny_model, tmp_path):  # noqa: F811
-    from types import SimpleNamespace
+    from superlora.studio import export_report, train_model
 
-    from superlora.studio import SessionStore, export_report, load_data, train_model
-
-    sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
+    sessions, request = studio_with_a_run(tiny_model, tmp_path)
     try:
-        load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
-                  sessions, request)
-        list(train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request))
         session = sessions.peek("tab")
         kept = session.run_dir
         run = train_model(run_values(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4), sessions, request)

@@ -257,3 +257,55 @@ def test_training_panel_with_the_real_train():
     curve = next(trace for trace in panel.curves.data if trace.meta["metric"] == "loss")
     assert list(curve.y) == pytest.approx(losses)
     assert np.array_equal(np.asarray(panel.confusion.data[0].z), np.asarray(result.confusion))
+
+
+def test_training_panel_picks_the_lr_with_short_runs_first(monkeypatch):
+    from superlora.train import TrainOptions, auto_lr
+
+    calls = []
+    fake = fake_train()
+
+    def train(model, train_set, val_set, config, options=None, *, callbacks=(), stop=None, run_info=None):
+        calls.append((options.lr, options.steps, run_info))
+        return SimpleNamespace(**vars(fake(model, train_set, val_set, config, options, callbacks=callbacks, stop=stop)),
+                               best_accuracy={0.015: 0.5, 0.03: 0.7, 0.06: 0.6}.get(options.lr, 0.8),
+                               metrics={"loss": {0.015: 0.9, 0.03: 0.5, 0.06: 0.7}.get(options.lr, 0.4)})
+
+    monkeypatch.setattr(auto_lr, "train", train)
+    panel = TrainingPanel("model", "train", "val", "lora", TrainOptions(steps=8), redraw_every_s=0.0)
+    assert panel.pick_lr.value is False and panel.pick_lr in panel.widget.children
+    panel.pick_lr.value = True
+    panel.start()
+    result = panel.wait(10)
+    assert [c[:2] for c in calls] == [(0.015, 2), (0.03, 2), (0.06, 2), (0.03, 8)]  # 3 probes, then the run
+    assert calls[-1][2]["lr_pick"]["lr"] == 0.03 and len(calls[-1][2]["lr_pick"]["probes"]) == 3
+    assert result.steps == 4 and panel.lr_pick.lr == 0.03 and panel.lr.value == 0.03
+    assert "picked lr 0.03" in panel.status.value and panel.progress.bar_style == "success"
+    # the events and curves are the run's own: the probes' 3 x 4 steps are not drawn
+    assert [e.kind for e in panel.events].count("step") == 4
+    curves = {trace.meta["metric"]: list(trace.x) for trace in panel.curves.data}
+    assert curves["loss"] == [1, 2, 3, 4]
+
+
+def test_training_panel_stopped_while_picking_trains_nothing(monkeypatch):
+    from superlora.train import auto_lr
+
+    reached, gate = threading.Event(), threading.Event()
+    calls = []
+    fake = fake_train(reached, gate)
+
+    def train(model, train_set, val_set, config, options=None, *, callbacks=(), stop=None, run_info=None):
+        calls.append(options.lr)
+        return fake(model, train_set, val_set, config, options, callbacks=callbacks, stop=stop)
+
+    monkeypatch.setattr(auto_lr, "train", train)
+    panel = TrainingPanel("model", "train", "val", "lora")
+    panel.pick_lr.value = True
+    panel.start()
+    assert reached.wait(5)
+    assert "picking the learning rate: short run 1 of 3 at lr 0.015" in panel.status.value
+    panel.stop_button.click()
+    gate.set()
+    assert panel.wait(10) is None and calls == [0.015]
+    assert panel.status.value.startswith("stopped while picking the learning rate")
+    assert panel.progress.bar_style == "warning" and not panel.start_button.disabled

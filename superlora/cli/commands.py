@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import shlex
 import signal
@@ -190,11 +189,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_info = {"data": {"source": source, "val_fraction": val_fraction, "split_seed": split_seed, "labels": labels}}
     with _stop_on_interrupt() as stop:
         if getattr(args, "pick_lr", False):
-            options, run_info["lr_pick"] = _picked_lr(args, model_name, train_set, val_set, config, options, stop)
-            if stop.requested:
+            result = _train_at_picked_lr(model_name, train_set, val_set, config, options, stop, run_info)
+            if result is None:
                 return 1
-        result = train(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()], stop=stop,
-                       resume=bool(args.resume), run_info=run_info)
+        else:
+            result = train(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()], stop=stop,
+                           resume=bool(args.resume), run_info=run_info)
     if _is_main_process():
         _print_result(result)
     return 0
@@ -209,17 +209,17 @@ def _check_pick_lr(args: argparse.Namespace, config: Any) -> None:
         _fail("the head-only method trains no adapter, so there is no adapter lr to pick; set --head-lr instead")
 
 
-def _picked_lr(args: argparse.Namespace, model_name: str, train_set: Any, val_set: Any, config: Any, options: Any,
-               stop: Any) -> tuple[Any, dict[str, Any]]:
-    """--pick-lr: the options with the lr that short probe runs chose, and what the run records about them."""
-    from superlora.train import TqdmProgress, pick_lr
+def _train_at_picked_lr(model_name: str, train_set: Any, val_set: Any, config: Any, options: Any, stop: Any,
+                        run_info: dict[str, Any]) -> Any:
+    """--pick-lr: probe runs, then the run at the lr they chose (recorded in config.json); None when stopped
+    while probing."""
+    from superlora.train import TqdmProgress, train_at_picked_lr
 
-    pick = pick_lr(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()], stop=stop)
+    result, pick = train_at_picked_lr(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()],
+                                      stop=stop, run_info=run_info)
     if _is_main_process():
-        print(("stopped while picking: " if pick.stopped else "picked ") + pick.describe())
-    record = {"lr": pick.lr, "probes": [{**dataclasses.asdict(p), "loss": p.loss if math.isfinite(p.loss) else None}
-                                        for p in pick.probes]}  # JSON has no infinity
-    return dataclasses.replace(options, lr=pick.lr), record
+        print(("stopped while picking: " if result is None else "picked ") + pick.describe())
+    return result
 
 
 def _default_model() -> str:

@@ -94,7 +94,8 @@ ADAPTER_SYNTAX: dict[str, tuple[Any, str | None, str]] = {
 # TrainOptions' defaults, from superlora.defaults (which, unlike the training stack, imports nothing).
 TRAINING_NOTES = {"epochs": f"{DEFAULT_EPOCHS}", "steps": "overrides --epochs", "batch_size": f"{DEFAULT_BATCH_SIZE}",
                   "lr": f"{DEFAULT_LR:g}", "head_lr": f"{DEFAULT_HEAD_LR:g}",
-                  "good_class": "default: the class named ok, good, pass or normal"}
+                  "good_class": "default: the class named ok, good, pass or normal",
+                  "pick_lr": "instead of --lr; not with --resume or head-only"}
 
 
 def _add_adapter_args(parser: argparse.ArgumentParser) -> None:
@@ -116,8 +117,11 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     """The training flags: the controls of superlora.controls, then the ones only the CLI offers."""
     opts = parser.add_argument_group("training")
     for control in TRAINING_CONTROLS:
-        opts.add_argument(control.flag, type={"int": int, "float": float}.get(control.kind, str),
-                          help=f"{control.help} ({TRAINING_NOTES[control.name]})")
+        text = f"{control.help} ({TRAINING_NOTES[control.name]})"
+        if control.kind == "bool":
+            opts.add_argument(control.flag, action="store_true", help=text)
+        else:
+            opts.add_argument(control.flag, type={"int": int, "float": float}.get(control.kind, str), help=text)
     opts.add_argument("--weight-decay", type=float, help="AdamW weight decay (0.01)")
     opts.add_argument("--warmup", type=_warmup, help="warm-up: fraction (<1) or steps (0.05)")
     opts.add_argument("--grad-clip", type=float, help="gradient norm clip, 0 to disable (1.0)")
@@ -127,9 +131,6 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     opts.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto (GPU if present), cpu, cuda")
     opts.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (auto)")
     opts.add_argument("--num-workers", type=int, help="data loader worker processes (0)")
-    opts.add_argument("--pick-lr", action="store_true",
-                      help="pick the adapter lr from short probe runs (0.015, 0.03, 0.06, a quarter of the run each; "
-                           "the whole takes about 1.75x as long) instead of --lr")
 
 
 def _add_model_arg(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:

@@ -51,7 +51,7 @@ CSS = """
 
 # The page's elem_ids (what the browser test and custom CSS find) and the controls shown as radio buttons.
 ELEM_IDS = {"preset_name": "preset", "targets": "targets", "rank": "rank", "groups": "groups",
-            "grouping": "grouping", "steps": "steps", "batch_size": "batch-size"}
+            "grouping": "grouping", "steps": "steps", "batch_size": "batch-size", "pick_lr": "pick-lr"}
 RADIO_CONTROLS = ("grouping",)
 # The adapter controls as the page lays them out, row by row (a row of one stands alone).
 ADAPTER_ROWS = (("targets",), ("rank",), ("groups", "grouping"), ("fold", "order", "splits"),
@@ -194,6 +194,7 @@ def _train_tab(page: Page) -> None:
         with gr.Row():
             for name in ("steps", "epochs", "lr", "head_lr", "batch_size"):
                 controls[name] = _component(CONTROLS[name])
+        controls["pick_lr"] = _component(CONTROLS["pick_lr"], info=CONTROLS["pick_lr"].help)
         controls["good_class"] = _good_class_control()
         with gr.Row():
             page.start = gr.Button("Start training", variant="primary", elem_id="start")
@@ -311,7 +312,7 @@ def _wire_data_tab(page: Page, bind: Callable, counted: Callable) -> None:
 def _wire_train_tab(page: Page, sessions: SessionStore, bind: Callable, max_training_jobs: int) -> None:
     """Start (a refusal or a queued mark, then the run), Stop, and the kept run's results (`_wire_results`)."""
     start, good_class = page.start, page.controls["good_class"]
-    training = start.click(bind(queue_training), page.inputs(("steps", "epochs", "batch_size")), [start],
+    training = start.click(bind(queue_training), page.inputs(("steps", "epochs", "batch_size", "pick_lr")), [start],
                            queue=False, api_name=False).then(
         with_parameters(train_model, TRAIN_INPUT_NAMES, sessions), page.inputs(TRAIN_INPUT_NAMES),
         [page.train_status, page.curves, page.per_class, page.confusion], api_name="train",

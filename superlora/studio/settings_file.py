@@ -22,7 +22,7 @@ STUDIO_CONFIG_VERSION = 1
 
 # The controls a settings file holds, by API name: all but the good class, whose choices follow each session's data.
 # Controls added later come last, so the positions of the older inputs of /save_config and /load_config stay.
-ADDED_LATER = ("head_lr",)
+ADDED_LATER = ("head_lr", "pick_lr")
 CONFIG_KEYS = (*CONTROL_NAMES, *(name for name in TRAINING_NAMES if name not in ("good_class", *ADDED_LATER)),
                "sample", "labels", "top_k", "formats", *ADDED_LATER)
 

@@ -3,8 +3,9 @@ show the kept adapter's validation results (read back from the run folder).
 
 A run passes Gradio's queue (`concurrency_id="training"`): `check_training` refuses it before it joins when the
 queue is full or it would take too many steps, `queue_training` / `mark_queued` give it a stop signal while it
-waits, and `train_model` runs `superlora.train.train` into a new run folder in the session's folder. A finished
-or stopped run replaces the previous one; a failed or abandoned one leaves nothing behind.
+waits, and `train_model` runs `superlora.train.train` (or, with "pick the learning rate" ticked,
+`superlora.train.train_at_picked_lr`: short probe runs first) into a new run folder in the session's folder. A
+finished or stopped run replaces the previous one; a failed or abandoned one leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, HUB_MODELS, MAX_CLASSES
 from superlora.config import SuperLoRAConfig
 from superlora.controls import AUTO_GOOD_CLASS, TRAINING_NAMES, VIT_TARGETS, config_from_values
-from superlora.defaults import DEFAULT_HEAD_LR
-from superlora.errors import CheckpointError, SuperLoRAError
+from superlora.defaults import DEFAULT_HEAD_LR, LR_CANDIDATES, PROBE_FRACTION
+from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
 from superlora.report import validation_view
+from superlora.runs import CONFIG_FILE, read_json
 from superlora.studio.data_tab import SPLIT_SEED, VAL_FRACTION
 from superlora.studio.endpoints import notes_text, sentence, unexpected
 from superlora.studio.model_tab import CONTROL_NAMES, UPLOADED, training_base_model
@@ -36,10 +38,16 @@ MAX_SHOWN_MISTAKES = 100  # mistakes in the Train tab's gallery; the report and 
 
 
 def _progress_text(event: Any, best_accuracy: float | None) -> str:
-    """A progress bar, then one line: step, loss, time left and the best validation accuracy so far."""
+    """A progress bar, then one line: step, loss, time left and the best validation accuracy so far (for a probe
+    run of the lr pick: which probe, its step and loss)."""
     share = 100 * event.step / event.total_steps if event.total_steps else 0
-    return f'<div class="train-bar"><div style="width: {share:.1f}%"></div></div>\n\n' + \
-        _progress_line(event, best_accuracy)
+    bar = f'<div class="train-bar"><div style="width: {share:.1f}%"></div></div>\n\n'
+    probe = (event.details or {}).get("probe")
+    if probe is not None:
+        loss = f" · loss {event.metrics['loss']:.3f}" if event.kind == "step" and "loss" in event.metrics else ""
+        return bar + (f"Picking the learning rate: short run {probe['index']} of {probe['of']} at lr "
+                      f"{probe['lr']:g} · step {event.step}/{event.total_steps}{loss}")
+    return bar + _progress_line(event, best_accuracy)
 
 
 def _progress_line(event: Any, best_accuracy: float | None) -> str:
@@ -57,22 +65,27 @@ def _progress_line(event: Any, best_accuracy: float | None) -> str:
     return " · ".join(parts)
 
 
-def _run_steps(train_size: int | None, steps: float, epochs: float, batch_size: float) -> int | None:
-    """The optimizer steps a run of these settings takes (None while no data is loaded and epochs are asked)."""
+def _run_steps(train_size: int | None, steps: float, epochs: float, batch_size: float, pick_lr: bool = False
+               ) -> int | None:
+    """The optimizer steps a run of these settings takes, the lr pick's probe runs included (None while no data
+    is loaded and epochs are asked)."""
     from superlora.train.sampling import steps_per_epoch
 
     if not epochs:
-        return int(steps)
-    if train_size is None or int(batch_size) < 1:
+        run = int(steps)
+    elif train_size is None or int(batch_size) < 1:
         return None
-    return int(epochs) * steps_per_epoch(train_size, int(batch_size))
+    else:
+        run = int(epochs) * steps_per_epoch(train_size, int(batch_size))
+    return run + (len(LR_CANDIDATES) * max(1, round(PROBE_FRACTION * run)) if pick_lr else 0)
 
 
-def _too_many_steps(train_size: int | None, limits: StudioLimits, steps: float, epochs: float, batch_size: float
-                    ) -> str | None:
-    run_steps = _run_steps(train_size, steps, epochs, batch_size)
+def _too_many_steps(train_size: int | None, limits: StudioLimits, steps: float, epochs: float, batch_size: float,
+                    pick_lr: bool = False) -> str | None:
+    run_steps = _run_steps(train_size, steps, epochs, batch_size, pick_lr)
     if run_steps is not None and run_steps > limits.max_steps:
-        return (f"This run would take {run_steps:,} steps, over the limit of {limits.max_steps:,} per run "
+        picking = ", the short runs that pick the learning rate included" if pick_lr else ""
+        return (f"This run would take {run_steps:,} steps{picking}, over the limit of {limits.max_steps:,} per run "
                 "(--max-steps); choose fewer steps or epochs.")
     return None
 
@@ -82,10 +95,10 @@ def _train_size(session: Session | None) -> int | None:
 
 
 def training_refusal(session: Session | None, sessions: SessionStore, steps: float, epochs: float,
-                     batch_size: float) -> str | None:
+                     batch_size: float, pick_lr: bool = False) -> str | None:
     """Why a new training run may not join the queue (too many steps, or the queue is full), or None."""
     limits = sessions.limits
-    too_many = _too_many_steps(_train_size(session), limits, steps, epochs, batch_size)
+    too_many = _too_many_steps(_train_size(session), limits, steps, epochs, batch_size, bool(pick_lr))
     if too_many:
         return too_many
     waiting = sessions.waiting_jobs()
@@ -109,12 +122,13 @@ def mark_queued(sessions: SessionStore, request: gr.Request | None) -> Any:
 TRAIN_INPUT_NAMES = (*CONTROL_NAMES, *TRAINING_NAMES)
 
 
-def queue_training(steps: float, epochs: float, batch_size: float, sessions: SessionStore,
+def queue_training(steps: float, epochs: float, batch_size: float, pick_lr: bool, sessions: SessionStore,
                    request: gr.Request | None) -> Any:
     """The Start button's first step: refuse a run that may not join the queue (a message; the button stays as
     it is), else `mark_queued`."""
     session = sessions.get(request)
-    refusal = training_refusal(session, sessions, steps, epochs, batch_size) if session.phase == "idle" else None
+    refusal = training_refusal(session, sessions, steps, epochs, batch_size, pick_lr) \
+        if session.phase == "idle" else None
     if refusal:
         raise StudioError(refusal)
     return mark_queued(sessions, request)
@@ -126,7 +140,8 @@ def check_training(values: dict[str, Any], sessions: SessionStore, request: gr.R
     A /call/ request has no session hash yet at this point (Gradio gives it one after validation), and no data."""
     session_hash = getattr(request, "session_hash", None)
     session = sessions.peek(session_hash) if session_hash else None
-    refusal = training_refusal(session, sessions, values["steps"], values["epochs"], values["batch_size"])
+    refusal = training_refusal(session, sessions, values["steps"], values["epochs"], values["batch_size"],
+                               bool(values.get("pick_lr")))
     checks = [gr.validate(True, "")] * len(TRAIN_INPUT_NAMES)
     checks[TRAIN_INPUT_NAMES.index("steps")] = gr.validate(refusal is None, refusal or "")
     return checks
@@ -144,8 +159,8 @@ def train_model(values: dict[str, Any], sessions: SessionStore, request: gr.Requ
     carries its own progress bar (Gradio's overlay would hide the line under it). The run is written to a new run
     folder in the session's folder; `good_class` ("auto": the library's pick) counts missed defects and false
     alarms. The mistakes and the per-class table of the run come from `/validation`. (In Python, `values` maps
-    TRAIN_INPUT_NAMES to the controls' values; a missing good_class is "auto".)"""
-    from superlora.train import StopSignal, train
+    TRAIN_INPUT_NAMES to the controls' values; a missing good_class is "auto", a missing pick_lr False.)"""
+    from superlora.train import StopSignal, train, train_at_picked_lr
 
     session = sessions.get(request)
     if session.phase == "training":
@@ -158,16 +173,25 @@ def train_model(values: dict[str, Any], sessions: SessionStore, request: gr.Requ
             return
         if session.train_set is None:
             raise StudioError("Load data first: upload images or press 'Use sample data' on the Data tab.")
+        picking = bool(values.get("pick_lr"))
         too_many = _too_many_steps(_train_size(session), sessions.limits, values["steps"], values["epochs"],
-                                   values["batch_size"])
+                                   values["batch_size"], picking)
         if too_many:
             raise StudioError(too_many)
         config = config_from_values(values, VIT_TARGETS)
         options = _train_options(values, session.workdir / f"run-{uuid.uuid4().hex[:8]}")
         session.phase, session.events = "training", []
-        yield from _run_training(session, values["model_name"], config, options, train, sessions.limits.max_classes)
+        run = _picking(train_at_picked_lr) if picking else train
+        yield from _run_training(session, values["model_name"], config, options, run, sessions.limits.max_classes)
     finally:
         session.phase, session.last_used = "idle", time.monotonic()
+
+
+def _picking(train_at_picked_lr: Callable) -> Callable:
+    """A `train` that picks the lr first: the run's result, or None when stopped while probing."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return train_at_picked_lr(*args, **kwargs)[0]
+    return run
 
 
 def _train_options(values: dict[str, Any], output_dir: Path) -> Any:
@@ -250,6 +274,10 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
             if shown is error:
                 raise error
             raise shown from error
+        if outcome["result"] is None:  # stopped while the probes picked the lr: nothing was trained
+            kept = " (tabs 4 to 6 still use the previous run)" if session.result is not None else ""
+            yield f"**Stopped** while picking the learning rate; nothing was trained{kept}.", None, [], None
+            return
         _keep_run(session, outcome["result"], model_name)
     finally:
         _discard_run(session, run_dir)
@@ -262,13 +290,15 @@ def _stream_progress(session: Session, events: queue.Queue) -> Iterator[tuple]:
     # Clear the previous run's results at once; the model loads before the first event arrives.
     yield '<div class="train-bar"><div style="width: 0%"></div></div>\n\nLoading the model…', None, [], None
     while (event := events.get()) is not None:
-        session.events.append(event)
-        best_accuracy = event.metrics.get("best_accuracy", best_accuracy)
+        probing = "probe" in (event.details or {})
+        if not probing:  # the curves are the run's own
+            session.events.append(event)
+            best_accuracy = event.metrics.get("best_accuracy", best_accuracy)
         # Redraw at most twice a second: the page stays responsive and the socket quiet.
         if time.monotonic() - last_draw > 0.5 or event.kind in ("start", "eval", "done", "stopped"):
             last_draw = time.monotonic()
-            yield (_progress_text(event, best_accuracy), viz.curves_figure(session.events), gr.update(),
-                   gr.update())
+            curves = gr.update() if probing else viz.curves_figure(session.events)
+            yield _progress_text(event, best_accuracy), curves, gr.update(), gr.update()
 
 
 def _training_error(error: Exception, model_name: str) -> Exception:
@@ -294,12 +324,25 @@ def _result_outputs(session: Session) -> tuple:
     loss = result.metrics.get("loss")
     details = f" · validation loss {loss:.3f}" if loss is not None else ""
     best = f" (the adapter of step {result.best_step} is kept)" if result.best_step is not None else ""
-    status = (f"**{ending}** after {result.steps} steps · best validation accuracy **{accuracy}**{details}{best}. "
-              "Next: look at ΔW (tab 4) or try an image (tab 5).")
+    status = (f"**{ending}** after {result.steps} steps · best validation accuracy **{accuracy}**{details}{best}."
+              f"{_pick_note(session.run_dir)} Next: look at ΔW (tab 4) or try an image (tab 5).")
     per_class = [[name, "n/a" if acc is None else f"{100 * acc:.1f} %"]
                  for name, acc in result.per_class_accuracy.items()]
     confusion = viz.confusion_figure(result.confusion, result.classes) if result.confusion else None
     return status, viz.curves_figure(session.events), per_class, confusion
+
+
+def _pick_note(run_dir: Path | None) -> str:
+    """For a run whose lr short probe runs picked (its config.json's "lr_pick"): the lr and each probe's loss."""
+    try:
+        pick = read_json(run_dir / CONFIG_FILE).get("lr_pick") if run_dir is not None else None
+    except ConfigError:
+        return ""
+    if not isinstance(pick, dict) or not pick.get("probes"):
+        return ""
+    tried = ", ".join(f"{p['lr']:g}: " + ("diverged" if p.get("diverged") else f"loss {p['loss']:.3f}")
+                      for p in pick["probes"])
+    return f" Adapter learning rate **{pick['lr']:g}**, picked by short runs ({tried}; the lowest loss wins)."
 
 
 def stop_training(sessions: SessionStore, request: gr.Request | None) -> str:

@@ -13,12 +13,12 @@ and the warm-up/cosine schedule), `resume` (the run's identity and config.json, 
 (deterministic batches and augmentation), `metrics` (accuracy, per-class precision / recall / F1, confusion,
 missed defects and false alarms), `validation` (those results as a record and as the run folder's validation/),
 `checkpoint` (resumable state), `callbacks` (tqdm bar, event log), `auto_lr` (the adapter lr picked from short
-probe runs: `pick_lr`). Run folders live in `superlora.runs`, the
+probe runs: `pick_lr`, `train_at_picked_lr`). Run folders live in `superlora.runs`, the
 run report in `superlora.report`; predictions in `superlora.inference`.
 """
 
 from superlora.inference import predict
-from superlora.train.auto_lr import LrPick, LrProbe, pick_lr
+from superlora.train.auto_lr import LrPick, LrProbe, pick_lr, probe_of, train_at_picked_lr
 from superlora.train.callbacks import EventLog, TqdmProgress
 from superlora.train.loop import train
 from superlora.train.options import (
@@ -45,5 +45,7 @@ __all__ = [
     "TrainingError",
     "pick_lr",
     "predict",
+    "probe_of",
     "train",
+    "train_at_picked_lr",
 ]

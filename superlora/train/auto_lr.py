@@ -19,21 +19,22 @@ loss, then accuracy, then the smaller lr; a probe whose loss becomes NaN or infi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from superlora.config import SuperLoRAConfig, preset
 from superlora.data import ImageSet
+from superlora.defaults import LR_CANDIDATES, PROBE_FRACTION
 from superlora.errors import ConfigError
 from superlora.train.loop import train
-from superlora.train.options import Callback, NonFiniteLossError, StopSignal, TrainOptions
+from superlora.train.options import Callback, NonFiniteLossError, StopSignal, TrainEvent, TrainOptions, TrainResult
 from superlora.train.sampling import steps_per_epoch
 
-LR_CANDIDATES = (0.015, 0.03, 0.06)  # factor-2 steps around the shipped default 0.03
-PROBE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ class LrPick:
                                            f"loss {p.loss:.3f}, {100 * p.accuracy:.1f} %") for p in self.probes)
         return f"lr {self.lr:g} (probe runs of {self.probes[0].steps} steps: {tried})" if self.probes else \
             f"lr {self.lr:g} (no probe finished)"
+
+    def record(self) -> dict[str, Any]:
+        """What a run folder's config.json keeps of the pick (under "lr_pick"): the lr and every probe, a diverged
+        probe's loss as null (JSON has no infinity)."""
+        return {"lr": self.lr, "probes": [{**dataclasses.asdict(p), "loss": p.loss if math.isfinite(p.loss) else None}
+                                          for p in self.probes]}
 
 
 def probe_steps(options: TrainOptions, train_size: int, fraction: float = PROBE_FRACTION) -> int:
@@ -93,7 +100,8 @@ def pick_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet, conf
 
     model: as for `train()`; a module is copied for each probe, so the caller's model is left untouched.
     options: the run the lr is for (its steps or epochs set the probes' length; `lr` and `output_dir` are
-        ignored). callbacks: get every probe's events (a probe's "start" event says its lr).
+        ignored). callbacks: get every probe's events, each with `details["probe"]` = {"index": 1-based,
+        "of": the number of candidates, "lr": the probe's lr} (see `probe_of`).
     """
     options = options if options is not None else TrainOptions()
     candidates = tuple(candidates)
@@ -107,8 +115,10 @@ def pick_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet, conf
         probe_options = options.replace(steps=steps, epochs=None, lr=float(lr), output_dir=None,
                                         checkpoint_every=None, eval_every_epoch=False)
         subject = copy.deepcopy(model) if isinstance(model, nn.Module) else model
+        tag = {"index": len(probes) + 1, "of": len(candidates), "lr": float(lr)}
         try:
-            result = train(subject, train_set, val_set, config, probe_options, callbacks=callbacks, stop=stop)
+            result = train(subject, train_set, val_set, config, probe_options, callbacks=_tagged(callbacks, tag),
+                           stop=stop)
         except NonFiniteLossError:
             probes.append(LrProbe(float(lr), steps, 0.0, math.inf, diverged=True))
             continue
@@ -117,6 +127,38 @@ def pick_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet, conf
         probes.append(LrProbe(float(lr), steps, result.best_accuracy, result.metrics.get("loss", math.inf)))
     best = best_probe(probes)
     return LrPick(best.lr if best else float(candidates[0]), tuple(probes), stopped=stop.requested)
+
+
+def _tagged(callbacks: Iterable[Callback], tag: dict[str, Any]) -> list[Callback]:
+    """The callbacks, each given a copy of every event with `details["probe"] = tag`."""
+    def forward(callback: Callback) -> Callback:
+        return lambda event: callback(dataclasses.replace(event, details={**event.details, "probe": tag}))
+    return [forward(callback) for callback in callbacks]
+
+
+def probe_of(event: TrainEvent) -> dict[str, Any] | None:
+    """The probe an event of `pick_lr` belongs to ({"index", "of", "lr"}), or None for an event of a real run."""
+    return (getattr(event, "details", None) or {}).get("probe")
+
+
+def train_at_picked_lr(model: nn.Module | str, train_set: ImageSet, val_set: ImageSet,
+                       config: SuperLoRAConfig | dict | str, options: TrainOptions | None = None, *,
+                       callbacks: Iterable[Callback] = (), stop: StopSignal | None = None,
+                       run_info: Mapping[str, Any] | None = None, candidates: Sequence[float] = LR_CANDIDATES,
+                       fraction: float = PROBE_FRACTION) -> tuple[TrainResult | None, LrPick]:
+    """`pick_lr`, then the whole run at the picked lr: (its TrainResult, the pick). The run folder's config.json
+    records the pick under "lr_pick". The callbacks get the probes' events (tagged, see `pick_lr`) and then the
+    run's. A stop request during the probes ends it there: (None, the pick so far), and nothing is trained."""
+    options = options if options is not None else TrainOptions()
+    stop = stop or StopSignal()
+    callbacks = list(callbacks)
+    pick = pick_lr(model, train_set, val_set, config, options, candidates=candidates, fraction=fraction,
+                   callbacks=callbacks, stop=stop)
+    if pick.stopped:
+        return None, pick
+    result = train(model, train_set, val_set, config, options.replace(lr=pick.lr), callbacks=callbacks, stop=stop,
+                   run_info={**(run_info or {}), "lr_pick": pick.record()})
+    return result, pick
 
 
 def best_probe(probes: Sequence[LrProbe]) -> LrProbe | None:
