@@ -10,7 +10,7 @@ import pytest
 
 from superlora import preset
 from superlora.errors import ConfigError
-from superlora.train import NonFiniteLossError, StopSignal, TrainOptions
+from superlora.train import NonFiniteLossError, StopSignal, TrainEvent, TrainOptions, probe_of, train_at_picked_lr
 from superlora.train import auto_lr
 from superlora.train.auto_lr import LR_CANDIDATES, pick_lr, probe_steps
 
@@ -26,8 +26,10 @@ class FakeTrain:
         self.accuracy, self.loss, self.diverge, self.stop_after = accuracy, loss or {}, set(diverge), stop_after
         self.calls = []
 
-    def __call__(self, model, train_set, val_set, config, options, callbacks=(), stop=None):
-        self.calls.append(SimpleNamespace(model=model, options=options))
+    def __call__(self, model, train_set, val_set, config, options, callbacks=(), stop=None, run_info=None):
+        self.calls.append(SimpleNamespace(model=model, options=options, run_info=run_info))
+        for callback in callbacks:
+            callback(TrainEvent("start", 0, options.steps, 1, message="training"))
         if options.lr in self.diverge:
             raise NonFiniteLossError("loss is nan")
         if self.stop_after is not None and len(self.calls) > self.stop_after:
@@ -68,6 +70,7 @@ def test_a_diverged_probe_loses_and_a_module_is_copied_for_every_probe(monkeypat
     model = tiny_vit()
     pick = pick_lr(model, train_set, val_set, LORA, TrainOptions(steps=10, batch_size=8))
     assert pick.lr == 0.03 and pick.probes[-1].diverged and pick.probes[-1].loss == math.inf
+    assert pick.record()["probes"][-1]["loss"] is None  # JSON has no infinity
     assert all(call.model is not model for call in fake.calls)
     assert len({id(call.model) for call in fake.calls}) == 3
     assert [p.steps for p in pick.probes] == [2, 2, 2]  # round(0.25 x 10) = round(2.5), to even
@@ -106,6 +109,34 @@ def test_bad_arguments_are_refused_before_any_training(monkeypatch, kwargs, mess
     with pytest.raises(ConfigError, match=message):
         pick_lr("m", train_set, val, config, TrainOptions(steps=8, batch_size=8), **arguments)
     assert fake.calls == []
+
+
+def test_train_at_picked_lr_probes_then_trains_once_at_the_pick_and_records_it(monkeypatch):
+    train_set, val_set = colour_split()
+    fake = FakeTrain({0.015: 0.7, 0.03: 0.8, 0.06: 0.6}, loss={0.015: 0.9, 0.03: 0.5, 0.06: 1.2})
+    monkeypatch.setattr(auto_lr, "train", fake)
+    events, picks = [], []
+    options = TrainOptions(steps=12, batch_size=8, output_dir="run-folder")
+    result, pick = train_at_picked_lr("any-model", train_set, val_set, LORA, options, callbacks=[events.append],
+                                      run_info={"data": {"source": "x"}},
+                                      on_pick=lambda p: picks.append((p.lr, len(fake.calls))))
+    assert picks == [(0.03, 3)]  # told as soon as the three probes ended, before the run
+    assert [(c.options.lr, c.options.steps, c.options.output_dir) for c in fake.calls] == \
+        [(0.015, 3, None), (0.03, 3, None), (0.06, 3, None), (0.03, 12, "run-folder")]
+    run_info = fake.calls[-1].run_info
+    assert run_info["data"] == {"source": "x"} and run_info["lr_pick"] == pick.record()
+    assert pick.record() == {"lr": 0.03, "probes": [
+        {"lr": lr, "steps": 3, "accuracy": acc, "loss": loss, "diverged": False}
+        for lr, acc, loss in ((0.015, 0.7, 0.9), (0.03, 0.8, 0.5), (0.06, 0.6, 1.2))]}
+    assert result is not None and not result.stopped
+    # the probes' events carry which probe they are; the run's carry none
+    assert [probe_of(e) for e in events] == [{"index": 1, "of": 3, "lr": 0.015}, {"index": 2, "of": 3, "lr": 0.03},
+                                            {"index": 3, "of": 3, "lr": 0.06}, None]
+
+    fake = FakeTrain({0.015: 0.7, 0.03: 0.8, 0.06: 0.6}, stop_after=1)  # stopped during the second probe
+    monkeypatch.setattr(auto_lr, "train", fake)
+    result, pick = train_at_picked_lr("any-model", train_set, val_set, LORA, options)
+    assert result is None and pick.stopped and len(fake.calls) == 2  # nothing trained after the stop
 
 
 def test_probe_steps_follow_the_run_length():

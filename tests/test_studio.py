@@ -837,6 +837,17 @@ def test_a_stop_while_picking_the_lr_trains_nothing_and_keeps_the_previous_run(t
         sessions.close_all()
 
 
+def test_the_lr_box_is_greyed_out_while_the_lr_is_picked_and_for_head_only():
+    from superlora.studio.train_tab import lr_interactivity
+
+    lr, pick = lr_interactivity("lorta", False)
+    assert lr["interactive"] is True and pick["interactive"] is True and "value" not in pick
+    lr, pick = lr_interactivity("lorta", True)
+    assert lr["interactive"] is False and pick["interactive"] is True and "value" not in pick
+    lr, pick = lr_interactivity("head-only", True)  # no adapter lr to set or to pick: the tick is cleared
+    assert lr["interactive"] is False and pick == {"__type__": "update", "interactive": False, "value": False}
+
+
 def test_the_lr_pick_counts_against_the_step_limit():
     from superlora.studio import SessionStore
     from superlora.studio.sessions import StudioLimits

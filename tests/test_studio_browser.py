@@ -208,6 +208,18 @@ def test_a_new_user_fine_tunes_inspects_predicts_and_downloads(browser, studio, 
     check_validation_results(page, app)
     shot("07b-mistake")
 
+    # 7c. Leaving the lr to the studio: three short runs first, then the run at the lr they picked.
+    set_slider(page, "steps", 8)
+    page.locator("#pick-lr input[type=checkbox]").check()
+    expect(page.get_by_label("Learning rate (adapter)")).to_be_disabled(timeout=10_000)  # the short runs set it
+    page.locator("#start").click()
+    expect(status).to_contain_text("Done after 8 steps", timeout=120_000)
+    expect(status).to_contain_text("picked by short runs (0.015: loss")
+    expect(page.locator("#start")).to_be_enabled()
+    page.locator("#pick-lr input[type=checkbox]").uncheck()
+    expect(page.get_by_label("Learning rate (adapter)")).to_be_enabled(timeout=10_000)
+    shot("07c-picked-lr")
+
     # 8. Inspect ΔW.
     page.get_by_role("tab", name="4 · Inspect ΔW").click()
     page.locator("#inspect-button").click()

@@ -215,11 +215,12 @@ def _train_at_picked_lr(model_name: str, train_set: Any, val_set: Any, config: A
     while probing."""
     from superlora.train import TqdmProgress, train_at_picked_lr
 
-    result, pick = train_at_picked_lr(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()],
-                                      stop=stop, run_info=run_info)
-    if _is_main_process():
-        print(("stopped while picking: " if result is None else "picked ") + pick.describe())
-    return result
+    def say(pick: Any) -> None:
+        if _is_main_process():
+            print(("stopped while picking: " if pick.stopped else "picked ") + pick.describe(), flush=True)
+
+    return train_at_picked_lr(model_name, train_set, val_set, config, options, callbacks=[TqdmProgress()], stop=stop,
+                              run_info=run_info, on_pick=say)[0]
 
 
 def _default_model() -> str:

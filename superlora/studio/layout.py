@@ -33,7 +33,8 @@ from superlora.studio.model_tab import SUGGESTION_HEADERS, adapter_interactivity
 from superlora.studio.sessions import SessionStore, StudioLimits
 from superlora.studio.settings_file import CONFIG_KEYS, check_app_config, save_app_config
 from superlora.studio.train_tab import TRAIN_INPUT_NAMES, check_training, good_class_choices, \
-    good_class_items, mark_done, queue_training, recount_validation, show_validation, stop_training, train_model
+    good_class_items, lr_interactivity, mark_done, queue_training, recount_validation, show_validation, stop_training, \
+    train_model
 from superlora.studio.try_tab import pick_validation_image, predict_image
 
 INTRO = """# SuperLoRA studio
@@ -319,6 +320,9 @@ def _wire_train_tab(page: Page, sessions: SessionStore, bind: Callable, max_trai
         concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[page.train_status],
         validator=with_parameters(check_training, TRAIN_INPUT_NAMES, sessions))
     # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
+    lr, pick, preset_name = page.controls["lr"], page.controls["pick_lr"], page.controls["preset_name"]
+    gr.on([preset_name.change, pick.change], lr_interactivity, [preset_name, pick], [lr, pick], queue=False,
+          api_name=False)
     training.then(bind(mark_done), None, [start], queue=False, api_name=False)
     training.failure(bind(mark_done), None, [start], queue=False, api_name=False)
     _wire_results(bind, start, training, good_class, page.validation_outputs, page.report_button, page.report_file)

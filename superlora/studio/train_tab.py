@@ -23,7 +23,7 @@ import gradio as gr
 
 from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, HUB_MODELS, MAX_CLASSES
-from superlora.config import SuperLoRAConfig
+from superlora.config import HEAD_ONLY, SuperLoRAConfig
 from superlora.controls import AUTO_GOOD_CLASS, TRAINING_NAMES, VIT_TARGETS, config_from_values
 from superlora.defaults import DEFAULT_HEAD_LR, LR_CANDIDATES, PROBE_FRACTION
 from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
@@ -185,6 +185,14 @@ def train_model(values: dict[str, Any], sessions: SessionStore, request: gr.Requ
         yield from _run_training(session, values["model_name"], config, options, run, sessions.limits.max_classes)
     finally:
         session.phase, session.last_used = "idle", time.monotonic()
+
+
+def lr_interactivity(preset_name: str, pick_lr: bool) -> tuple[Any, Any]:
+    """(the adapter lr box, the pick box): the lr box greyed out while short runs pick the lr and for head-only
+    (no adapter lr); the pick box greyed out and cleared for head-only."""
+    head_only = preset_name == HEAD_ONLY
+    pick = gr.update(interactive=False, value=False) if head_only else gr.update(interactive=True)
+    return gr.update(interactive=not head_only and not pick_lr), pick
 
 
 def _picking(train_at_picked_lr: Callable) -> Callable:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,15 +145,19 @@ def train_at_picked_lr(model: nn.Module | str, train_set: ImageSet, val_set: Ima
                        config: SuperLoRAConfig | dict | str, options: TrainOptions | None = None, *,
                        callbacks: Iterable[Callback] = (), stop: StopSignal | None = None,
                        run_info: Mapping[str, Any] | None = None, candidates: Sequence[float] = LR_CANDIDATES,
-                       fraction: float = PROBE_FRACTION) -> tuple[TrainResult | None, LrPick]:
+                       fraction: float = PROBE_FRACTION, on_pick: Callable[[LrPick], None] | None = None
+                       ) -> tuple[TrainResult | None, LrPick]:
     """`pick_lr`, then the whole run at the picked lr: (its TrainResult, the pick). The run folder's config.json
     records the pick under "lr_pick". The callbacks get the probes' events (tagged, see `pick_lr`) and then the
-    run's. A stop request during the probes ends it there: (None, the pick so far), and nothing is trained."""
+    run's; `on_pick` gets the pick as soon as the probes end. A stop request during the probes ends it there:
+    (None, the pick so far), and nothing is trained."""
     options = options if options is not None else TrainOptions()
     stop = stop or StopSignal()
     callbacks = list(callbacks)
     pick = pick_lr(model, train_set, val_set, config, options, candidates=candidates, fraction=fraction,
                    callbacks=callbacks, stop=stop)
+    if on_pick is not None:
+        on_pick(pick)
     if pick.stopped:
         return None, pick
     result = train(model, train_set, val_set, config, options.replace(lr=pick.lr), callbacks=callbacks, stop=stop,
