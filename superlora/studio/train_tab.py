@@ -98,7 +98,7 @@ def training_refusal(session: Session | None, sessions: SessionStore, steps: flo
                      batch_size: float, pick_lr: bool = False) -> str | None:
     """Why a new training run may not join the queue (too many steps, or the queue is full), or None."""
     limits = sessions.limits
-    too_many = _too_many_steps(_train_size(session), limits, steps, epochs, batch_size, bool(pick_lr))
+    too_many = _too_many_steps(_train_size(session), limits, steps, epochs, batch_size, pick_lr is True)
     if too_many:
         return too_many
     waiting = sessions.waiting_jobs()
@@ -141,7 +141,7 @@ def check_training(values: dict[str, Any], sessions: SessionStore, request: gr.R
     session_hash = getattr(request, "session_hash", None)
     session = sessions.peek(session_hash) if session_hash else None
     refusal = training_refusal(session, sessions, values["steps"], values["epochs"], values["batch_size"],
-                               bool(values.get("pick_lr")))
+                               values.get("pick_lr") is True)
     checks = [gr.validate(True, "")] * len(TRAIN_INPUT_NAMES)
     checks[TRAIN_INPUT_NAMES.index("steps")] = gr.validate(refusal is None, refusal or "")
     return checks
@@ -173,7 +173,7 @@ def train_model(values: dict[str, Any], sessions: SessionStore, request: gr.Requ
             return
         if session.train_set is None:
             raise StudioError("Load data first: upload images or press 'Use sample data' on the Data tab.")
-        picking = bool(values.get("pick_lr"))
+        picking = values.get("pick_lr") is True  # a client's "false" (a string) does not pick
         too_many = _too_many_steps(_train_size(session), sessions.limits, values["steps"], values["epochs"],
                                    values["batch_size"], picking)
         if too_many:
