@@ -12,7 +12,12 @@ Stages (resumable: one CSV row per run in `<out>/default_lr.csv`, keyed by task,
 
     python benchmarks/default_lr.py run                  # the grid on seed 0 (LRS x HEAD_LRS; head-only: HEAD_LRS)
     python benchmarks/default_lr.py run --seeds 0 1 2 --lrs 0.03 --head-lrs 0.01   # seeds at one pair
+    python benchmarks/default_lr.py pick --tasks inspection --seeds 0 1 2   # the studio's "pick the lr" box
     python benchmarks/default_lr.py analyse              # the table into benchmarks/results/default_lr.md
+
+`pick` trains each method as the studio does with *Pick the adapter learning rate for me* ticked
+(`superlora.train.train_at_picked_lr`: three short runs, then the run at the lr they picked), one row per (task,
+method, seed) in `<out>/default_lr_pick.csv`; `analyse` sets it beside the shipped lr on the same seeds.
 
 Validation accuracy is the run's best evaluation (what the studio shows as the run's result) and, beside it, the
 accuracy after the last step. Times are this machine's wall-clock seconds per run (one thread).
@@ -53,6 +58,12 @@ TABLE = ResultsTable(("task", "method", "lr", "head_lr", "seed", "steps", "adapt
                       "final_accuracy", "final_val_loss", "seconds"),
                      ints=("seed", "steps", "adapter_params"),
                      floats=("lr", "head_lr", "best_accuracy", "final_accuracy", "final_val_loss", "seconds"))
+
+
+PICK_TABLE = ResultsTable(("task", "method", "seed", "steps", "adapter_params", "picked_lr", "probe_losses",
+                           "best_accuracy", "final_accuracy", "seconds"),
+                          ints=("seed", "steps", "adapter_params"),
+                          floats=("picked_lr", "best_accuracy", "final_accuracy", "seconds"))
 
 
 def lr_text(lr: float) -> str:
@@ -119,6 +130,81 @@ def run_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any
     return row
 
 
+def pick_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any]:
+    """Train one (task, method, seed) as the studio does with the lr pick ticked and return its row."""
+    import torch
+
+    from superlora.base_models import DEFAULT_MODEL
+    from superlora.train import TrainOptions, train_at_picked_lr
+
+    if threads:
+        torch.set_num_threads(threads)
+    task, method, seed = key
+    train_set, val_set = task_sets(task)
+    options = TrainOptions(steps=steps, epochs=None, lr=DEFAULT_LR, head_lr=DEFAULT_HEAD_LR,
+                           batch_size=DEFAULT_BATCH_SIZE, seed=seed, device="cpu")
+    started = time.monotonic()
+    result, pick = train_at_picked_lr(DEFAULT_MODEL, train_set, val_set, method_config(method, seed), options)
+    last = result.history[-1]
+    losses = " ".join(f"{p.lr:g}:{p.loss:.4f}" for p in pick.probes)
+    return dict(task=task, method=method, seed=seed, steps=steps, picked_lr=pick.lr, probe_losses=losses,
+                adapter_params=result.model.num_trainable_parameters(include_trainable_modules=False),
+                best_accuracy=result.best_accuracy, final_accuracy=last["val_accuracy"],
+                seconds=round(time.monotonic() - started, 1))
+
+
+def pick(args: argparse.Namespace) -> int:
+    path = args.out / "default_lr_pick.csv"
+    keys = [(task, method, seed) for seed in args.seeds for task in args.tasks for method in args.methods
+            if method != HEAD_ONLY]  # head-only has no adapter lr to pick
+    done = {(r["task"], r["method"], r["seed"]) for r in PICK_TABLE.read(path)}
+
+    def pending():
+        return len(done), [(key, args.steps) for key in keys if key not in done]
+
+    def record(key: tuple, row: dict[str, Any]) -> None:
+        PICK_TABLE.append(path, row)
+        done.add(key)
+        print(f"{' '.join(map(str, key))}: picked {row['picked_lr']:g} ({row['probe_losses']}), best "
+              f"{row['best_accuracy']:.3f} ({row['seconds']:.0f} s)", flush=True)
+
+    run_until_done(pending, pick_one, record, args.workers, args.threads)
+    return 0
+
+
+def pick_markdown(rows: list[dict[str, Any]], picks: list[dict[str, Any]]) -> list[str]:
+    """The lr pick beside the shipped lr: per (task, method), the seeds picked, the lrs picked and the mean best
+    accuracy of both on those seeds (the shipped lr's rows where all of those seeds ran), and the time per run."""
+    if not picks:
+        return []
+    shipped = {(r["task"], r["method"], r["seed"]): r for r in rows
+               if lr_text(r["lr"]) == lr_text(DEFAULT_LR) and lr_text(r["head_lr"]) == lr_text(DEFAULT_HEAD_LR)}
+    lines = ["", "With *Pick the adapter learning rate for me* ticked (`python benchmarks/default_lr.py pick`: three "
+             "short runs of a quarter of the run at 0.015, 0.03 and 0.06, then the run at the lr with the lowest "
+             "short-run validation loss), beside the shipped lr on the same seeds:", "",
+             "| task | method | seeds | lrs picked | picked: best accuracy | shipped lr: best accuracy | "
+             "difference, points | s per run (picked / shipped) |", "|---|---|---:|---|---:|---:|---:|---:|"]
+    cells = sorted({(r["task"], r["method"]) for r in picks})
+    for cell in cells:
+        mine = sorted((r for r in picks if (r["task"], r["method"]) == cell), key=lambda r: r["seed"])
+        seeds = [r["seed"] for r in mine]
+        base = [shipped.get((*cell, seed)) for seed in seeds]
+        picked = statistics.mean(r["best_accuracy"] for r in mine)
+        lrs = ", ".join(f"{r['picked_lr']:g}" for r in mine)
+        time_text = f"{statistics.median(r['seconds'] for r in mine):.0f}"
+        if all(b is not None for b in base):
+            at_default = statistics.mean(b["best_accuracy"] for b in base)
+            time_text += f" / {statistics.median(b['seconds'] for b in base):.0f}"
+            tail = f"{at_default:.1%} | {100 * (picked - at_default):+.1f} | {time_text} |"
+        else:
+            tail = f"not run on these seeds | – | {time_text} |"
+        lines.append(f"| {cell[0]} | {cell[1]} | {', '.join(map(str, seeds))} | {lrs} | {picked:.1%} | {tail}")
+    lines.append("")
+    lines.append("Times are of different sessions when the shipped-lr rows are older (their machine may differ); "
+                 "compare within a row only the accuracies.")
+    return lines
+
+
 def planned(methods: Sequence[str], tasks: Sequence[str], lrs: Sequence[float], head_lrs: Sequence[float],
             seeds: Sequence[int]) -> list[tuple]:
     keys = []
@@ -176,7 +262,7 @@ def choose(rows: list[dict[str, Any]], seed: int = 0) -> tuple[tuple[str, str] |
     return chosen, regrets
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], picks: Sequence[dict[str, Any]] = ()) -> str:
     chosen, regrets = choose(rows)
     lines = ["# Default learning rates: the evidence", "",
              "Generated by `python benchmarks/default_lr.py analyse` from `benchmarks/results/default_lr.csv` "
@@ -228,12 +314,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 lines.append(f"| {cell[0]} | {cell[1]} | {len(at)} | {statistics.mean(best):.1%} ± "
                              f"{statistics.stdev(best):.1%} | {statistics.mean(final):.1%} ± "
                              f"{statistics.stdev(final):.1%} |")
+    lines += pick_markdown(rows, list(picks))
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("run", "analyse"))
+    parser.add_argument("command", choices=("run", "pick", "analyse"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -251,9 +338,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.command == "run":
-        return run(args)
-    text = markdown(TABLE.read(args.out / "default_lr.csv"))
+    if args.command in ("run", "pick"):
+        return run(args) if args.command == "run" else pick(args)
+    text = markdown(TABLE.read(args.out / "default_lr.csv"), PICK_TABLE.read(args.out / "default_lr_pick.csv"))
     atomic_write(args.out / "default_lr.md", lambda tmp: Path(tmp).write_text(text))
     print(text)
     return 0

@@ -96,3 +96,41 @@ def test_a_run_trains_the_key_it_is_given_and_head_only_gets_a_positive_unused_l
                                                                                              DEFAULT_LR)
     dl.run_one(dl.run_key("inspection", "lora", 0.01, 0.003, 0), steps=3)
     assert (seen[1][4].lr, seen[1][4].head_lr, seen[1][3].name) == (0.01, 0.003, "lora")
+
+
+def test_the_lr_pick_trains_the_studios_config_and_is_set_beside_the_shipped_lr(dl, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import superlora.train as train_module
+    from superlora.train import LrPick, LrProbe
+
+    seen = []
+
+    def fake_pick(model, train_set, val_set, config, options):
+        seen.append((model, len(train_set), config, options))
+        probes = (LrProbe(0.015, 38, 0.6, 0.9), LrProbe(0.03, 38, 0.7, 0.5), LrProbe(0.06, 38, 0.8, 0.7))
+        model = SimpleNamespace(num_trainable_parameters=lambda include_trainable_modules=True: 988)
+        return SimpleNamespace(best_accuracy=0.8, history=[{"val_accuracy": 0.75}], model=model), \
+            LrPick(0.03, probes)
+
+    monkeypatch.setattr(train_module, "train_at_picked_lr", fake_pick)
+    got = dl.pick_one(("inspection", "lorta", 1), steps=150)
+    model, train_size, config, options = seen[0]
+    assert (model, train_size, config, options.steps, options.seed) == ("superlora-default", 256,
+                                                                         dl.method_config("lorta", 1), 150, 1)
+    assert (options.lr, options.head_lr) == (DEFAULT_LR, DEFAULT_HEAD_LR)
+    assert got["picked_lr"] == 0.03 and got["probe_losses"] == "0.015:0.9000 0.03:0.5000 0.06:0.7000"
+    assert (got["best_accuracy"], got["final_accuracy"], got["adapter_params"]) == (0.8, 0.75, 988)
+
+    rows = [row("inspection", "lorta", DEFAULT_LR, DEFAULT_HEAD_LR, a, seed=s) for s, a in ((0, 0.8), (1, 0.9))]
+    rows += [row("inspection", "lorta", 0.01, DEFAULT_HEAD_LR, 0.95, seed=0)]  # another lr: not the baseline
+    picks = [dict(got, seed=0, best_accuracy=0.84, seconds=2.0), dict(got, seed=1, best_accuracy=0.9, seconds=3.0),
+             dict(got, method="lora", seed=0, seconds=2.0)]
+    lines = dl.pick_markdown(rows, picks)
+    assert "| inspection | lorta | 0, 1 | 0.03, 0.03 | 87.0% | 85.0% | +2.0 | 2 / 1 |" in lines
+    assert "| inspection | lora | 0 | 0.03 | 80.0% | not run on these seeds | – | 2 |" in lines
+    assert dl.pick_markdown(rows, []) == []
+    # head-only has no adapter lr: `pick` never plans it
+    monkeypatch.setattr(dl, "run_until_done", lambda pending, *_: seen.append(pending()[1]))
+    dl.pick(dl.parse_args(["pick", "--out", str(tmp_path), "--tasks", "inspection", "--methods", "lora", HEAD_ONLY]))
+    assert seen[-1] == [(("inspection", "lora", 0), 150)]
