@@ -319,10 +319,10 @@ def _wire_train_tab(page: Page, sessions: SessionStore, bind: Callable, max_trai
         [page.train_status, page.curves, page.per_class, page.confusion], api_name="train",
         concurrency_limit=max_training_jobs, concurrency_id="training", show_progress_on=[page.train_status],
         validator=with_parameters(check_training, TRAIN_INPUT_NAMES, sessions))
-    # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
     lr, pick, preset_name = page.controls["lr"], page.controls["pick_lr"], page.controls["preset_name"]
     gr.on([preset_name.change, pick.change], lr_interactivity, [preset_name, pick], [lr, pick], queue=False,
           api_name=False)
+    # Gradio 6.31's page runs `.then` listeners only after success (not "regardless"), so failure is listed too.
     training.then(bind(mark_done), None, [start], queue=False, api_name=False)
     training.failure(bind(mark_done), None, [start], queue=False, api_name=False)
     _wire_results(bind, start, training, good_class, page.validation_outputs, page.report_button, page.report_file)

@@ -36,7 +36,6 @@ from superlora.train.options import Callback, NonFiniteLossError, StopSignal, Tr
 from superlora.train.sampling import steps_per_epoch
 
 
-
 @dataclass(frozen=True)
 class LrProbe:
     """One candidate's short run: its validation accuracy and loss (0 and inf when its loss blew up)."""
