@@ -32,17 +32,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_a_single_process_run(tmp_path):
+def launch_two_processes(output: Path, *flags: str) -> subprocess.CompletedProcess:
+    """tests/train_helpers.py under `accelerate launch` with 2 CPU processes, writing its run to `output`."""
     accelerate = Path(sys.executable).parent / "accelerate"
     # `--multi_gpu` is accelerate's switch for "several processes through torch.distributed"; without GPUs the
     # processes run on the CPU over gloo. (`--cpu --num_processes 2` would silently start a single process.)
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               str(TESTS / "train_helpers.py"), str(tmp_path / "ddp")]
+               str(TESTS / "train_helpers.py"), str(output), *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_a_single_process_run(tmp_path):
+    done = launch_two_processes(tmp_path / "ddp")
 
     # Only the main process reports: one start, one done, one result.
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -74,3 +80,31 @@ def test_two_process_ddp_matches_a_single_process_run(tmp_path):
     single_adapter = load_file(str(tmp_path / "single" / "adapter" / "adapter_model.safetensors"))
     assert ddp_adapter.keys() == single_adapter.keys()
     assert max((ddp_adapter[k] - single_adapter[k]).abs().max().item() for k in ddp_adapter) < 1e-4
+
+
+@pytest.mark.slow
+def test_picking_the_lr_under_two_processes_agrees_with_one_process(tmp_path):
+    """Every process runs the same probes (each a DDP run) and reads the same gathered validation numbers, so all
+    of them pick the same lr, the one a single process picks; the run folder records it once."""
+    from superlora.train import LrPick, LrProbe
+
+    done = launch_two_processes(tmp_path / "ddp", "--pick-lr")
+    picks = [json.loads(line.split("PICK ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("PICK ")]
+    assert len(picks) == 2 and picks[0] == picks[1]  # both processes picked the same lr from the same numbers
+    assert done.stdout.count("RESULT ") == 1
+    run_config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert run_config["lr_pick"] == picks[0] and len(picks[0]["probes"]) == 3
+    assert run_config["options"]["lr"] == picks[0]["lr"] and run_config["num_processes"] == 2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, single = train_stripes(str(tmp_path / "single"), pick_lr=True)
+    finally:
+        torch.set_num_threads(threads)
+    distributed = LrPick(picks[0]["lr"], tuple(LrProbe(**p) for p in picks[0]["probes"]))
+    assert distributed.lr == single.lr
+    for ours, theirs in zip(distributed.probes, single.probes):
+        assert (ours.lr, ours.steps) == (theirs.lr, theirs.steps)
+        assert ours.loss == pytest.approx(theirs.loss, abs=1e-5)
+        assert abs(ours.accuracy - theirs.accuracy) <= 1 / VAL_IMAGES

@@ -70,15 +70,19 @@ def comparable_history(history: list[dict]) -> list[dict]:
 
 
 def train_stripes(output: str | None, *, resume: bool = False, callbacks=(), epochs: int = 4,
-                  batch_size: int = 8, checkpoint_every: int | None = 3, per_class: int = 16, config=None):
-    """The reference run of the resume and distributed tests (identical in every process that calls it)."""
+                  batch_size: int = 8, checkpoint_every: int | None = 3, per_class: int = 16, config=None,
+                  pick_lr: bool = False):
+    """The reference run of the resume and distributed tests (identical in every process that calls it); with
+    `pick_lr`, `train_at_picked_lr` picks the adapter lr first and the result is (TrainResult, LrPick)."""
     from superlora import preset
-    from superlora.train import TrainOptions, train
+    from superlora.train import TrainOptions, train, train_at_picked_lr
 
     train_set, val_set = train_val_split(stripe_images(per_class), val_fraction=0.25, seed=0)
     options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=1e-2, head_lr=1e-2,
                            checkpoint_every=checkpoint_every, output_dir=output)
     config = config if config is not None else preset("lora", rank=2)
+    if pick_lr:
+        return train_at_picked_lr(tiny_vit(), train_set, val_set, config, options, callbacks=callbacks)
     return train(tiny_vit(), train_set, val_set, config, options, callbacks=callbacks, resume=resume)
 
 
@@ -99,6 +103,7 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--pause-at", type=int, default=None, help="sleep after the checkpoint of this step")
     parser.add_argument("--config", default=None, help="adapter config as JSON (default: LoRA rank 2)")
+    parser.add_argument("--pick-lr", action="store_true", help="pick the lr with short probe runs first")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the same thread count in every run: float sums must not change order
 
@@ -110,9 +115,12 @@ def _main(argv: list[str]) -> None:
     from superlora import SuperLoRAConfig
 
     config = SuperLoRAConfig.from_json(args.config) if args.config else None
-    result = train_stripes(args.output, resume=args.resume, callbacks=[report], config=config)
+    result = train_stripes(args.output, resume=args.resume, callbacks=[report], config=config, pick_lr=args.pick_lr)
     from accelerate import PartialState
 
+    if args.pick_lr:
+        result, pick = result
+        print("PICK " + json.dumps(pick.record()), flush=True)  # every process: they must agree
     if PartialState().is_main_process:
         print("RESULT " + json.dumps(result_summary(result)), flush=True)
 
