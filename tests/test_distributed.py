@@ -1,5 +1,6 @@
 """Scale-out: the unchanged `train` under `accelerate launch` with 2 CPU processes (DDP over gloo) completes, only
-the main process prints and writes, and it reaches the single-process result for the same global batch.
+the main process prints and writes, and it reaches the single-process result for the same global batch; picking
+the lr with probe runs (`train_at_picked_lr`) picks the same lr in every process as in one.
 
 Tolerance: each process sums the gradient of its half batch and DDP adds the halves, so the two runs differ only
 in float rounding (measured on this CPU: identical accuracies and best step, validation and training losses
