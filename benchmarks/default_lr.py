@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,22 +154,12 @@ def pick_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, An
 
 
 def pick(args: argparse.Namespace) -> int:
-    path = args.out / "default_lr_pick.csv"
     keys = [(task, method, seed) for seed in args.seeds for task in args.tasks for method in args.methods
             if method != HEAD_ONLY]  # head-only has no adapter lr to pick
-    done = {(r["task"], r["method"], r["seed"]) for r in PICK_TABLE.read(path)}
-
-    def pending():
-        return len(done), [(key, args.steps) for key in keys if key not in done]
-
-    def record(key: tuple, row: dict[str, Any]) -> None:
-        PICK_TABLE.append(path, row)
-        done.add(key)
-        print(f"{' '.join(map(str, key))}: picked {row['picked_lr']:g} ({row['probe_losses']}), best "
-              f"{row['best_accuracy']:.3f} ({row['seconds']:.0f} s)", flush=True)
-
-    run_until_done(pending, pick_one, record, args.workers, args.threads)
-    return 0
+    return run_missing(args, PICK_TABLE, args.out / "default_lr_pick.csv", keys, pick_one,
+                       key_of=lambda r: (r["task"], r["method"], r["seed"]),
+                       describe=lambda r: f"picked {r['picked_lr']:g} ({r['probe_losses']}), best "
+                                          f"{r['best_accuracy']:.3f}")
 
 
 def pick_markdown(rows: list[dict[str, Any]], picks: list[dict[str, Any]]) -> list[str]:
@@ -218,21 +208,30 @@ def planned(methods: Sequence[str], tasks: Sequence[str], lrs: Sequence[float], 
 
 
 def run(args: argparse.Namespace) -> int:
-    path = args.out / "default_lr.csv"
     keys = planned(args.methods, args.tasks, args.lrs, args.head_lrs, args.seeds)
-    done = {run_key(r["task"], r["method"], r["lr"], r["head_lr"], r["seed"]) for r in TABLE.read(path)}
+    return run_missing(args, TABLE, args.out / "default_lr.csv", keys, run_one,
+                       key_of=lambda r: run_key(r["task"], r["method"], r["lr"], r["head_lr"], r["seed"]),
+                       describe=lambda r: f"best {r['best_accuracy']:.3f} final {r['final_accuracy']:.3f}")
+
+
+def run_missing(args: argparse.Namespace, table: ResultsTable, path: Path, keys: list[tuple],
+                work: Callable[..., dict[str, Any]], *, key_of: Callable[[dict[str, Any]], tuple],
+                describe: Callable[[dict[str, Any]], str]) -> int:
+    """Run `work(key, steps)` for every key whose row (`key_of(row)`) is not yet in `table` at `path`, appending
+    each row as it finishes (so a restart resumes) and printing `describe(row)`."""
+    done = {key_of(r) for r in table.read(path)}
     started = time.monotonic()
 
     def pending():
         return len(done), [(key, args.steps) for key in keys if key not in done]
 
     def record(key: tuple, row: dict[str, Any]) -> None:
-        TABLE.append(path, row)
+        table.append(path, row)
         done.add(key)
-        print(f"{' '.join(map(str, key))}: best {row['best_accuracy']:.3f} final {row['final_accuracy']:.3f} "
-              f"({row['seconds']:.0f} s; {time.monotonic() - started:.0f} s so far)", flush=True)
+        print(f"{' '.join(map(str, key))}: {describe(row)} ({row['seconds']:.0f} s; "
+              f"{time.monotonic() - started:.0f} s so far)", flush=True)
 
-    run_until_done(pending, run_one, record, args.workers, args.threads)
+    run_until_done(pending, work, record, args.workers, args.threads)
     return 0
 
 

@@ -37,12 +37,11 @@ from superlora.studio.sessions import Session, SessionStore, StudioError, Studio
 MAX_SHOWN_MISTAKES = 100  # mistakes in the Train tab's gallery; the report and predictions.csv list them all
 
 
-def _progress_text(event: Any, best_accuracy: float | None) -> str:
-    """A progress bar, then one line: step, loss, time left and the best validation accuracy so far (for a probe
-    run of the lr pick: which probe, its step and loss)."""
+def _progress_text(event: Any, best_accuracy: float | None, probe: dict[str, Any] | None = None) -> str:
+    """A progress bar, then one line: step, loss, time left and the best validation accuracy so far (for an event
+    of a probe run of the lr pick, `probe_of(event)`: which probe, its step and loss)."""
     share = 100 * event.step / event.total_steps if event.total_steps else 0
     bar = f'<div class="train-bar"><div style="width: {share:.1f}%"></div></div>\n\n'
-    probe = (event.details or {}).get("probe")
     if probe is not None:
         loss = f" · loss {event.metrics['loss']:.3f}" if event.kind == "step" and "loss" in event.metrics else ""
         return bar + (f"Picking the learning rate: short run {probe['index']} of {probe['of']} at lr "
@@ -294,19 +293,21 @@ def _run_training(session: Session, model_name: str, config: SuperLoRAConfig, op
 
 def _stream_progress(session: Session, events: queue.Queue) -> Iterator[tuple]:
     """(status, curves, unchanged, unchanged) while the run's events arrive, until the worker's None."""
+    from superlora.train import probe_of
+
     last_draw, best_accuracy = 0.0, None
     # Clear the previous run's results at once; the model loads before the first event arrives.
     yield '<div class="train-bar"><div style="width: 0%"></div></div>\n\nLoading the model…', None, [], None
     while (event := events.get()) is not None:
-        probing = "probe" in (event.details or {})
-        if not probing:  # the curves are the run's own
+        probe = probe_of(event)
+        if probe is None:  # the curves are the run's own
             session.events.append(event)
             best_accuracy = event.metrics.get("best_accuracy", best_accuracy)
         # Redraw at most twice a second: the page stays responsive and the socket quiet.
         if time.monotonic() - last_draw > 0.5 or event.kind in ("start", "eval", "done", "stopped"):
             last_draw = time.monotonic()
-            curves = gr.update() if probing else viz.curves_figure(session.events)
-            yield _progress_text(event, best_accuracy), curves, gr.update(), gr.update()
+            curves = gr.update() if probe is not None else viz.curves_figure(session.events)
+            yield _progress_text(event, best_accuracy, probe), curves, gr.update(), gr.update()
 
 
 def _training_error(error: Exception, model_name: str) -> Exception:
