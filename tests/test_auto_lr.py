@@ -159,3 +159,19 @@ def test_a_real_pick_on_a_tiny_vit_leaves_the_model_as_it_was():
     best = min(pick.probes, key=lambda p: (p.loss, -p.accuracy))
     assert pick.lr == best.lr
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probes trained copies
+
+
+def test_the_run_after_the_probes_repeats_a_plain_run_at_the_picked_lr_exactly():
+    """The probes use their own seeded randomness: the picked run is the run `train` gives at that lr, bit for bit."""
+    import torch
+
+    from superlora.train import train
+
+    train_set, val_set = colour_split()
+    options = TrainOptions(epochs=3, batch_size=8, head_lr=1e-2, seed=3)
+    picked, pick = train_at_picked_lr(tiny_vit(), train_set, val_set, LORA, options, candidates=(1e-3, 1e-2))
+    plain = train(tiny_vit(), train_set, val_set, LORA, options.replace(lr=pick.lr))
+    drop = ("elapsed_s",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in picked.history] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in plain.history]
+    assert all(torch.equal(a, b) for a, b in zip(picked.model.state_dict().values(), plain.model.state_dict().values()))
