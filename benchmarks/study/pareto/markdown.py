@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,14 @@ def task_markdown(task: str, rows: Sequence[dict[str, Any]], summaries: Sequence
     return "\n".join(lines)
 
 
-def claims_markdown(per_task: dict[str, list[Summary]], partial: Sequence[str] = ()) -> str:
+def claims_markdown(per_task: dict[str, list[Summary]], partial: Sequence[str] = (),
+                    baseline_claim: Callable[[str, Sequence[Summary], Sequence[Summary]], list[str]] | None = None,
+                    title: str = "### The headline against these runs") -> str:
     """What the measured numbers say about the paper's headline, task by task (generated, no hand-typed numbers).
-    `partial`: the tasks whose grid is not complete yet, named in a warning on top."""
-    lines = ["### The headline against these runs", ""]
+    `partial`: the tasks whose grid is not complete yet, named in a warning on top. `baseline_claim(task, points,
+    points of at most 1,000 parameters)`: the lines on the head-only baseline (default `head_only_claim`)."""
+    baseline_claim = baseline_claim or head_only_claim
+    lines = [title, ""]
     if partial:
         lines += [f"**Partial results ({', '.join(partial)}): the study was still running; see the note under each "
                   "task.**", ""]
@@ -145,7 +149,7 @@ def claims_markdown(per_task: dict[str, list[Summary]], partial: Sequence[str] =
             versus = f" (LoRA r=1: {_pct(ref.mean)} % with {ref.params:,})" if ref else ""
             lines.append(f"- {task}, at most 1,000 adapter parameters: best {_pct(best.mean)} ± "
                          f"{100 * best.std:.1f} % ({best.method} {best.budget}, {best.params:,}){versus}.")
-        lines += head_only_claim(task, summaries, few)
+        lines += baseline_claim(task, summaries, few)
     return "\n".join(lines) + "\n"
 
 

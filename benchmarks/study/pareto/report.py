@@ -44,6 +44,9 @@ class PointSummary(Summary):
     # The shortfall on the seeds the sweep did not pick on (seed 0 chose the lr, which favours it there), paired
     # seed by seed and image by image: (mean, low, high) of chosen minus default; None where it cannot be measured.
     held_out: tuple[float, float, float] | None = None
+    # Per-image correctness of the runs at the chosen lr, seed by seed as `seeds` (a diverged run: every image
+    # wrong; () for a run without its record), for paired comparisons between points.
+    correct: tuple[tuple[bool, ...], ...] = ()
 
     @property
     def at_default(self) -> bool:
@@ -86,7 +89,13 @@ def _point(task: str, lr: float, edge: bool, group: Sequence[dict[str, Any]], pr
         sweep=tuple(sweep), seeds=tuple(int(r["seed"]) for r in runs), interval=interval, interval_over=over,
         default_lr=default, default_accuracies=tuple(default_ok),
         default_seeds=tuple(int(r["seed"]) for r in at_default), default_failed=len(at_default) - len(default_ok),
-        held_out=held_out)
+        held_out=held_out, correct=tuple(run_mask(r) for r in runs))
+
+
+def run_mask(row: dict[str, Any]) -> tuple[bool, ...]:
+    """Which validation images a run got right; a diverged run got every image wrong; () without a record."""
+    size = int(row["val_size"])
+    return decode_correct(row.get("val_correct", ""), size) if row["status"] == "ok" else (False,) * size
 
 
 def held_out_shortfall(chosen: Sequence[dict[str, Any]], default: Sequence[dict[str, Any]]
@@ -97,12 +106,8 @@ def held_out_shortfall(chosen: Sequence[dict[str, Any]], default: Sequence[dict[
     def by_seed(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         return {int(r["seed"]): r for r in rows if int(r["seed"]) != SWEEP_SEED}
 
-    def mask(row: dict[str, Any]) -> tuple[bool, ...]:
-        size = int(row["val_size"])
-        return decode_correct(row.get("val_correct", ""), size) if row["status"] == "ok" else (False,) * size
-
     first, second = by_seed(chosen), by_seed(default)
-    pairs = [(mask(first[s]), mask(second[s])) for s in sorted(set(first) & set(second))]
+    pairs = [(run_mask(first[s]), run_mask(second[s])) for s in sorted(set(first) & set(second))]
     if not pairs or not all(a and b and len(a) == len(b) for a, b in pairs):
         return None
     return paired_difference([a for a, _ in pairs], [b for _, b in pairs])

@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks.study import page
 from benchmarks.study.intervals import BOOTSTRAP_SEED, LEVEL, OVER_SEEDS, RESAMPLES
 from benchmarks.study.pareto.analysis import head_only, pareto_front
+from benchmarks.study.pareto.headline import headline_markdown
 from benchmarks.study.pareto.markdown import efficiency_markdown
 from benchmarks.study.pareto.protocol import PER_POINT, Protocol
 from benchmarks.study.pareto.report import (BAND, BAND_SHARE, TABLE, WITHIN, LrSpread, PointSummary, long_steps,
@@ -275,7 +276,8 @@ def analyse(results_dir: Path, docs: Path, figures: Path | None = None, tasks: S
             written["summaries"][task] = summaries
     top = [f"**Partial results ({', '.join(written['partial'])})**: see the note under each task.", ""] \
         if written["partial"] else []
-    body = "\n".join(["### Results (generated)", "", *top, *sections])
+    headline = [headline_markdown(written["summaries"])] if written["summaries"] else []
+    body = "\n".join(["### Results (generated)", "", *top, *headline, *sections])
     page.write_block(Path(docs), body, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->",
                      "Pareto study, per-point re-run (generated)")
     return written
