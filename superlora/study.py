@@ -12,6 +12,10 @@ the rows as `benchmarks/pareto.py analyse` does: per family, seed 0 at the famil
 "sweep"), best accuracy, ties to the lower validation loss then the smaller lr, extended 4x past an edge of the
 grid at most twice; a point's runs are its rows of either phase at that lr (the sweep's seed-0 run at the chosen lr
 is also the point's seed-0 run).
+
+`--protocol per-point` reads the per-point re-run's folder instead (docs/benchmarks.md, issue 12): each point's lr
+comes from its own seed-0 sweep (factor-2 steps around the shipped default; head-only sweeps its head lr), and the
+point also records its run length and its mean at the shipped default lr.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from superlora.config import SuperLoRAConfig
+from superlora.defaults import DEFAULT_HEAD_LR, DEFAULT_LR
 from superlora.errors import ConfigError
 from superlora.files import atomic_write
 
@@ -41,6 +46,12 @@ LR_GRID = (1e-3, 4e-3, 1.6e-2)
 LR_FACTOR = 4.0
 MAX_EXTENSIONS = 2
 SWEEP_SEED = 0
+# The per-point re-run's rule (benchmarks/study/pareto/protocol.py: PER_POINT): every point sweeps its own lr in
+# factor-2 steps around the shipped default, head-only its head lr around the shipped head lr.
+PER_POINT_GRID = tuple(DEFAULT_LR * 2.0 ** k for k in (-3, -2, -1, 0, 1))
+PER_POINT_HEAD_GRID = tuple(DEFAULT_HEAD_LR * 2.0 ** k for k in (-2, -1, 0, 1, 2))
+PER_POINT_FACTOR = 2.0
+PROTOCOLS = ("family", "per-point")
 # Hook for the 0-parameter baseline (issue 12, item 4): points of this family train the head alone. They carry
 # no config (None) and count 0 adapter parameters on every model.
 HEAD_ONLY_FAMILY = "head-only"
@@ -55,10 +66,18 @@ class Measured:
     sd: float
     seeds: int
     lr: float
+    steps: int = 0  # the point's own run length (the per-point re-run); 0: the task's, as in the first study
+    default_mean: float | None = None  # the per-point re-run: the same point at the shipped default lr
+    default_lr: float | None = None
 
     def text(self) -> str:
-        """e.g. "74.1 ± 1.1 % (3 seeds, lr 0.064)"."""
-        return f"{100 * self.mean:.1f} ± {100 * self.sd:.1f} % ({self.seeds} seeds, lr {self.lr:g})"
+        """e.g. "74.1 ± 1.1 % (3 seeds, lr 0.064)"; the per-point re-run adds the steps and the default lr's mean,
+        e.g. "80.1 ± 1.0 % (3 seeds, lr 0.06, 400 steps; 77.9 % at the default lr 0.03)"."""
+        steps = f", {self.steps} steps" if self.steps else ""
+        default = (f"; {100 * self.default_mean:.1f} % at the default lr {self.default_lr:g}"
+                   if self.default_mean is not None and self.default_lr is not None and self.default_lr != self.lr
+                   else "")
+        return f"{100 * self.mean:.1f} ± {100 * self.sd:.1f} % ({self.seeds} seeds, lr {self.lr:g}{steps}{default})"
 
 
 @dataclass(frozen=True)
@@ -83,20 +102,22 @@ def _score(accuracy: float, loss: float, lr: float) -> tuple[float, float, float
     return (-math.inf if math.isnan(accuracy) else accuracy, -math.inf if math.isnan(loss) else -loss, -lr)
 
 
-def choose_lr(results: dict[str, tuple[float, float]]) -> float | None:
-    """The study's chosen lr from the sweep's runs (`_lr_text(lr)` -> (accuracy, val_loss)); None when the sweep
-    is unfinished (a grid lr or a due extension has no run)."""
-    if any(_lr_text(lr) not in results for lr in LR_GRID):
+def choose_lr(results: dict[str, tuple[float, float]], grid: Sequence[float] = LR_GRID,
+              factor: float = LR_FACTOR) -> float | None:
+    """The study's chosen lr from the sweep's runs (`_lr_text(lr)` -> (accuracy, val_loss)) over `grid`, extended
+    by `factor` past an edge at most MAX_EXTENSIONS times; None when the sweep is unfinished (a grid lr or a due
+    extension has no run)."""
+    if any(_lr_text(lr) not in results for lr in grid):
         return None
-    tried = sorted(LR_GRID)
+    tried = sorted(grid)
     while True:
         best = max(tried, key=lambda lr: _score(*results[_lr_text(lr)], lr))
-        above = sum(lr > max(LR_GRID) for lr in tried)
-        below = sum(lr < min(LR_GRID) for lr in tried)
+        above = sum(lr > max(grid) for lr in tried)
+        below = sum(lr < min(grid) for lr in tried)
         if best == tried[-1] and above < MAX_EXTENSIONS:
-            step = best * LR_FACTOR
+            step = best * factor
         elif best == tried[0] and below < MAX_EXTENSIONS:
-            step = best / LR_FACTOR
+            step = best / factor
         else:
             return best
         if _lr_text(step) not in results:
@@ -143,32 +164,64 @@ def _point(group: list[dict[str, Any]], lr: float) -> dict[str, Any]:
             "sd": round(statistics.stdev(ok), 6) if len(ok) > 1 else 0.0, "n": len(ok), "failed": len(group) - len(ok)}
 
 
-def task_results(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One task's points (ordered by family, method, parameters) from its CSV rows."""
-    lrs = _family_lrs(rows)
+def _per_point(group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One point of the per-point re-run: its own chosen lr (head-only: head lr) from its seed-0 sweep, its runs at
+    that lr, its steps, and its runs at the shipped default lr; None while its sweep is unfinished."""
+    head = group[0]["family"] == HEAD_ONLY_FAMILY
+    grid, default = (PER_POINT_HEAD_GRID, DEFAULT_HEAD_LR) if head else (PER_POINT_GRID, DEFAULT_LR)
+    lr = choose_lr({_lr_text(r["lr"]): (r["accuracy"], r["val_loss"]) for r in group if r["seed"] == SWEEP_SEED},
+                   grid, PER_POINT_FACTOR)
+    if lr is None:
+        return None
+    point = _point([r for r in group if _lr_text(r["lr"]) == _lr_text(lr)], lr)
+    runs = [r for r in group if _lr_text(r["lr"]) == _lr_text(default)]
+    at_default = _point(runs, default) if runs else {"mean": None, "n": 0}
+    point.update(steps=int(group[0]["steps"]), default_lr=default, default_mean=at_default["mean"],
+                 default_n=at_default["n"])
+    return point
+
+
+def task_results(rows: Sequence[dict[str, Any]], protocol: str = "family") -> dict[str, Any]:
+    """One task's points (ordered by family, method, parameters) from its CSV rows. `protocol`: "family" (one lr
+    per family, the first study) or "per-point" (each point its own lr; points still sweeping are left out)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        lr = lrs.get(row["family"])
-        if lr is not None and _lr_text(row["lr"]) == _lr_text(lr):
+    if protocol == "per-point":
+        for row in rows:
             groups[(row["method"], row["config_hash"])].append(row)
-    points = [_point(group, lrs[group[0]["family"]]) for group in groups.values()]
+        points = [p for p in map(_per_point, groups.values()) if p is not None]
+    else:
+        lrs = _family_lrs(rows)
+        for row in rows:
+            lr = lrs.get(row["family"])
+            if lr is not None and _lr_text(row["lr"]) == _lr_text(lr):
+                groups[(row["method"], row["config_hash"])].append(row)
+        points = [_point(group, lrs[group[0]["family"]]) for group in groups.values()]
     first = rows[0] if rows else {}
-    return {"model": first.get("model"), "steps": int(first.get("steps", 0) or 0),
+    steps = min((int(r["steps"]) for r in rows), default=0)  # per-point: the shorter run; each point has its own
+    return {"model": first.get("model"), "steps": steps,
             "val_size": int(first.get("val_size", 0) or 0), "num_classes": int(first.get("num_classes", 0) or 0),
             "points": sorted(points, key=lambda p: (p["family"], p["method"], p["adapter_params"]))}
 
 
-def study_results_from_csv(folder: Path, tasks: Sequence[str] = STUDY_TASKS) -> dict[str, Any]:
-    """The content of `study_results.json` from the study's CSVs in `folder` (benchmarks/results)."""
+def study_results_from_csv(folder: Path, tasks: Sequence[str] = STUDY_TASKS, protocol: str = "family"
+                           ) -> dict[str, Any]:
+    """The content of `study_results.json` from the study's CSVs in `folder` (benchmarks/results; for the
+    per-point re-run, its folder, e.g. benchmarks/results/pareto_per_point_sqrt, with `protocol="per-point"`)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     results = {}
     for task in tasks:
         path = Path(folder) / CSV_PATTERN.format(task=task)
         if not path.is_file():
             raise ConfigError(f"{path} does not exist; run the study (benchmarks/pareto.py run) or give its folder")
-        results[task] = task_results(_read_csv(path))
-    return {"format_version": FORMAT_VERSION,
+        results[task] = task_results(_read_csv(path), protocol)
+    data = {"format_version": FORMAT_VERSION,
             "source": "benchmarks/pareto.py; regenerate with `python -m superlora.study`",
             "accuracy": "validation accuracy (fraction) over seeds at the family's chosen lr", "tasks": results}
+    if protocol == "per-point":
+        data.update(protocol=protocol, accuracy="validation accuracy (fraction) over seeds at the point's own chosen "
+                    "lr; default_mean: the same at the shipped default lr")
+    return data
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -185,9 +238,9 @@ def _dump(data: dict[str, Any]) -> str:
     return "{\n" + top + ' "tasks": {\n' + ",\n".join(tasks) + "\n }\n}\n"
 
 
-def write_study_results(folder: Path, out: Path = STUDY_FILE) -> dict[str, Any]:
+def write_study_results(folder: Path, out: Path = STUDY_FILE, protocol: str = "family") -> dict[str, Any]:
     """Regenerate the shipped file from the CSVs (written atomically)."""
-    data = study_results_from_csv(folder)
+    data = study_results_from_csv(folder, protocol=protocol)
     text = _dump(data)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return data
@@ -202,7 +255,8 @@ def _points_of(data: dict[str, Any]) -> list[StudyPoint]:
                 continue  # every run of the point failed: nothing measured to rank by
             key = (p["family"], p["method"], p["budget"])
             entry = merged.setdefault(key, {"config": p["config"], "params": p["adapter_params"], "measured": {}})
-            entry["measured"][task] = Measured(task, p["mean"], p["sd"], p["n"], p["lr"])
+            entry["measured"][task] = Measured(task, p["mean"], p["sd"], p["n"], p["lr"], p.get("steps", 0),
+                                               p.get("default_mean"), p.get("default_lr"))
     points = []
     for (family, method, budget), entry in merged.items():
         head_only = family == HEAD_ONLY_FAMILY or entry["config"] is None
@@ -231,8 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"),
                         help="folder of pareto_<task>.csv (default: the checkout's benchmarks/results)")
     parser.add_argument("--out", default=str(STUDY_FILE), help="the JSON file to write")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="family",
+                        help="how the CSVs chose their lrs: one per family (the first study) or one per point (the "
+                             "re-run; give its folder as --results)")
     args = parser.parse_args(argv)
-    data = write_study_results(Path(args.results), Path(args.out))
+    data = write_study_results(Path(args.results), Path(args.out), args.protocol)
     counts = ", ".join(f"{task} {len(r['points'])} points" for task, r in data["tasks"].items())
     print(f"wrote {args.out}: {counts}")
     return 0
