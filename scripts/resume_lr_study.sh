@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Resume issue 12's long runs in the background, one thread each, at low priority (see docs/benchmarks.md):
-#   1. the per-point re-run under today's scale, seed-0 lr sweeps only (the "before" of the rule comparison);
-#   2. the per-point re-run under rank_scaling="sqrt", whole protocol (seeds 0-2; the "after" and the fair re-run);
-#   3. with --peft, PEFT's few-parameter methods beside SuperLoRA (whole qkv), instead of run 1.
-# Each run resumes from its CSV rows in benchmarks/results/ and skips what is already on file; a run that is
-# already going is not started twice. Logs go to runs/. Creates the environment first when it is missing.
+# Resume issue 12's long runs in the background, one thread each, at low priority (see docs/benchmarks.md).
+# Two lanes, one per core; each lane runs its steps one after the other, so a core never idles when a run ends:
+#   lane 1: the per-point re-run under today's scale, seed-0 lr sweeps only (the "before" of the rule comparison),
+#           then PEFT's few-parameter methods beside SuperLoRA (whole qkv);
+#   lane 2: the per-point re-run under rank_scaling="sqrt", whole protocol (seeds 0-2; the "after" and the fair
+#           re-run).
+# --peft puts the PEFT comparison first on lane 1. Each run resumes from its CSV rows in benchmarks/results/ and
+# skips what is already on file, and a run that has nothing left exits at once; a lane whose run is already going
+# is not started twice. Logs go to runs/. Creates the environment first when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make install >/dev/null
@@ -12,19 +15,28 @@ mkdir -p runs
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 GRADIO_ANALYTICS_ENABLED=False
 PY=.venv/bin/python
 
-start() {  # start NAME ARGS...: one background run unless a process with the same arguments is running
+# LOG:ARGUMENTS, one run each
+NONE_RUN="pareto_per_point:benchmarks/pareto.py run --protocol per-point --seeds 0 --workers 1 --threads 1"
+SQRT_RUN="pareto_per_point_sqrt:benchmarks/pareto.py run --protocol per-point --rank-scaling sqrt --workers 1 --threads 1"
+PEFT_RUN="peft_baselines:benchmarks/peft_baselines.py run --study-budgets --superlora --workers 1 --threads 1"
+
+lane() {  # lane NAME LOG:ARGS...: the runs one after the other in one background shell, unless one is going
     local name=$1; shift
-    if pgrep -f -- "$*" >/dev/null; then
-        echo "$name: already running"
-        return
-    fi
-    nohup nice -n 5 "$PY" "$@" >>"runs/$name.log" 2>&1 &
-    echo "$name: started (pid $!, log runs/$name.log)"
+    local entry script=""
+    for entry in "$@"; do
+        if pgrep -f -- "${entry#*:}" >/dev/null; then
+            echo "$name: already running (${entry#*:})"
+            return
+        fi
+        script+="nice -n 5 $PY ${entry#*:} >>runs/${entry%%:*}.log 2>&1; "
+    done
+    nohup bash -c "$script" >/dev/null 2>&1 &
+    echo "$name: started (pid $!; logs in runs/)"
 }
 
 if [ "${1:-}" = "--peft" ]; then
-    start peft_baselines benchmarks/peft_baselines.py run --study-budgets --superlora --workers 1 --threads 1
+    lane "lane 1" "$PEFT_RUN" "$NONE_RUN"
 else
-    start pareto_per_point benchmarks/pareto.py run --protocol per-point --seeds 0 --workers 1 --threads 1
+    lane "lane 1" "$NONE_RUN" "$PEFT_RUN"
 fi
-start pareto_per_point_sqrt benchmarks/pareto.py run --protocol per-point --rank-scaling sqrt --workers 1 --threads 1
+lane "lane 2" "$SQRT_RUN"
