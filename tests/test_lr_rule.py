@@ -85,9 +85,12 @@ def test_the_gradient_probe_fit_reads_a_perfect_inverse_rule_as_slope_minus_log2
     flat = [{"g1": g, "lr": lr} for g, lr in ((0.01, 0.03), (0.1, 0.06), (1.0, 0.06), (10.0, 0.03))]
     assert probe.fit(flat) == pytest.approx((0.0, 0.0), abs=1e-12)  # no relation, as on inspection
     # (benchmarks/results/lr_gradient_probe.md)
+    moving = [dict(p, moved=p["g1"] ** 0.5) for p in inverse]  # lr = c / movement²: half the slope per decade
+    assert probe.fit(moving, "moved") == pytest.approx((-2 * math.log2(10), 1.0))
     text = probe.markdown([dict(task="digits", rule="none", method="LoRA", budget="r=1", params=4608, **p)
-                           for p in inverse])
-    assert "| digits | none | 4 | 0.003–3 | 0.01–10 | -3.32 | 1.00 |" in text
+                           for p in moving])
+    assert "| digits | none | 4 | 0.003–3 | ‖g‖₁ | 0.01–10 | -3.32 | 1.00 |" in text
+    assert "| digits | none | 4 | 0.003–3 | movement | 0.1–3.2 | -6.64 | 1.00 |" in text
 
 
 def test_the_probe_runs_pick_by_loss_then_accuracy_and_score_the_pick_on_the_full_sweep(tmp_path, monkeypatch):
@@ -125,3 +128,20 @@ def test_the_probe_runs_pick_by_loss_then_accuracy_and_score_the_pick_on_the_ful
     assert '## digits, rank scaling "none", probes of 0.5 of the run' in text
     assert "- the probes' pick: within 1.5 points of the point's best for 1 of 2" in text
     assert "- the default 0.03: within 1.5 points of the point's best for 0 of 2" in text
+
+
+def test_the_first_step_probe_measures_a_movement_that_follows_the_updates_scale():
+    """Doubling LoRA's alpha doubles ΔW and so its movement under the same sign step, and the gradient too."""
+    import json
+
+    from superlora import preset
+
+    spec = importlib.util.spec_from_file_location("lr_gradient_probe", ROOT / "benchmarks" / "lr_gradient_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    batch, classes = probe.fixed_batch("inspection")
+    batch = (batch[0][:8], batch[1][:8])
+    one, two = (json.dumps(preset("lora", rank=1, alpha=alpha).to_dict()) for alpha in (1.0, 2.0))
+    (g_one, moved_one), (g_two, moved_two) = probe.first_step(one, batch, classes), probe.first_step(two, batch, classes)
+    assert moved_one > 0 and g_one > 0
+    assert moved_two == pytest.approx(2 * moved_one, rel=1e-3) and g_two == pytest.approx(2 * g_one, rel=1e-3)
