@@ -197,7 +197,7 @@ def task_results(rows: Sequence[dict[str, Any]], protocol: str = "family") -> di
                 groups[(row["method"], row["config_hash"])].append(row)
         points = [_point(group, lrs[group[0]["family"]]) for group in groups.values()]
     first = rows[0] if rows else {}
-    steps = min((int(r.get("steps") or 0) for r in rows), default=0)  # per-point: the shorter run; each point has its own
+    steps = min((int(r.get("steps") or 0) for r in rows), default=0)  # per-point: the shorter; each point has its own
     return {"model": first.get("model"), "steps": steps,
             "val_size": int(first.get("val_size", 0) or 0), "num_classes": int(first.get("num_classes", 0) or 0),
             "points": sorted(points, key=lambda p: (p["family"], p["method"], p["adapter_params"]))}
