@@ -591,7 +591,8 @@ def test_the_sweeper_drops_idle_sessions_without_calls_but_not_connected_ones():
 def wait_for_steps(job) -> None:
     deadline = time.monotonic() + 90
     while not any("step" in str(output[0]) for output in job.outputs()):
-        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        failed = job.exception() if job.done() else None
+        assert time.monotonic() < deadline and not job.done(), (job.outputs(), failed)
         time.sleep(0.2)
 
 
@@ -613,9 +614,10 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
         assert call_route(url, "train", raw_train)[0] == "http 422"
 
         app.sessions.limits = dataclasses.replace(limits, max_queued_jobs=1)
-        running = [client.submit(steps=2000, batch_size=4, api_name="/train") for client in clients[:2]]
-        for job in running:
-            wait_for_steps(job)  # both slots of this studio are taken
+        running = []
+        for client in clients[:2]:  # one at a time: a job the loaded queue has not yet moved to a slot counts as
+            running.append(client.submit(steps=2000, batch_size=4, api_name="/train"))  # waiting
+            wait_for_steps(running[-1])  # then both slots of this studio are taken
         waiting = clients[2].submit(steps=3, batch_size=4, api_name="/train")
         deadline = time.monotonic() + 30
         while app.sessions.waiting_jobs() != 1:
