@@ -63,8 +63,8 @@ def steps_caveat(task: str, points: Sequence[PointSummary]) -> list[str]:
     if lengths is None:
         return []
     short, long = lengths
-    few = sorted({p.params for p in points if not p.head and p.steps == long})
-    return [f"- {task}: the {len(few)} adapter points under 1,000 parameters trained {long} steps and the others, "
+    few = sum(not p.head and p.steps == long for p in points)
+    return [f"- {task}: the {few} adapter points under 1,000 parameters trained {long} steps and the others, "
             f"LoRA among them, {short}; a factor against LoRA from one of those points also credits the longer "
             "run (the issue asks for it where the paper claims its largest gain), so it is an upper bound on what "
             "the parameters alone buy. Head-only trained as long as they did."]
