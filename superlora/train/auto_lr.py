@@ -3,9 +3,10 @@
 No fixed scale carries one lr across every adapter and budget (docs/benchmarks.md, issue 12): the best lr of the
 study's points on the digits task spans 0.015 to 0.06, and 0.03 falls up to 9.8 points short of a point's best.
 Probe runs of a quarter of the run, compared by validation loss, do better than the fixed default on both study
-tasks (benchmarks/lr_probe.py, seed 0: within 1.5 points of the point's best for 7 of 8 digits points and 16 of
-30 inspection points; the default for 4 of 8 and 13 of 30), but one inspection point still lands 19.5 points short,
-so this is an option, not the default. It costs about 75 % more steps.
+tasks (benchmarks/lr_probe.py, seed 0: within 1.5 points of the point's best for 8 of 10 digits points and 16
+of 30 inspection points; the default for 6 of 10 and 13 of 30), but one inspection point still lands 19.5 points
+short, and at the studio's own settings it moved seven methods by -5 to +3 points over 3 seeds, so this is an
+option, not the default. It costs about 75 % more steps.
 
     options = TrainOptions(steps=150)
     pick = pick_lr("superlora-default", train_set, val_set, preset("lorta", rank=4), options)
