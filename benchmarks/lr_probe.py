@@ -64,12 +64,19 @@ def probe(task: str, rule: str, fraction: float, lrs: tuple[float, ...]) -> None
 
     torch.set_num_threads(1)
     train_set, val_set = task_sets(task, TASKS[task])
-    done = {(r["task"], r["rule"], r["config_hash"], r["steps"], r["lr"]) for r in read_rows()}
+    rows = read_rows()
+    done = {(r["task"], r["rule"], r["config_hash"], r["steps"], r["lr"]) for r in rows}
+    # a point a rule leaves unscaled has the same config (and hash) under every rule: its probes are copied
+    same = {(r["task"], r["config_hash"], r["steps"], r["lr"]): r for r in rows}
     # the shortest runs first: an interrupted run has covered as many points as it could
     for point, config, head_lr in sorted(decided_points(task, rule), key=lambda t: (t[0].steps, t[0].params)):
         steps = probe_length(fraction, point.steps)
         for lr in lrs:
             if (task, rule, point.config_hash, steps, lr_text(lr)) in done:
+                continue
+            copy = same.get((task, point.config_hash, steps, lr_text(lr)))
+            if copy is not None:
+                PROBES.append(ROWS, dict(copy, rule=rule))
                 continue
             options = TrainOptions(steps=steps, batch_size=32, lr=lr, head_lr=float(head_lr), seed=0,
                                    eval_every_epoch=False, device="cpu")

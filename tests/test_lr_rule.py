@@ -145,3 +145,40 @@ def test_the_first_step_probe_measures_a_movement_that_follows_the_updates_scale
     (g_one, moved_one), (g_two, moved_two) = probe.first_step(one, batch, classes), probe.first_step(two, batch, classes)
     assert moved_one > 0 and g_one > 0
     assert moved_two == pytest.approx(2 * moved_one, rel=1e-3) and g_two == pytest.approx(2 * g_one, rel=1e-3)
+
+
+def test_a_point_no_rule_scales_gets_its_probes_copied_not_trained_again(tmp_path, monkeypatch):
+    """Under "sqrt" a point with one rank term keeps the config (and hash) it has under "none": its probes are the
+    same runs, so they are copied with the rule's name; only the other points train."""
+    import superlora.train
+
+    spec = importlib.util.spec_from_file_location("lr_probe", ROOT / "benchmarks" / "lr_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    from test_pareto_per_point_report import write_rows
+
+    sweep = dict(zip(GRID, (0.5, 0.6, 0.8, 0.7, 0.5)))
+    write_rows(tmp_path / "sqrt", point_rows("shared", sweep, key="same") + point_rows("scaled", sweep, key="new"))
+    monkeypatch.setattr(probe, "FOLDERS", {"none": tmp_path / "none", "sqrt": tmp_path / "sqrt"})
+    monkeypatch.setattr(probe, "ROWS", tmp_path / "probes.csv")
+    monkeypatch.setattr(probe, "task_sets", lambda task, spec: ([], []))
+    for lr in ("0.015", "0.03", "0.06"):  # the shared point's probes under "none" (100 steps: probes of 25)
+        probe.PROBES.append(probe.ROWS, dict(task="digits", rule="none", method="shared", budget="b5000",
+                                             config_hash="same", params=5000, full_steps=100, steps=25, lr=lr,
+                                             accuracy=0.5, val_loss=1.0, seconds=9.0))
+    trained = []
+
+    def fake_train(model, train_set, val_set, config, options):
+        trained.append(options.lr)
+        return type("Result", (), {"best_accuracy": 0.4, "metrics": {"loss": 2.0}})()
+
+    monkeypatch.setattr(superlora.train, "train", fake_train)
+    probe.probe("digits", "sqrt", 0.25, (0.015, 0.03, 0.06))
+    rows = probe.read_rows()
+    copied = [r for r in rows if r["rule"] == "sqrt" and r["config_hash"] == "same"]
+    assert [(r["lr"], r["accuracy"], r["seconds"]) for r in copied] == [("0.015", 0.5, 9.0), ("0.03", 0.5, 9.0),
+                                                                        ("0.06", 0.5, 9.0)]
+    assert trained == [0.015, 0.03, 0.06]  # the scaled point alone
+    assert [r["accuracy"] for r in rows if r["config_hash"] == "new"] == [0.4] * 3
+    probe.probe("digits", "sqrt", 0.25, (0.015, 0.03, 0.06))
+    assert len(probe.read_rows()) == len(rows) and len(trained) == 3  # resumed: nothing left to do
