@@ -45,7 +45,7 @@ for _path in (ROOT, ROOT / "benchmarks"):
 
 from study.pool import run_until_done  # noqa: E402
 from study.store import ResultsTable  # noqa: E402
-from superlora.config import HEAD_ONLY, METHODS  # noqa: E402
+from superlora.config import HEAD_ONLY, METHODS, RANK_SCALINGS  # noqa: E402
 from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_STEPS  # noqa: E402
 from superlora.files import atomic_write  # noqa: E402
 
@@ -70,8 +70,9 @@ def lr_text(lr: float) -> str:
     return f"{float(lr):.4g}"
 
 
-def method_config(method: str, seed: int = 0):
-    """The config the studio trains for `method` when only the method control is changed from its defaults."""
+def method_config(method: str, seed: int = 0, rank_scaling: str = "none"):
+    """The config the studio trains for `method` when only the method control is changed from its defaults, with
+    `rank_scaling` pinned (adapter methods), so that rows keep their meaning whatever the library's default."""
     from superlora.controls import ADAPTER_CONTROLS, VIT_TARGETS, config_from_values, preset_values
 
     values = {control.name: control.default for control in ADAPTER_CONTROLS}
@@ -79,7 +80,8 @@ def method_config(method: str, seed: int = 0):
     if method != HEAD_ONLY:
         values.update(preset_values(method))
     values["seed"] = seed
-    return config_from_values(values, VIT_TARGETS)
+    config = config_from_values(values, VIT_TARGETS)
+    return config if method == HEAD_ONLY else config.replace(rank_scaling=rank_scaling)
 
 
 def adapter_lr_key(method: str, lr: float | str) -> str:
@@ -102,7 +104,7 @@ def task_sets(task: str):
     return _DATA[task]
 
 
-def run_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any]:
+def run_one(key: tuple, steps: int, rank_scaling: str = "none", threads: int | None = None) -> dict[str, Any]:
     """Train one (task, method, lr, head lr, seed) as the studio does and return its row."""
     import torch
 
@@ -114,7 +116,7 @@ def run_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any
     task, method, lr, head_lr, seed = key
     lr = DEFAULT_LR if lr == "-" else float(lr)  # head-only: any positive lr (TrainOptions wants one), unused
     train_set, val_set = task_sets(task)
-    config = method_config(method, seed)
+    config = method_config(method, seed, rank_scaling)
     options = TrainOptions(steps=steps, epochs=None, lr=float(lr), head_lr=float(head_lr),
                            batch_size=DEFAULT_BATCH_SIZE, seed=seed, device="cpu")
     started = time.monotonic()
@@ -130,7 +132,7 @@ def run_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any
     return row
 
 
-def pick_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, Any]:
+def pick_one(key: tuple, steps: int, rank_scaling: str = "none", threads: int | None = None) -> dict[str, Any]:
     """Train one (task, method, seed) as the studio does with the lr pick ticked and return its row."""
     import torch
 
@@ -144,7 +146,8 @@ def pick_one(key: tuple, steps: int, threads: int | None = None) -> dict[str, An
     options = TrainOptions(steps=steps, epochs=None, lr=DEFAULT_LR, head_lr=DEFAULT_HEAD_LR,
                            batch_size=DEFAULT_BATCH_SIZE, seed=seed, device="cpu")
     started = time.monotonic()
-    result, pick = train_at_picked_lr(DEFAULT_MODEL, train_set, val_set, method_config(method, seed), options)
+    result, pick = train_at_picked_lr(DEFAULT_MODEL, train_set, val_set, method_config(method, seed, rank_scaling),
+                                      options)
     last = result.history[-1]
     losses = " ".join(f"{p.lr:g}:{p.loss:.4f}" for p in pick.probes)
     return dict(task=task, method=method, seed=seed, steps=steps, picked_lr=pick.lr, probe_losses=losses,
@@ -217,13 +220,13 @@ def run(args: argparse.Namespace) -> int:
 def run_missing(args: argparse.Namespace, table: ResultsTable, path: Path, keys: list[tuple],
                 work: Callable[..., dict[str, Any]], *, key_of: Callable[[dict[str, Any]], tuple],
                 describe: Callable[[dict[str, Any]], str]) -> int:
-    """Run `work(key, steps)` for every key whose row (`key_of(row)`) is not yet in `table` at `path`, appending
+    """Run `work(key, steps, rank_scaling)` for every key whose row (`key_of(row)`) is not yet in `table` at `path`, appending
     each row as it finishes (so a restart resumes) and printing `describe(row)`."""
     done = {key_of(r) for r in table.read(path)}
     started = time.monotonic()
 
     def pending():
-        return len(done), [(key, args.steps) for key in keys if key not in done]
+        return len(done), [(key, args.steps, args.rank_scaling) for key in keys if key not in done]
 
     def record(key: tuple, row: dict[str, Any]) -> None:
         table.append(path, row)
@@ -329,6 +332,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rank-scaling", choices=RANK_SCALINGS, default="none",
+                        help="the adapters' rank_scaling (docs/method.md, \"Scale\"); give another --out for a rule "
+                             "other than none, whose rows are the ones on file in benchmarks/results/")
     args = parser.parse_args(argv)
     if min(args.lrs + args.head_lrs) <= 0:
         parser.error("learning rates must be positive")

@@ -133,7 +133,8 @@ def build(method: str, model_name: str, num_classes: int):
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("head."))
         return model, [p for p in model.parameters() if p.requires_grad], "none"
-    wrapped = superlora.get_superlora_model(model, superlora.preset("lora", rank=4, targets=("qkv",)),
+    wrapped = superlora.get_superlora_model(model, superlora.preset("lora", rank=4, targets=("qkv",),
+                                                                       rank_scaling="none"),  # as measured
                                             trainable=("head",))
     backend = "superlora"
     return wrapped, [p for p in wrapped.parameters() if p.requires_grad], backend

@@ -122,13 +122,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def with_rank_scaling(points: list[Point], rule: str, model: str = DEFAULT_MODEL) -> list[Point]:
-    """The points with `rank_scaling=rule`; the rule joins their method names. A point whose update sums one
-    rank-one term (T = 1, head-only too) has scale 1 under every rule, so it stays as it is: the same config, key
-    and runs as under "none" (a rule's run borrows those runs' sweep, see `run_study`)."""
+    """The points with `rank_scaling=rule` set explicitly (so a grid means the same whatever the library's default);
+    a rule other than "none" joins their method names. A point whose update sums one rank-one term (T = 1,
+    head-only too) has scale 1 under every rule, so it keeps "none": the same config, key and runs as under "none"
+    (a rule's run borrows those runs' sweep, see `run_study`)."""
+    plain = [replace(p, config=p.config.replace(rank_scaling="none")) for p in points]
     if rule == "none":
-        return points
+        return plain
     return [p if rank_terms(p, model) == 1 else
-            replace(p, method=f"{p.method} [{rule}]", config=p.config.replace(rank_scaling=rule)) for p in points]
+            replace(p, method=f"{p.method} [{rule}]", config=p.config.replace(rank_scaling=rule)) for p in plain]
 
 
 def quick_protocol(protocol: Protocol) -> Protocol:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from superlora.defaults import DEFAULT_RANK_SCALING
 from superlora.errors import ConfigError
 
 PER_TARGET = "per-target"
@@ -22,9 +23,13 @@ FOLDS = ("native", "stack", "auto")
 FACTORINGS = ("lora", "tucker", "full", "hadamard")
 PROJECTIONS = ("none", "fastfood", "gaussian")
 # How the update's scale follows the number T of rank-one terms each update entry sums (`AdapterPlan.rank_terms`)
-# when alpha is not given: "none" s = 1, "sqrt" s = 1/sqrt(T), "linear" s = 1/T. An lr-transfer candidate under
-# study (benchmarks/lr_rule.py); alpha, when given, always means alpha / r, as in PEFT.
+# when alpha is not given: "none" s = 1, "sqrt" s = 1/sqrt(T), "linear" s = 1/T (the default: DEFAULT_RANK_SCALING).
+# alpha, when given, always means alpha / r, as in PEFT, whatever the rank scaling. A config dict or file without the
+# field means "none": every config written before the field existed trained with scale 1, and `to_dict` leaves "none"
+# out, so those files, and the hashes that name them, keep their meaning.
 RANK_SCALINGS = ("none", "sqrt", "linear")
+RANK_SCALING_TEXT = {"none": "scale 1", "sqrt": "scale 1/√T, T the rank-one terms each update entry sums",
+                     "linear": "scale 1/T, T the rank-one terms each update entry sums"}
 
 Rank = Union[int, tuple[int, ...]]
 Fold = Union[str, tuple[int, ...]]
@@ -37,9 +42,10 @@ class SuperLoRAConfig:
     targets: module names or glob patterns of `nn.Linear` layers; `q`, `k`, `v` select the row blocks of fused
         `*qkv` layers; a name matching a container module adapts every Linear inside it.
     rank: r, or one rank per mode of the folded tensor (Tucker).
-    alpha: scale numerator; the update is multiplied by alpha / r (alpha=None means alpha = r, i.e. scale 1).
+    alpha: scale numerator; the update is multiplied by alpha / r, as in PEFT (alpha=None: `rank_scaling` sets it).
     rank_scaling: with alpha=None, how the scale follows the T rank-one terms each update entry sums: "none"
-        (1), "sqrt" (1/sqrt(T)) or "linear" (1/T); see `update_scale`.
+        (1), "sqrt" (1/sqrt(T)) or "linear" (1/T); see `update_scale`. Ignored when alpha is given. Missing from a
+        dict or file, it means "none" (see RANK_SCALINGS).
     groups: G, the number of groups, or "per-target" (one group per target weight).
     grouping: "contiguous" (equal chunks of the update vector) or "layer" (boundaries on target boundaries).
     fold: "native" (a group of equal-shape targets is the matrix m x (n*count)), "stack" (count x m x n),
@@ -58,7 +64,7 @@ class SuperLoRAConfig:
     targets: tuple[str, ...] = ("q", "v")
     rank: Rank = 1
     alpha: float | None = None
-    rank_scaling: str = "none"
+    rank_scaling: str = DEFAULT_RANK_SCALING
     groups: int | str = 1
     grouping: str = "contiguous"
     fold: Fold = "auto"
@@ -121,7 +127,8 @@ class SuperLoRAConfig:
 
     @property
     def scaling(self) -> float:
-        """The factor s that multiplies every update when rank_scaling is "none": alpha / r (1 without alpha)."""
+        """alpha / r, or 1 without alpha: the factor s that multiplies every update when alpha is given or
+        rank_scaling is "none" (`update_scale` gives it in every case)."""
         return 1.0 if self.alpha is None else self.alpha / self.reference_rank
 
     def update_scale(self, rank_terms: int) -> float:
@@ -147,13 +154,15 @@ class SuperLoRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SuperLoRAConfig:
+        """The config of `to_dict`'s output; a missing field takes its default, except rank_scaling, which means
+        "none" (the files written before the field existed, and `to_dict`'s own for "none"; see RANK_SCALINGS)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
                 f"unknown config field(s) {', '.join(unknown)}; valid fields are {', '.join(sorted(known))}"
             )
-        return cls(**data)
+        return cls(**{"rank_scaling": "none", **data})
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -178,26 +187,24 @@ def _is_int(value: Any) -> bool:
 
 
 def _validate_head_only(c: SuperLoRAConfig) -> None:
-    """A head-only config adapts nothing, so every adapter field must keep its default (the seed aside)."""
+    """A head-only config adapts nothing, so every adapter field must keep its default (the seed aside; the rank
+    scaling scales nothing, so any is accepted)."""
     if c.targets:
         raise _fail("targets", c.targets, f"the {HEAD_ONLY!r} method adapts no weights",
                     "leave targets out, or choose an adapter preset such as 'lora'")
     defaults = SuperLoRAConfig()
     for name in (f.name for f in dataclasses.fields(c)):
-        if name not in ("targets", "seed", "name") and getattr(c, name) != getattr(defaults, name):
+        if name not in ("targets", "seed", "name", "rank_scaling") and getattr(c, name) != getattr(defaults, name):
             raise _fail(name, getattr(c, name), f"the {HEAD_ONLY!r} method has no adapter for it to set",
                         "leave it out, or choose an adapter preset such as 'lora'")
 
 
 def _validate_scale(c: SuperLoRAConfig) -> None:
-    """alpha and rank_scaling: each valid, and not both."""
+    """alpha and rank_scaling: each valid (when both are given, alpha sets the scale)."""
     if c.alpha is not None and (not isinstance(c.alpha, (int, float)) or isinstance(c.alpha, bool) or c.alpha <= 0):
         raise _fail("alpha", c.alpha, "must be a positive number or None (alpha = rank)", "e.g. alpha=8")
     if c.rank_scaling not in RANK_SCALINGS:
         raise _fail("rank_scaling", c.rank_scaling, "is not a rank scaling", f"use one of {RANK_SCALINGS}")
-    if c.alpha is not None and c.rank_scaling != "none":
-        raise _fail("rank_scaling", c.rank_scaling, "sets the scale, and so does alpha",
-                    'give alpha (scale alpha / r) or rank_scaling, not both')
 
 
 def _validate(c: SuperLoRAConfig) -> None:

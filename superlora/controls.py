@@ -19,9 +19,10 @@ from typing import Any
 from torch import nn
 
 from superlora.config import FOLDS, GROUPINGS, HEAD_ONLY, METHODS, PER_TARGET, PRESET_DESCRIPTIONS, PROJECTIONS, \
-    SuperLoRAConfig, preset
+    RANK_SCALING_TEXT, SuperLoRAConfig, preset
 from superlora.counting import ParameterCount
-from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_STEPS, LR_CANDIDATES
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_RANK_SCALING, DEFAULT_STEPS, \
+    LR_CANDIDATES
 from superlora.errors import ConfigError
 from superlora.targets import target_names
 
@@ -95,8 +96,9 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
             DEFAULT_PRESET, choices=METHODS),
     Control("rank", "int", "Rank r", "r, the rank of every factor: more rank, more parameters", 4, 1, 64, 1,
             field="rank"),
-    Control("alpha", "float", "α (scale numerator; 0 = same as rank)", "scale numerator: the update is multiplied "
-            "by α / r; 0 means α = r (scale 1)", 0.0, 0.0, None, field="alpha", short="α"),
+    Control("alpha", "float", "α (scale numerator; 0 = automatic)", "scale numerator: the update is multiplied "
+            f"by α / r, as in PEFT; 0 leaves the scale to the rank scaling ({RANK_SCALING_TEXT[DEFAULT_RANK_SCALING]})",
+            0.0, 0.0, None, field="alpha", short="α"),
     Control("groups", "int", "Groups G (0 = one per weight)", "G, the number of groups, each with its own "
             "factors; 0 = one group per target weight", 1, 0, 64, 1, field="groups", from_preset=True,
             short="Groups G"),

@@ -200,6 +200,11 @@ def test_the_printed_train_flags_rebuild_every_study_config():
     custom = preset("lorta", rank=(2, 3, 4), fold=(48, 48, 192), alpha=2.0, shuffle=True, seed=5).replace(name="x")
     args = build_parser().parse_args(["count", *config_flags(custom)])
     assert adapter_config(args) == custom
+    for rule in ("none", "sqrt", "linear"):  # a rank scaling other than the default travels as --rank-scaling
+        scaled = preset("lotr", rank=4, rank_scaling=rule)
+        flags = config_flags(scaled)
+        assert ("--rank-scaling" in flags) == (rule != preset("lotr").rank_scaling)
+        assert adapter_config(build_parser().parse_args(["count", *flags])) == scaled
 
 
 def test_train_runs_predict_export_rerun_and_resume(capsys, workspace, tmp_path):

@@ -31,7 +31,12 @@ def test_each_method_is_trained_as_the_studio_trains_it(dl):
     studio = {c.name: c.default for c in ADAPTER_CONTROLS}
     for method in METHODS:
         values = {**studio, "preset_name": method, **({} if method == HEAD_ONLY else preset_values(method))}
-        assert dl.method_config(method) == config_from_values(values, VIT_TARGETS)
+        studio_config = config_from_values(values, VIT_TARGETS)
+        # the rank scaling is pinned ("none" unless asked), so rows keep their meaning whatever the library default
+        for rule in ("none", "sqrt"):
+            expected = studio_config if method == HEAD_ONLY else studio_config.replace(rank_scaling=rule)
+            assert dl.method_config(method, rank_scaling=rule) == expected
+        assert dl.method_config(method) == dl.method_config(method, rank_scaling="none")
     assert dl.method_config("lorta").rank == 4 and dl.method_config("lorta").targets == ("q", "v")
     assert dl.method_config(HEAD_ONLY).targets == ()
     # head-only runs once per head lr (it has no adapter lr); the others over the whole grid
@@ -133,4 +138,4 @@ def test_the_lr_pick_trains_the_studios_config_and_is_set_beside_the_shipped_lr(
     # head-only has no adapter lr: `pick` never plans it
     monkeypatch.setattr(dl, "run_until_done", lambda pending, *_: seen.append(pending()[1]))
     dl.pick(dl.parse_args(["pick", "--out", str(tmp_path), "--tasks", "inspection", "--methods", "lora", HEAD_ONLY]))
-    assert seen[-1] == [(("inspection", "lora", 0), 150)]
+    assert seen[-1] == [(("inspection", "lora", 0), 150, "none")]

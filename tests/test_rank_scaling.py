@@ -1,6 +1,7 @@
 """`rank_scaling`, the lr-transfer candidate that scales the update by the number T of rank-one terms each update
-entry sums: T on hand-worked shapes, the scale it gives, that alpha keeps PEFT's alpha / r, that a default config
-saves and hashes as before the field existed, and that the model applies exactly that scale to ΔW and the output."""
+entry sums: T on hand-worked shapes, the scale it gives, that alpha keeps PEFT's alpha / r under every rule, that a
+"none" config saves and hashes as before the field existed (and a file without the field reads as "none"), that every
+config round-trips, and that the model applies exactly that scale to ΔW and the output."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from superlora import ConfigError, SuperLoRAConfig, get_superlora_model, preset
+from superlora.config import HEAD_ONLY, PRESETS, RANK_SCALINGS
+from superlora.defaults import DEFAULT_RANK_SCALING
 from superlora.functional.plan import plan_adapter
 
 from toy_models import randomize_trainable, tiny_vit, vit_input
@@ -30,24 +33,29 @@ QV = [(192, 192)] * 12  # q and v of the bundled default's 6 blocks
 def test_rank_terms_on_hand_worked_shapes(name, fields, terms):
     plan = plan_adapter(QV, preset(name, **fields))
     assert plan.rank_terms == terms
-    config = preset(name, **fields)
-    assert config.update_scale(plan.rank_terms) == 1.0  # the default ("none") changes nothing
+    config = preset(name, **fields, rank_scaling="none")
+    assert config.update_scale(plan.rank_terms) == 1.0  # "none" changes nothing
     assert config.replace(rank_scaling="sqrt").update_scale(terms) == pytest.approx(1 / math.sqrt(terms))
     assert config.replace(rank_scaling="linear").update_scale(terms) == pytest.approx(1 / terms)
 
 
-def test_alpha_keeps_alpha_over_r_and_cannot_be_combined_with_a_rank_scaling():
-    assert preset("lora", rank=8, alpha=16).update_scale(8) == 2.0  # PEFT's alpha / r, T ignored
-    with pytest.raises(ConfigError, match=r"rank_scaling='sqrt': sets the scale, and so does alpha"):
-        preset("lora", rank=8, alpha=16, rank_scaling="sqrt")
+@pytest.mark.parametrize("rule", RANK_SCALINGS)
+def test_alpha_keeps_alpha_over_r_under_every_rank_scaling(rule):
+    assert preset("lora", rank=8, alpha=16, rank_scaling=rule).update_scale(8) == 2.0  # PEFT's alpha / r, T ignored
+    assert preset("loha", rank=2, alpha=4, rank_scaling=rule).update_scale(4) == 2.0
+    assert preset("lokr", rank=4, alpha=2, rank_scaling=rule).update_scale(4) == 0.5
+    assert preset("lora", rank=8, alpha=16).update_scale(8) == 2.0  # whatever the default rule
+
+
+def test_a_rank_scaling_must_be_known():
     with pytest.raises(ConfigError, match=r"rank_scaling='cubic': is not a rank scaling"):
         preset("lora", rank_scaling="cubic")
 
 
-def test_a_default_config_saves_and_hashes_as_before_the_field_existed():
+def test_a_none_config_saves_and_hashes_as_before_the_field_existed():
     from benchmarks.study.sweep import config_hash
 
-    config = preset("lora", rank=1)
+    config = preset("lora", rank=1, rank_scaling="none")
     assert "rank_scaling" not in config.to_dict()
     # the hash the committed study rows carry for LoRA r=1 (benchmarks/results/pareto_*.csv)
     assert config_hash(config) == "42f479dfa0b9"
@@ -55,6 +63,17 @@ def test_a_default_config_saves_and_hashes_as_before_the_field_existed():
     assert scaled.to_dict()["rank_scaling"] == "linear"
     assert SuperLoRAConfig.from_json(scaled.to_json()) == scaled and config_hash(scaled) != config_hash(config)
     assert SuperLoRAConfig.from_json(config.to_json()).rank_scaling == "none"
+    legacy = {k: v for k, v in preset("lotr", rank=4).to_dict().items() if k != "rank_scaling"}
+    assert SuperLoRAConfig.from_dict(legacy).rank_scaling == "none"  # a file written before the field existed
+
+
+@pytest.mark.parametrize("name", [*PRESETS, HEAD_ONLY])
+def test_every_preset_round_trips_with_its_rank_scaling(name):
+    config = preset(name)
+    assert config.rank_scaling == DEFAULT_RANK_SCALING
+    assert SuperLoRAConfig.from_json(config.to_json()) == config
+    for rule in RANK_SCALINGS:  # head-only scales nothing, so any rule is accepted and kept
+        assert SuperLoRAConfig.from_dict(config.replace(rank_scaling=rule).to_dict()).rank_scaling == rule
 
 
 @pytest.mark.parametrize("rule", ["sqrt", "linear"])

@@ -38,6 +38,12 @@ class Point:
         return config_hash(self.config)
 
 
+def pinned(config: SuperLoRAConfig) -> SuperLoRAConfig:
+    """`config` with rank_scaling "none" set explicitly: the studies' grids are defined under scale 1 (their rows,
+    keys and figures say so), whatever rank scaling the library defaults to; a rule is applied on top of them."""
+    return config.replace(rank_scaling="none")
+
+
 def config_hash(config: SuperLoRAConfig) -> str:
     """12 hex digits naming the adapter settings (its seed and display name excluded)."""
     fields = config.to_dict()

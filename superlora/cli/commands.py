@@ -36,7 +36,8 @@ def adapter_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
     knobs = {name: getattr(args, name) for name in ADAPTER_FIELDS if getattr(args, name, None) is not None}
     if getattr(args, "adapter_seed", None) is not None:
         knobs["seed"] = args.adapter_seed
-    # The controls' rules, as in the studio and the widgets: alpha 0 means alpha = r, groups 0 one group per target.
+    # The controls' rules, as in the studio and the widgets: alpha 0 means none (the rank scaling sets the scale),
+    # groups 0 one group per target.
     if knobs.get("alpha") == 0:
         knobs["alpha"] = None
     if knobs.get("groups") == PER_TARGET_GROUPS:

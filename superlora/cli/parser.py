@@ -11,9 +11,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from superlora.config import FACTORINGS, FOLDS, GROUPINGS, PER_TARGET, PRESETS, PROJECTIONS
+from superlora.config import FACTORINGS, FOLDS, GROUPINGS, PER_TARGET, PRESETS, PROJECTIONS, RANK_SCALINGS
 from superlora.controls import ADAPTER_CONTROLS, TRAINING_CONTROLS
-from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_HEAD_LR, DEFAULT_LR
+from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_RANK_SCALING
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------------------------- arguments
 # The config fields the adapter flags set (the controls', then the one only the CLI offers; --adapter-seed is seed).
-ADAPTER_FIELDS = (*(control.field for control in ADAPTER_CONTROLS if control.field), "uncompressed_modes")
+ADAPTER_FIELDS = (*(control.field for control in ADAPTER_CONTROLS if control.field), "uncompressed_modes",
+                  "rank_scaling")
 OPTION_FLAGS = ("epochs", "steps", "batch_size", "lr", "head_lr", "weight_decay", "warmup", "grad_clip",
                 "label_smoothing", "seed", "checkpoint_every", "device", "precision", "num_workers", "good_class")
 
@@ -110,6 +111,9 @@ def _add_adapter_args(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(control.flag, dest=control.field or "preset", type=parse, metavar=metavar, help=text)
     group.add_argument("--uncompressed-modes", type=_int_list, help="Tucker modes left uncompressed, e.g. 0")
+    group.add_argument("--rank-scaling", choices=RANK_SCALINGS,
+                       help=f"without --alpha, the update scale: 1 (none), 1/sqrt(T) or 1/T for T rank-one terms per "
+                            f"entry (default {DEFAULT_RANK_SCALING}; docs/method.md, Scale)")
     group.add_argument("--adapter-seed", type=int, help="seed of shuffle, projection and factor init")
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.study.sweep import Point
+from benchmarks.study.sweep import Point, pinned
 from superlora import SuperLoRAConfig, count_parameters, diffusion, preset
 
 TARGETS = diffusion.ATTENTION_TARGETS
@@ -50,7 +50,7 @@ def study_grid() -> list[Point]:
     points: list[Point] = []
 
     def add(family: str, method: str, budget: str, config: SuperLoRAConfig, sweep: bool = False) -> None:
-        points.append(Point(family, method, budget, config.replace(targets=TARGETS), sweep))
+        points.append(Point(family, method, budget, pinned(config.replace(targets=TARGETS)), sweep))
 
     for r in (1, 2, 4, 8):
         add("lora", "LoRA", f"r={r}", preset("lora", rank=r), sweep=r == 2)
@@ -80,12 +80,12 @@ def study_grid() -> list[Point]:
 
 def quick_grid() -> list[Point]:
     """Three points that exercise every part: two LoRA ranks (a curve to interpolate) and a projected LoRTA."""
-    return [
+    return [replace(p, config=pinned(p.config)) for p in [
         Point("lora", "LoRA", "r=1", preset("lora", rank=1, targets=TARGETS), sweep=True),
         Point("lora", "LoRA", "r=8", preset("lora", rank=8, targets=TARGETS)),
         Point("fastfood", "LoRTA M=3 ρ=0.1", "r=2",
               preset("lorta", order=3, rank=2, projection="fastfood", ratio=0.1, targets=TARGETS), sweep=True),
-    ]
+    ]]
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ and the exact parameter counts of every point."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from benchmarks.study.sweep import HEAD_ONLY_FAMILY, Point
+from benchmarks.study.sweep import HEAD_ONLY_FAMILY, Point, pinned
 from superlora import SuperLoRAConfig, count_parameters, preset
 
 DEFAULT_MODEL = "superlora-default"
@@ -36,7 +36,7 @@ def study_grid() -> list[Point]:
     points: list[Point] = []
 
     def add(family: str, method: str, budget: str, config: SuperLoRAConfig, sweep: bool = False) -> None:
-        points.append(Point(family, method, budget, config, sweep))
+        points.append(Point(family, method, budget, pinned(config), sweep))
 
     for r in (1, 2, 4, 8):
         add("lora", "LoRA", f"r={r}", preset("lora", rank=r), sweep=r == 2)
@@ -85,12 +85,12 @@ def study_grid() -> list[Point]:
 
 def quick_grid() -> list[Point]:
     """Three small configs that exercise the pipeline: the LoRA references and one projected, shuffled LoRTA."""
-    return [
+    return [replace(p, config=pinned(p.config)) for p in [
         Point("lora", "LoRA", "r=1", preset("lora", rank=1), sweep=True),
         Point("lora", "LoRA", "r=8", preset("lora", rank=8)),
         Point("lorta", "LoRTA M=3 ρ=0.1 shuffled", "r=2",
               preset("lorta", order=3, rank=2, projection="fastfood", ratio=0.1, shuffle=True), sweep=True),
-    ]
+    ]]
 
 
 @dataclass(frozen=True)
