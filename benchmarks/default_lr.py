@@ -124,7 +124,8 @@ def run_one(key: tuple, steps: int, rank_scaling: str = "none", threads: int | N
     try:
         result = train(DEFAULT_MODEL, train_set, val_set, config, options)
         last = result.history[-1]
-        row.update(adapter_params=result.model.num_trainable_parameters(include_trainable_modules=False), best_accuracy=result.best_accuracy,
+        row.update(adapter_params=result.model.num_trainable_parameters(include_trainable_modules=False),
+                   best_accuracy=result.best_accuracy,
                    final_accuracy=last["val_accuracy"], final_val_loss=last["val_loss"])
     except NonFiniteLossError:
         row.update(adapter_params=-1, best_accuracy=math.nan, final_accuracy=math.nan, final_val_loss=math.nan)
@@ -220,8 +221,8 @@ def run(args: argparse.Namespace) -> int:
 def run_missing(args: argparse.Namespace, table: ResultsTable, path: Path, keys: list[tuple],
                 work: Callable[..., dict[str, Any]], *, key_of: Callable[[dict[str, Any]], tuple],
                 describe: Callable[[dict[str, Any]], str]) -> int:
-    """Run `work(key, steps, rank_scaling)` for every key whose row (`key_of(row)`) is not yet in `table` at `path`, appending
-    each row as it finishes (so a restart resumes) and printing `describe(row)`."""
+    """Run `work(key, steps, rank_scaling)` for every key whose row (`key_of(row)`) is not yet in `table` at `path`,
+    appending each row as it finishes (so a restart resumes) and printing `describe(row)`."""
     done = {key_of(r) for r in table.read(path)}
     started = time.monotonic()
 
@@ -320,6 +321,47 @@ def markdown(rows: list[dict[str, Any]], picks: Sequence[dict[str, Any]] = ()) -
     return "\n".join(lines) + "\n"
 
 
+def _at_shipped_pair(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(task, method) -> its rows at the shipped (lr, head lr), every seed."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if lr_text(r["head_lr"]) == lr_text(DEFAULT_HEAD_LR) and \
+                adapter_lr_key(r["method"], r["lr"]) == adapter_lr_key(r["method"], DEFAULT_LR):
+            cells[(r["task"], r["method"])].append(r)
+    return cells
+
+
+def rule_markdown(rows: Sequence[dict[str, Any]], rule_rows: Sequence[dict[str, Any]], rule: str) -> list[str]:
+    """Every method at the studio's defaults under "none" (`rows`) and under `rank_scaling=rule` (`rule_rows`), on
+    the seeds both ran at the shipped pair: best accuracy, mean over those seeds, and the difference."""
+    plain, scaled = _at_shipped_pair(rows), _at_shipped_pair(rule_rows)
+    lines = ["", f"## The studio's defaults under rank_scaling \"{rule}\"", "",
+             f"Each adapter method at the studio's defaults (lr {DEFAULT_LR:g}, head lr {DEFAULT_HEAD_LR:g}, "
+             f"{DEFAULT_STEPS} steps) with rank_scaling \"none\" (the rows above) and \"{rule}\" (`default_lr.py run "
+             f"--rank-scaling {rule} --out benchmarks/results/default_lr_{rule}`), on the seeds both ran; best "
+             "validation accuracy, mean ± sd over the seeds. The rank scaling changes nothing for head-only.", "",
+             f"| task | method | seeds | none | {rule} | {rule} − none, points | s per run ({rule}) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    diffs = []
+    for cell in sorted(set(plain) & set(scaled)):
+        seeds = sorted({r["seed"] for r in plain[cell]} & {r["seed"] for r in scaled[cell]})
+        if not seeds:
+            continue
+        a = [r["best_accuracy"] for r in plain[cell] if r["seed"] in seeds]
+        b = [r["best_accuracy"] for r in scaled[cell] if r["seed"] in seeds]
+        diffs.append((100 * (statistics.mean(b) - statistics.mean(a)), cell))
+        sd = (lambda xs: f" ± {statistics.stdev(xs):.1%}" if len(xs) > 1 else "")
+        lines.append(f"| {cell[0]} | {cell[1]} | {', '.join(map(str, seeds))} | {statistics.mean(a):.1%}{sd(a)} | "
+                     f"{statistics.mean(b):.1%}{sd(b)} | {diffs[-1][0]:+.1f} | "
+                     f"{statistics.median(r['seconds'] for r in scaled[cell]):.0f} |")
+    if not diffs:
+        return lines[:2] + ["No runs under both rules yet."]
+    worst, best = min(diffs), max(diffs)
+    lines += ["", f"Over {len(diffs)} (task, method) cells: mean {statistics.mean(d for d, _ in diffs):+.1f} points, "
+                  f"from {worst[0]:+.1f} ({' '.join(worst[1])}) to {best[0]:+.1f} ({' '.join(best[1])})."]
+    return lines
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("run", "pick", "analyse"))
@@ -345,7 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command in ("run", "pick"):
         return run(args) if args.command == "run" else pick(args)
-    text = markdown(TABLE.read(args.out / "default_lr.csv"), PICK_TABLE.read(args.out / "default_lr_pick.csv"))
+    rows = TABLE.read(args.out / "default_lr.csv")
+    text = markdown(rows, PICK_TABLE.read(args.out / "default_lr_pick.csv"))
+    for rule in RANK_SCALINGS[1:]:  # the other rules' runs, where they were made (see --rank-scaling)
+        if (args.out / f"default_lr_{rule}" / "default_lr.csv").exists():
+            text += "\n".join(rule_markdown(rows, TABLE.read(args.out / f"default_lr_{rule}" / "default_lr.csv"),
+                                            rule)) + "\n"
     atomic_write(args.out / "default_lr.md", lambda tmp: Path(tmp).write_text(text))
     print(text)
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from superlora.config import FOLDS, GROUPINGS, HEAD_ONLY, METHODS, PER_TARGET, PRESET_DESCRIPTIONS, PROJECTIONS, \
-    RANK_SCALING_TEXT, SuperLoRAConfig, preset
+    RANK_SCALING_TEXT, RANK_SCALINGS, SuperLoRAConfig, preset
 from superlora.counting import ParameterCount
 from superlora.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_RANK_SCALING, DEFAULT_STEPS, \
     LR_CANDIDATES
@@ -124,7 +124,15 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
     Control("targets", "multi", "Adapt these weights (in every block)", "the weights ΔW is added to: q, k, v (the "
             "row blocks of qkv), proj (the attention output), mlp (both MLP layers)", ("q", "v"),
             choices=tuple(VIT_TARGETS), field="targets", short="Adapt these weights"),
+    # Added later, so last (the studio's /train takes it after the training controls: `ADDED_LATER`).
+    Control("rank_scaling", "choice", "Scale rule (when α is 0)", "how the update's scale follows its rank while α "
+            "is 0: none (scale 1), sqrt (1/√T) or linear (1/T), T the rank-one terms each update entry sums; "
+            "sqrt lets one learning rate suit every method and rank (docs/method.md, Scale)", DEFAULT_RANK_SCALING,
+            choices=RANK_SCALINGS, field="rank_scaling", short="Scale rule"),
 )
+# Adapter controls added after the studio's /train endpoint was published: /train takes them after the training
+# controls, so that a client passing the inputs by position keeps working.
+ADDED_LATER = ("rank_scaling",)
 
 TRAINING_CONTROLS: tuple[Control, ...] = (
     Control("steps", "int", "Steps", "optimizer steps of the run", DEFAULT_STEPS, 1, 2000, 1),
@@ -187,7 +195,8 @@ def values_from_config(config: SuperLoRAConfig) -> dict[str, Any]:
             "groups": PER_TARGET_GROUPS if config.groups == PER_TARGET else config.groups,
             "grouping": config.grouping, "fold": config.fold, "order": config.order, "splits": config.splits,
             "factoring": factoring, "projection": config.projection, "ratio": config.ratio,
-            "shuffle": config.shuffle, "targets": list(config.targets), "seed": config.seed}
+            "shuffle": config.shuffle, "targets": list(config.targets), "rank_scaling": config.rank_scaling,
+            "seed": config.seed}
 
 
 def preset_values(preset_name: str) -> dict[str, Any]:
@@ -249,7 +258,7 @@ def config_from_values(values: Mapping[str, Any], target_names: Mapping[str, str
         grouping=given["grouping"], fold=given["fold"], order=_number("order", given["order"], int),
         splits=_number("splits", given["splits"], int), factoring=pieces, projection=given["projection"],
         ratio=_number("ratio", given["ratio"], float), shuffle=bool(given["shuffle"]),
-        seed=_number("seed", given["seed"], int))
+        rank_scaling=given["rank_scaling"], seed=_number("seed", given["seed"], int))
     if "tucker" not in (pieces if isinstance(pieces, tuple) else (pieces,)):
         changes["uncompressed_modes"] = ()  # LoTR's identity mode belongs to its Tucker factoring only
     return base.replace(**changes)

@@ -89,7 +89,8 @@ class ConfigPanel:
     the budget figure. `on_change(fn)` calls fn(config, count) after every valid change.
 
     config: a preset name or a config made by `preset(...)`; the controls start at its values, and the fields
-    without a control (fold, factoring, alpha, seed) are the preset's (alpha and seed as the config has them).
+    without a control (fold, factoring, alpha, rank scaling, seed) are the preset's (alpha, rank scaling and seed
+    as the config has them).
     Groups 0 means one group per target weight, as in the studio. "head-only" (no adapter) greys out every knob.
     """
 
@@ -103,7 +104,7 @@ class ConfigPanel:
             raise ConfigError(f"ConfigPanel starts from a preset, but this config is {start.name!r}; pass a preset "
                               f"name or preset(name, ...) with one of {', '.join(METHODS)}")
         values = values_from_config(start)
-        self._fixed = {"alpha": values["alpha"], "seed": values["seed"]}
+        self._fixed = {"alpha": values["alpha"], "rank_scaling": values["rank_scaling"], "seed": values["seed"]}
         self._callbacks: list[Callable[[SuperLoRAConfig, ParameterCount], None]] = []
         self._quiet = False
         self.config: SuperLoRAConfig | None = None

@@ -81,7 +81,7 @@ def test_every_default_lies_in_its_range_and_the_defaults_are_the_studio_opening
     defaults = {control.name: control.default for control in ADAPTER_CONTROLS}
     assert config_from_values(defaults, VIT_TARGETS) == preset("lorta", rank=4, targets=("q", "v"))
     assert ADAPTER_NAMES == ("preset_name", "rank", "alpha", "groups", "grouping", "fold", "order", "splits",
-                             "factoring", "projection", "ratio", "shuffle", "targets")
+                             "factoring", "projection", "ratio", "shuffle", "targets", "rank_scaling")
     assert [c.flag for c in ADAPTER_CONTROLS[:2]] == ["--preset", "--rank"] and CONTROLS["batch_size"].flag == \
         "--batch-size"
 
@@ -98,6 +98,7 @@ def test_field_labels_name_the_control_of_each_field():
         "targets": "Adapt these weights", "rank": "Rank r", "alpha": "α", "groups": "Groups G",
         "grouping": "Grouping", "fold": "Fold", "order": "Tensor order M", "splits": "Kronecker splits K",
         "factoring": "Factoring", "projection": "Projection", "ratio": "Projection ratio ρ", "shuffle": "Shuffle",
+        "rank_scaling": "Scale rule",
         "uncompressed_modes": "Method (preset)", "steps": "Steps", "epochs": "Epochs", "lr": "Learning rate",
         "batch_size": "Batch size", "good_class": "Good (defect-free) class", "head_lr": "Head learning rate",
             "pick_lr": "Pick the learning rate"}

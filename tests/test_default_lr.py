@@ -139,3 +139,17 @@ def test_the_lr_pick_trains_the_studios_config_and_is_set_beside_the_shipped_lr(
     monkeypatch.setattr(dl, "run_until_done", lambda pending, *_: seen.append(pending()[1]))
     dl.pick(dl.parse_args(["pick", "--out", str(tmp_path), "--tasks", "inspection", "--methods", "lora", HEAD_ONLY]))
     assert seen[-1] == [(("inspection", "lora", 0), 150, "none")]
+
+
+def test_a_rank_scalings_runs_are_set_beside_the_plain_ones_on_the_seeds_both_ran(dl):
+    plain = [row("inspection", "lorta", DEFAULT_LR, DEFAULT_HEAD_LR, a, seed=s) for s, a in ((0, 0.80), (1, 0.84))]
+    plain += [row("inspection", "lora", DEFAULT_LR, DEFAULT_HEAD_LR, 0.9, seed=0),
+              row("inspection", "lorta", 0.01, DEFAULT_HEAD_LR, 0.99, seed=0)]  # another lr: not compared
+    scaled = [row("inspection", "lorta", DEFAULT_LR, DEFAULT_HEAD_LR, a, seed=s)
+              for s, a in ((0, 0.86), (1, 0.86), (2, 0.5))]  # seed 2 has no plain run: left out
+    lines = dl.rule_markdown(plain, scaled, "sqrt")
+    assert "| inspection | lorta | 0, 1 | 82.0% ± 2.8% | 86.0% ± 0.0% | +4.0 | 1 |" in lines
+    assert not any("| lora |" in line for line in lines)  # no sqrt run for lora
+    assert lines[-1] == "Over 1 (task, method) cells: mean +4.0 points, from +4.0 (inspection lorta) to +4.0 " \
+                        "(inspection lorta)."
+    assert dl.rule_markdown(plain, [], "sqrt")[-1] == "No runs under both rules yet."

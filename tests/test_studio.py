@@ -90,14 +90,17 @@ def test_every_named_endpoint_is_served(client):
 
 def test_the_page_controls_are_those_of_superlora_controls(client):
     """/train takes the model, then every adapter and training control of superlora.controls by its name and with
-    its default; the page shows each adapter control once."""
-    from superlora.controls import ADAPTER_NAMES, CONTROLS, TRAINING_NAMES
+    its default (the adapter controls added later after the training controls, so that earlier inputs keep their
+    positions); the page shows each adapter control once."""
+    from superlora.controls import ADAPTER_NAMES, ADDED_LATER, CONTROLS, TRAINING_NAMES
     from superlora.studio import TRAIN_INPUT_NAMES
     from superlora.studio.layout import ADAPTER_ROWS
 
     named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     parameters = {p["parameter_name"]: p for p in named["/train"]["parameters"]}
-    assert list(parameters) == ["model_name", *ADAPTER_NAMES, *TRAINING_NAMES] == list(TRAIN_INPUT_NAMES)
+    assert ADDED_LATER == ADAPTER_NAMES[-len(ADDED_LATER):] == ("rank_scaling",)
+    first = ADAPTER_NAMES[:-len(ADDED_LATER)]
+    assert list(parameters) == ["model_name", *first, *TRAINING_NAMES, *ADDED_LATER] == list(TRAIN_INPUT_NAMES)
     for name in (*ADAPTER_NAMES, *TRAINING_NAMES):
         default = CONTROLS[name].default
         assert parameters[name]["parameter_default"] == (list(default) if isinstance(default, tuple) else default)
@@ -505,7 +508,8 @@ def test_idle_sessions_are_closed_and_their_folders_deleted():
 
 
 # ------------------------------------------------------------------------------------------------ hostile clients
-COUNT_VALUES = ["lora", 2, 0, 0, "layer", "native", 2, 1, "lora", "none", 1.0, False, ["q", "v"]]  # after the model
+# after the model: the adapter controls (ADAPTER_NAMES); /train takes the last (rank_scaling) after its own controls
+COUNT_VALUES = ["lora", 2, 0, 0, "layer", "native", 2, 1, "lora", "none", 1.0, False, ["q", "v"], "none"]
 
 
 def call_route(url: str, endpoint: str, data: list) -> tuple[str, Any]:
@@ -600,8 +604,8 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
     app, url = studio
     limits = app.sessions.limits
     clients = [Client(url, verbose=False) for _ in range(4)]
-    # ..., batch_size, good_class, head_lr, pick_lr
-    raw_train = [str(tiny_model), *COUNT_VALUES, 101, 0, 0.01, 4, "auto", 0.01, False]
+    # model, adapter controls, steps, epochs, lr, batch_size, good_class, head_lr, pick_lr, rank_scaling
+    raw_train = [str(tiny_model), *COUNT_VALUES[:-1], 101, 0, 0.01, 4, "auto", 0.01, False, COUNT_VALUES[-1]]
     try:
         for client in clients[:3]:
             load_colours(client, tmp_path, ("red", "blue"), per_class=6)  # 10 training images
@@ -626,7 +630,7 @@ def test_the_training_queue_and_step_limits_hold_on_every_route(studio, tiny_mod
         full = r"The training queue is full: 1 runs are waiting for a slot \(at most 1, --max-queued-jobs\)"
         with pytest.raises(ValidationError, match=full):
             clients[3].predict(steps=3, batch_size=4, api_name="/train")
-        event, detail = call_route(url, "train", [*raw_train[:-7], 3, 0, 0.01, 4, "auto", 0.01, False])
+        event, detail = call_route(url, "train", [*raw_train[:14], 3, 0, 0.01, 4, "auto", 0.01, False, "none"])
         assert event == "http 422" and re.search(full, detail[14]["message"])
         for client in clients[:2]:
             client.predict(api_name="/stop")

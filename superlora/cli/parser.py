@@ -27,8 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------------------------- arguments
 # The config fields the adapter flags set (the controls', then the one only the CLI offers; --adapter-seed is seed).
-ADAPTER_FIELDS = (*(control.field for control in ADAPTER_CONTROLS if control.field), "uncompressed_modes",
-                  "rank_scaling")
+ADAPTER_FIELDS = (*(control.field for control in ADAPTER_CONTROLS if control.field), "uncompressed_modes")
 OPTION_FLAGS = ("epochs", "steps", "batch_size", "lr", "head_lr", "weight_decay", "warmup", "grad_clip",
                 "label_smoothing", "seed", "checkpoint_every", "device", "precision", "num_workers", "good_class")
 
@@ -91,6 +90,7 @@ ADAPTER_SYNTAX: dict[str, tuple[Any, str | None, str]] = {
     "ratio": (float, "RHO", ""),
     "shuffle": (None, None, ""),
     "targets": (_patterns, "NAME[,NAME...]", "names or patterns, comma-separated; default q,v"),
+    "rank_scaling": (str, "|".join(RANK_SCALINGS), f"default {DEFAULT_RANK_SCALING}"),
 }
 # TrainOptions' defaults, from superlora.defaults (which, unlike the training stack, imports nothing).
 TRAINING_NOTES = {"epochs": f"{DEFAULT_EPOCHS}", "steps": "overrides --epochs", "batch_size": f"{DEFAULT_BATCH_SIZE}",
@@ -111,9 +111,6 @@ def _add_adapter_args(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(control.flag, dest=control.field or "preset", type=parse, metavar=metavar, help=text)
     group.add_argument("--uncompressed-modes", type=_int_list, help="Tucker modes left uncompressed, e.g. 0")
-    group.add_argument("--rank-scaling", choices=RANK_SCALINGS,
-                       help=f"without --alpha, the update scale: 1 (none), 1/sqrt(T) or 1/T for T rank-one terms per "
-                            f"entry (default {DEFAULT_RANK_SCALING}; docs/method.md, Scale)")
     group.add_argument("--adapter-seed", type=int, help="seed of shuffle, projection and factor init")
 
 

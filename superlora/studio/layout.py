@@ -56,7 +56,7 @@ ELEM_IDS = {"preset_name": "preset", "targets": "targets", "rank": "rank", "grou
 RADIO_CONTROLS = ("grouping",)
 # The adapter controls as the page lays them out, row by row (a row of one stands alone).
 ADAPTER_ROWS = (("targets",), ("rank",), ("groups", "grouping"), ("fold", "order", "splits"),
-                ("factoring", "projection", "ratio"), ("shuffle", "alpha"))
+                ("factoring", "projection", "ratio"), ("shuffle", "alpha", "rank_scaling"))
 
 
 class Page(SimpleNamespace):

@@ -24,7 +24,7 @@ import gradio as gr
 from superlora import viz
 from superlora.base_models import DEFAULT_MODEL, HUB_MODELS, MAX_CLASSES
 from superlora.config import HEAD_ONLY, SuperLoRAConfig
-from superlora.controls import AUTO_GOOD_CLASS, TRAINING_NAMES, VIT_TARGETS, config_from_values
+from superlora.controls import ADDED_LATER, AUTO_GOOD_CLASS, TRAINING_NAMES, VIT_TARGETS, config_from_values
 from superlora.defaults import DEFAULT_HEAD_LR, LR_CANDIDATES, PROBE_FRACTION
 from superlora.errors import CheckpointError, ConfigError, SuperLoRAError
 from superlora.report import validation_view
@@ -117,8 +117,9 @@ def mark_queued(sessions: SessionStore, request: gr.Request | None) -> Any:
     return gr.update(interactive=False, value="Training…")
 
 
-# The inputs of `/train`, in order: the model and adapter controls, then the training controls.
-TRAIN_INPUT_NAMES = (*CONTROL_NAMES, *TRAINING_NAMES)
+# The inputs of `/train`, in order: the model and adapter controls, then the training controls, then the adapter
+# controls added since (so that every earlier input keeps its position).
+TRAIN_INPUT_NAMES = (*(n for n in CONTROL_NAMES if n not in ADDED_LATER), *TRAINING_NAMES, *ADDED_LATER)
 
 
 def queue_training(steps: float, epochs: float, batch_size: float, pick_lr: bool, sessions: SessionStore,
