@@ -202,7 +202,8 @@ def _validate_head_only(c: SuperLoRAConfig) -> None:
 def _validate_scale(c: SuperLoRAConfig) -> None:
     """alpha and rank_scaling: each valid (when both are given, alpha sets the scale)."""
     if c.alpha is not None and (not isinstance(c.alpha, (int, float)) or isinstance(c.alpha, bool) or c.alpha <= 0):
-        raise _fail("alpha", c.alpha, "must be a positive number or None (alpha = rank)", "e.g. alpha=8")
+        raise _fail("alpha", c.alpha, "must be a positive number or None (rank_scaling sets the scale)",
+                    "e.g. alpha=8")
     if c.rank_scaling not in RANK_SCALINGS:
         raise _fail("rank_scaling", c.rank_scaling, "is not a rank scaling", f"use one of {RANK_SCALINGS}")
 

@@ -127,7 +127,8 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
     # Added later, so last (the studio's /train takes it after the training controls: `ADDED_LATER`).
     Control("rank_scaling", "choice", "Scale rule (when α is 0)", "how the update's scale follows its rank while α "
             "is 0: none (scale 1), sqrt (1/√T) or linear (1/T), T the rank-one terms each update entry sums; "
-            "sqrt lets one learning rate suit every method and rank (docs/method.md, Scale)", DEFAULT_RANK_SCALING,
+            "sqrt keeps high ranks of LoRA, LoHa and LoTR from overshooting at one learning rate (docs/training.md)",
+            DEFAULT_RANK_SCALING,
             choices=RANK_SCALINGS, field="rank_scaling", short="Scale rule"),
 )
 # Adapter controls added after the studio's /train endpoint was published: /train takes them after the training
@@ -236,7 +237,7 @@ def config_from_values(values: Mapping[str, Any], target_names: Mapping[str, str
 
     `values` maps control names (ADAPTER_NAMES, plus an optional "seed") to values; a missing one is the preset's,
     other keys are ignored. groups 0 (or "per-target") means one group per target weight; alpha empty or 0 means
-    alpha = rank; LoTR's uncompressed mode is kept only while a piece is Tucker. `target_names` maps the target
+    no alpha (rank_scaling sets the scale); a missing rank_scaling is the library default; LoTR's uncompressed mode is kept only while a piece is Tucker. `target_names` maps the target
     names a face offers to patterns (the studio's VIT_TARGETS); None takes the names as patterns. Raises
     ConfigError whose message starts with the field (see FIELD_LABELS). Head-only has no adapter: its config
     ignores every adapter control (the faces show them as not applicable)."""
