@@ -89,8 +89,9 @@ def _rank_text(rank: Any) -> str:
 
 
 def describe_adapter(adapter: Mapping[str, Any]) -> str:
-    """One line for an adapter config dict, e.g. "lorta r=4 G=1 M=3 rho=0.1 fastfood shuffle"; a config without
-    targets is head-only: "head-only (no adapter)"."""
+    """One line for an adapter config dict, e.g. "lorta r=4 G=1 M=3 rho=0.1 fastfood shuffle sqrt-scaled on q,v"
+    (the scale is named when it is not 1: "alpha=8", or the rank scaling); a config without targets is head-only:
+    "head-only (no adapter)"."""
     if not adapter.get("targets", True):
         return f"{adapter.get('name', 'custom')} (no adapter)"
     parts = [str(adapter.get("name", "custom")), f"r={_rank_text(adapter.get('rank', 1))}",
@@ -103,6 +104,10 @@ def describe_adapter(adapter: Mapping[str, Any]) -> str:
         parts.append(f"rho={adapter['ratio']:g} {adapter.get('projection', '')}".rstrip())
     if adapter.get("shuffle"):
         parts.append("shuffle")
+    if adapter.get("alpha") is not None:
+        parts.append(f"alpha={adapter['alpha']:g}")
+    elif adapter.get("rank_scaling", "none") != "none":
+        parts.append(f"{adapter['rank_scaling']}-scaled")
     targets = adapter.get("targets", ())
     parts.append("on " + ",".join(targets))
     return " ".join(parts)

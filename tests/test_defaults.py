@@ -41,9 +41,10 @@ def test_the_studio_appends_the_head_lr_and_the_lr_pick_after_its_older_inputs()
     from superlora.studio.settings_file import CONFIG_KEYS
 
     # /train's inputs keep their old positions; the head lr, then the lr pick were appended (after the good
-    # class), as in settings.
-    assert TRAIN_INPUT_NAMES[-7:] == ("steps", "epochs", "lr", "batch_size", "good_class", "head_lr", "pick_lr")
-    assert CONFIG_KEYS[-6:] == ("sample", "labels", "top_k", "formats", "head_lr", "pick_lr")
+    # class), then the scale rule, as in settings.
+    assert TRAIN_INPUT_NAMES[-8:] == ("steps", "epochs", "lr", "batch_size", "good_class", "head_lr", "pick_lr",
+                                      "rank_scaling")
+    assert CONFIG_KEYS[-7:] == ("sample", "labels", "top_k", "formats", "head_lr", "pick_lr", "rank_scaling")
 
 
 def test_the_training_panel_shows_the_default_rates_and_trains_with_what_it_shows():

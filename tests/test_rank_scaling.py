@@ -94,3 +94,12 @@ def test_the_model_scales_delta_w_and_its_output_by_the_rule(rule):
         merged_out = scaled(x)
         scaled.unmerge()
         torch.testing.assert_close(scaled(x), merged_out, rtol=1e-5, atol=1e-5)
+
+
+def test_a_runs_one_line_description_names_a_scale_other_than_one():
+    from superlora.runs import describe_adapter
+
+    assert describe_adapter(preset("lotr", rank=4, rank_scaling="none").to_dict()) == "lotr r=4 G=1 on q,v"
+    assert describe_adapter(preset("lotr", rank=4, rank_scaling="sqrt").to_dict()) == "lotr r=4 G=1 sqrt-scaled on q,v"
+    assert describe_adapter(preset("lora", rank=8, alpha=16, rank_scaling="sqrt").to_dict()) == \
+        "lora r=8 G=per-target alpha=16 on q,v"  # alpha sets the scale, whatever the rule

@@ -508,7 +508,8 @@ def test_idle_sessions_are_closed_and_their_folders_deleted():
 
 
 # ------------------------------------------------------------------------------------------------ hostile clients
-# after the model: the adapter controls (ADAPTER_NAMES); /train takes the last (rank_scaling) after its own controls
+# after the model: the adapter controls (ADAPTER_NAMES); /train takes the last (rank_scaling) after its own controls,
+# so `run_values(model, *COUNT_VALUES[:-1], steps, ...)` leaves it at the default
 COUNT_VALUES = ["lora", 2, 0, 0, "layer", "native", 2, 1, "lora", "none", 1.0, False, ["q", "v"], "none"]
 
 
@@ -753,7 +754,7 @@ def test_head_only_counts_zero_greys_out_the_adapter_controls_trains_and_exports
         assert counted["config"]["name"] == "head-only" and counted["config"]["targets"] == []
         panel, error = show_count(values, sessions, request)
         assert error == "" and "| **adapter parameters** | **0** |" in panel and "No adapter" in panel
-        *_, (status, *_) = train_model(run_values(str(tiny_model), *head_only, 3, 0, 0.01, 4, "auto", 0.02),
+        *_, (status, *_) = train_model(run_values(str(tiny_model), *head_only[:-1], 3, 0, 0.01, 4, "auto", 0.02),
                                        sessions, request)
         assert status.startswith("**Done** after 3 steps")
         result = sessions.peek("tab").result
@@ -785,7 +786,7 @@ def test_picking_the_lr_runs_three_short_runs_first_and_says_what_it_picked(tiny
     try:
         load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
                   sessions, request)
-        values = run_values(str(tiny_model), *COUNT_VALUES, 4, 0, 0.01, 4, "auto", 0.01, True)
+        values = run_values(str(tiny_model), *COUNT_VALUES[:-1], 4, 0, 0.01, 4, "auto", 0.01, True)
         outputs = list(train_model(values, sessions, request))
         lines = [status for status, *_ in outputs]
         for index, lr in enumerate((0.015, 0.03, 0.06), 1):  # each probe is one step: a quarter of 4
@@ -813,7 +814,7 @@ def studio_with_a_run(tiny_model, tmp_path):  # noqa: F811
     sessions, request = SessionStore(), SimpleNamespace(session_hash="tab")
     load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
               sessions, request)
-    list(train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request))
+    list(train_model(run_values(str(tiny_model), *COUNT_VALUES[:-1], 3, 0, 0.01, 4), sessions, request))
     return sessions, request
 
 
@@ -834,7 +835,7 @@ def test_a_stop_while_picking_the_lr_trains_nothing_and_keeps_the_previous_run(t
             return SimpleNamespace(stopped=True)
 
         monkeypatch.setattr(auto_lr, "train", stopped_probe)
-        values = run_values(str(tiny_model), *COUNT_VALUES, 4, 0, 0.01, 4, "auto", 0.01, True)
+        values = run_values(str(tiny_model), *COUNT_VALUES[:-1], 4, 0, 0.01, 4, "auto", 0.01, True)
         *_, (status, curves, per_class, confusion) = train_model(values, sessions, request)
         assert status == "**Stopped** while picking the learning rate; nothing was trained (tabs 4 to 6 still use " \
                          "the previous run)."
@@ -879,7 +880,7 @@ def test_a_new_export_replaces_the_previous_one(tiny_model, tmp_path):  # noqa: 
     try:
         load_data([str(p) for p in prefixed_images(tmp_path, ("red", "blue"), per_class=4)], None, "auto",
                   sessions, request)
-        *_, (status, *_) = train_model(run_values(str(tiny_model), *COUNT_VALUES, 3, 0, 0.01, 4), sessions, request)
+        *_, (status, *_) = train_model(run_values(str(tiny_model), *COUNT_VALUES[:-1], 3, 0, 0.01, 4), sessions, request)
         assert status.startswith("**Done** after 3 steps")
         first = export_model(["adapter"], sessions, request)
         second = export_model(["adapter"], sessions, request)
@@ -899,7 +900,7 @@ def test_an_abandoned_run_leaves_no_run_folder_and_the_previous_run_stays(tiny_m
     try:
         session = sessions.peek("tab")
         kept = session.run_dir
-        run = train_model(run_values(str(tiny_model), *COUNT_VALUES, 2000, 0, 0.01, 4), sessions, request)
+        run = train_model(run_values(str(tiny_model), *COUNT_VALUES[:-1], 2000, 0, 0.01, 4), sessions, request)
         next(run), next(run)  # "Loading the model…", then the first progress line: the new run folder exists
         (started,) = [p for p in session.folder.glob("run-*") if p != kept]
         run.close()  # the page went away mid-run

@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from superlora.controls import ADDED_LATER as ADAPTER_ADDED_LATER
 from superlora.controls import TRAINING_NAMES
 from superlora.files import atomic_write
 from superlora.studio.model_tab import CONTROL_NAMES
@@ -22,8 +23,9 @@ STUDIO_CONFIG_VERSION = 1
 
 # The controls a settings file holds, by API name: all but the good class, whose choices follow each session's data.
 # Controls added later come last, so the positions of the older inputs of /save_config and /load_config stay.
-ADDED_LATER = ("head_lr", "pick_lr")
-CONFIG_KEYS = (*CONTROL_NAMES, *(name for name in TRAINING_NAMES if name not in ("good_class", *ADDED_LATER)),
+ADDED_LATER = ("head_lr", "pick_lr", *ADAPTER_ADDED_LATER)
+CONFIG_KEYS = (*(name for name in CONTROL_NAMES if name not in ADDED_LATER),
+               *(name for name in TRAINING_NAMES if name not in ("good_class", *ADDED_LATER)),
                "sample", "labels", "top_k", "formats", *ADDED_LATER)
 
 
