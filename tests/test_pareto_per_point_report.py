@@ -242,6 +242,20 @@ def test_the_rule_comparison_sets_the_chosen_lrs_side_by_side_on_the_points_deci
     assert ('At the default lr 0.03, seed 0, "sqrt" minus "none" over the 2 points: mean +17.0, median +17.0 '
             "points; higher by more than one standard error (14.1 points) on 1, lower on 0.") in text
     assert "| LoRA | r=8 |" not in text and "| LoRA r=8 | b36864 | 36,864 | 0.00375 (40.0) | 0.03 (0.0) |" in text
+    # the declared decision: both meet the band criterion, so the smaller worst shortfall at 0.03 decides
+    assert ('**The declared decision on these points: "sqrt"** (every rule meets the band criterion on every task; '
+            "the smallest worst seed-0 shortfall at the default lr (2.0 points), then the most points within 1.5 of "
+            "their best (1)). Provisional: adapter points not yet decided under every rule: digits 1 of 3; the "
+            "default changes only on the finished sweeps.") in text
+    # a rule whose chosen lrs spread past one factor-4 band loses to one that keeps them in it, whatever its worst
+    linear = point_rows("LoRA r=1", lora1, params=4608, key="h1")
+    linear += point_rows("LoRA r=8 [linear]", dict(zip(GRID, (0.3, 0.4, 0.5, 0.6, 0.7))) | {0.12: 0.8, 0.24: 0.75},
+                         params=36864, key="h8l")  # chosen 0.12: 8x above LoRA r=1's 0.015
+    write_rows(tmp_path / "linear", linear)
+    out = rules.analyse({"none": tmp_path / "none", "linear": tmp_path / "linear"}, docs, ["digits"], PER_POINT)
+    assert [p.lr for s in out["digits"] if s.rule == "linear" for p in s.points] == [0.015, 0.12]
+    assert rules.choose_rule(out) == ("none", "the only rule that meets the band criterion on every task: digits")
+    assert rules.choose_rule({"digits": []})[0] is None
 
 
 def test_the_docs_page_has_the_sqrt_and_rule_comparison_markers():
