@@ -353,3 +353,20 @@ def test_a_sweep_only_block_has_no_held_out_column(tmp_path):
     one, three = (tmp_path / "one.md").read_text(), (tmp_path / "three.md").read_text()
     assert "held-out" not in one and "| shortfall, points |\n|---|---|---|---|---|---|---|---|---|\n" in one
     assert "| shortfall, points | held-out shortfall [95 %] |" in three and "The held-out shortfall leaves" in three
+
+
+def test_the_tucker_ratio_lead_puts_lorta_and_lotr_at_twice_the_default_and_the_others_at_it(tmp_path):
+    from benchmarks.study.pareto import rules
+
+    rows = point_rows("LoRA r=1", dict(zip(GRID, (0.5, 0.6, 0.7, 0.8, 0.6))), key="hl")  # best at 0.03
+    rows += point_rows("LoRTA M=3 r=8", dict(zip(GRID, (0.5, 0.6, 0.7, 0.75, 0.8))) | {0.12: 0.7}, key="ht",
+                       family="lorta")  # best at 0.06: 5 points short at 0.03, none at 0.06
+    rows += point_rows("LoTR r=8", dict(zip(GRID, (0.5, 0.6, 0.9, 0.7, 0.6))), key="hr", family="lotr")  # 0.015
+    write_rows(tmp_path / "none", rows)
+    out = rules.analyse({"none": tmp_path / "none"}, tmp_path / "page.md", ["digits"], PER_POINT)
+    assert [rules.tucker(p) for p in out["digits"][0].points] == [False, True, True]
+    lines = rules.ratio_markdown(out["digits"], 0.03, images=8)
+    # at 0.03: LoRA 0, LoRTA 5, LoTR 20 points short; with LoRTA and LoTR at 0.06: 0, 0 and 30 (2 SE on 8 images:
+    # 28.3 points)
+    assert lines[2] == "| none | 0.03 for all | 3 | 1 | 3 | 8.3 | 20.0 |"
+    assert lines[3] == "| none | 0.06 for LoRTA and LoTR, 0.03 for the others | 3 | 2 | 2 | 10.0 | 30.0 |"

@@ -137,6 +137,38 @@ def candidates_markdown(summaries: Sequence[RuleSummary], lrs: Sequence[float], 
     return lines
 
 
+# The Tucker-factored methods of the grid (their display names): under "sqrt" their best lrs sit above the others'.
+TUCKER_METHODS = ("LoRTA", "LoTR")
+TUCKER_RATIO = 2.0
+
+
+def tucker(point: PointSummary) -> bool:
+    return base_method(point.method).startswith(TUCKER_METHODS)
+
+
+def ratio_markdown(summaries: Sequence[RuleSummary], default: float, images: int | None,
+                   ratio: float = TUCKER_RATIO) -> list[str]:
+    """A lead for a per-factoring lr ratio, read off the same seed-0 sweeps (in sample: the lrs were chosen on
+    these runs): every point at the default lr, against the Tucker-factored points (LoRTA, LoTR) at `ratio` times
+    it and the others at it. Per rule: points within WITHIN of their best, within two standard errors of one seed,
+    the mean and the worst shortfall."""
+    noise = 2 * math.sqrt(0.8 * 0.2 / images) if images else math.nan
+    lines = [f"| rule | lrs | points | within {100 * WITHIN:.1f} | within 2 SE ({_pts(noise)}) | mean shortfall | "
+             "worst shortfall |", "|---" * 7 + "|"]
+    for s in summaries:
+        for factor in (1.0, ratio):
+            falls = [seed0_shortfall(p, default * (factor if tucker(p) else 1.0)) for p in s.points]
+            falls = [f for f in falls if not math.isnan(f)]
+            if not falls:
+                continue
+            lrs = f"{lr_text(default)} for all" if factor == 1.0 else \
+                f"{lr_text(default * factor)} for LoRTA and LoTR, {lr_text(default)} for the others"
+            close = sum(f <= noise + 1e-12 for f in falls) if images else "–"
+            lines.append(f"| {s.rule} | {lrs} | {len(falls)} | {sum(f <= WITHIN + 1e-12 for f in falls)} | {close} | "
+                         f"{_pts(statistics.fmean(falls))} | {_pts(max(falls))} |")
+    return lines
+
+
 def at_default_markdown(summaries: Sequence[RuleSummary], default: float, images: int | None) -> list[str]:
     """What a user gets who keeps the default lr: each rule's seed-0 accuracy there against the first rule's
     (today's), point by point, with how many points move by more than one seed's standard error either way."""
@@ -183,7 +215,11 @@ def task_markdown(task: str, summaries: Sequence[RuleSummary], undecided: dict[s
              *(line for text in at_default_markdown(summaries, default, images) for line in (text, "")),
              "Each lr of the sweep grid as the one default (seed 0; every point ran every grid lr; \"within 2 SE\": "
              "closer to the point's best than two standard errors of one seed):", "",
-             *candidates_markdown(summaries, grid, images), "", *points_markdown(summaries), ""]
+             *candidates_markdown(summaries, grid, images), "",
+             f"A lead, in sample (seed 0, the runs that chose the lrs): the Tucker-factored points at "
+             f"{TUCKER_RATIO:g}× the default lr, the others at it (a per-factoring lr ratio, one of the issue's "
+             "candidates; not yet checked on other seeds):", "", *ratio_markdown(summaries, default, images), "",
+             *points_markdown(summaries), ""]
     return "\n".join(lines)
 
 
