@@ -370,3 +370,20 @@ def test_the_tucker_ratio_lead_puts_lorta_and_lotr_at_twice_the_default_and_the_
     # 28.3 points)
     assert lines[2] == "| none | 0.03 for all | 3 | 1 | 3 | 8.3 | 20.0 |"
     assert lines[3] == "| none | 0.06 for LoRTA and LoTR, 0.03 for the others | 3 | 2 | 2 | 10.0 | 30.0 |"
+
+
+def test_the_shipped_rank_scaling_is_the_declared_decision_once_it_is_final():
+    """docs/benchmarks.md's rule comparison states the declared decision; while points are undecided it says so and
+    the default stays as it is, and once the sweeps are finished the library must ship the rule it names."""
+    import re
+
+    from superlora.defaults import DEFAULT_RANK_SCALING
+
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    block = text[text.index("<!-- pareto-rules:begin -->"):text.index("<!-- pareto-rules:end -->")]
+    found = re.search(r'\*\*The declared decision on these points: "(\w+)"\*\*[^\n]*', block)
+    assert found or "**The declared decision cannot be made yet**" in block
+    if found and "Provisional:" not in found.group(0):
+        assert DEFAULT_RANK_SCALING == found.group(1)
+    else:
+        assert DEFAULT_RANK_SCALING == "none"  # no change of default before the decision is final
