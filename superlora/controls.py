@@ -97,7 +97,8 @@ ADAPTER_CONTROLS: tuple[Control, ...] = (
     Control("rank", "int", "Rank r", "r, the rank of every factor: more rank, more parameters", 4, 1, 64, 1,
             field="rank"),
     Control("alpha", "float", "α (scale numerator; 0 = automatic)", "scale numerator: the update is multiplied "
-            f"by α / r, as in PEFT; 0 leaves the scale to the rank scaling ({RANK_SCALING_TEXT[DEFAULT_RANK_SCALING]})",
+            f"by α / r, as in PEFT; 0 leaves the scale to the scale rule (default {DEFAULT_RANK_SCALING}: "
+            f"{RANK_SCALING_TEXT[DEFAULT_RANK_SCALING]})",
             0.0, 0.0, None, field="alpha", short="α"),
     Control("groups", "int", "Groups G (0 = one per weight)", "G, the number of groups, each with its own "
             "factors; 0 = one group per target weight", 1, 0, 64, 1, field="groups", from_preset=True,
