@@ -2,8 +2,9 @@
 # Resume issue 12's long runs in the background, one thread each, at low priority (see docs/benchmarks.md).
 # Two lanes, one per core; each lane runs its steps one after the other, so a core never idles when a run ends:
 #   lane 1: the per-point re-run under today's scale, seed-0 lr sweeps only (the "before" of the rule comparison),
-#           then two short ones under "sqrt" (the studio's defaults on both samples, 3 seeds; the lr probes of the
-#           inspection points), then PEFT's few-parameter methods beside SuperLoRA (whole qkv);
+#           then the short ones: the studio's defaults under "sqrt" on both samples (3 seeds) and under "none" on
+#           digits (its seeds 1-2), the lr probes of the inspection points under "sqrt", then PEFT's few-parameter
+#           methods beside SuperLoRA (whole qkv);
 #   lane 2: the per-point re-run under rank_scaling="sqrt", whole protocol (seeds 0-2; the "after" and the fair
 #           re-run).
 # --peft puts the PEFT comparison first on lane 1. Each run resumes from its CSV rows in benchmarks/results/ and
@@ -20,6 +21,7 @@ PY=.venv/bin/python
 NONE_RUN="pareto_per_point:benchmarks/pareto.py run --protocol per-point --seeds 0 --workers 1 --threads 1"
 SQRT_RUN="pareto_per_point_sqrt:benchmarks/pareto.py run --protocol per-point --rank-scaling sqrt --workers 1 --threads 1"
 STUDIO_SQRT_RUN="default_lr_sqrt:benchmarks/default_lr.py run --rank-scaling sqrt --out benchmarks/results/default_lr_sqrt --tasks inspection digits --methods lora loha lokr lotr superlora-2d lorta lonkr --lrs 0.03 --head-lrs 0.01 --seeds 0 1 2"
+STUDIO_NONE_RUN="default_lr:benchmarks/default_lr.py run --tasks digits --methods lora loha lokr lotr superlora-2d lorta lonkr --lrs 0.03 --head-lrs 0.01 --seeds 1 2"
 PROBE_SQRT_RUN="lr_probe_sqrt:benchmarks/lr_probe.py run --task inspection --rule sqrt"
 PEFT_RUN="peft_baselines:benchmarks/peft_baselines.py run --study-budgets --superlora --workers 1 --threads 1"
 
@@ -38,8 +40,8 @@ lane() {  # lane NAME LOG:ARGS...: the runs one after the other in one backgroun
 }
 
 if [ "${1:-}" = "--peft" ]; then
-    lane "lane 1" "$PEFT_RUN" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$PROBE_SQRT_RUN"
+    lane "lane 1" "$PEFT_RUN" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$STUDIO_NONE_RUN" "$PROBE_SQRT_RUN"
 else
-    lane "lane 1" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$PROBE_SQRT_RUN" "$PEFT_RUN"
+    lane "lane 1" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$STUDIO_NONE_RUN" "$PROBE_SQRT_RUN" "$PEFT_RUN"
 fi
 lane "lane 2" "$SQRT_RUN"
