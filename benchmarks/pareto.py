@@ -168,6 +168,9 @@ def analyse_study(protocol: Protocol, out: Path, docs: Path, tasks: list[str], p
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
+    if args.fixed_lr is not None and protocol.per_point:
+        raise SystemExit("--fixed-lr skips the family protocol's sweep; the per-point protocol always sweeps each "
+                         "point's lr (leave --fixed-lr out, or use --protocol family)")
     points = quick_grid() if args.quick else study_grid()
     if args.quick and protocol.per_point:
         points.append(next(p for p in study_grid() if p.family == HEAD_ONLY_FAMILY))

@@ -194,3 +194,8 @@ def test_a_rule_run_borrows_the_seed_0_runs_of_unscaled_points_and_runs_only_the
     # LoRA r=1's sweep is decided by the borrowed rows (best 0.015): its seeds 1, 2 come next, here
     assert ("main", lora1.method, 1, "0.015") in keys(jobs) and ("main", lora1.method, 2, "0.03") in keys(jobs)
     assert not any(j.point.key == lora1.key and j.seed == 0 for j in jobs)
+
+
+def test_a_fixed_lr_is_refused_under_the_per_point_protocol_which_always_sweeps():
+    with pytest.raises(SystemExit, match="the per-point protocol always sweeps each point's lr"):
+        pareto.main(["plan", "--protocol", "per-point", "--fixed-lr", "0.06"])
