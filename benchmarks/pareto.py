@@ -122,15 +122,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def with_rank_scaling(points: list[Point], rule: str, model: str = DEFAULT_MODEL) -> list[Point]:
-    """The points with `rank_scaling=rule` set explicitly (so a grid means the same whatever the library's default);
-    a rule other than "none" joins their method names. A point whose update sums one rank-one term (T = 1,
-    head-only too) has scale 1 under every rule, so it keeps "none": the same config, key and runs as under "none"
-    (a rule's run borrows those runs' sweep, see `run_study`)."""
-    plain = [replace(p, config=p.config.replace(rank_scaling="none")) for p in points]
+    """The grid's points (whose configs the grid pins to "none", `sweep.pinned`) with `rank_scaling=rule`; a rule
+    other than "none" joins their method names. A point whose update sums one rank-one term (T = 1, head-only too)
+    has scale 1 under every rule, so it keeps "none": the same config, key and runs as under "none" (a rule's run
+    borrows those runs' sweep, see `run_study`)."""
     if rule == "none":
-        return plain
+        return points
     return [p if rank_terms(p, model) == 1 else
-            replace(p, method=f"{p.method} [{rule}]", config=p.config.replace(rank_scaling=rule)) for p in plain]
+            replace(p, method=f"{p.method} [{rule}]", config=p.config.replace(rank_scaling=rule)) for p in points]
 
 
 def quick_protocol(protocol: Protocol) -> Protocol:

@@ -171,6 +171,9 @@ def test_a_rank_scaling_leaves_the_points_with_one_rank_term_as_they_are():
     assert scaled[0] == lora1 and scaled[2] == head  # same config, key and name as under "none"
     assert scaled[1].method == "LoRA [sqrt]" and scaled[1].config.rank_scaling == "sqrt"
     assert scaled[1].key != lora8.key
+    # the grids pin "none" themselves, so "none" leaves them as they are whatever the library default
+    grid = [*pareto.study_grid(), *pareto.quick_grid()]
+    assert {p.config.rank_scaling for p in grid} == {"none"} and pareto.with_rank_scaling(grid, "none") == grid
 
 
 def test_a_rule_run_borrows_the_seed_0_runs_of_unscaled_points_and_runs_only_their_later_seeds(tmp_path):

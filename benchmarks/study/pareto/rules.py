@@ -24,6 +24,11 @@ from benchmarks.study.sweep import base_method, lr_text
 BEGIN, END = "<!-- pareto-rules:begin -->", "<!-- pareto-rules:end -->"
 
 
+def seed_se(images: int) -> float:
+    """The standard error of one seed's accuracy near 80 % on `images` validation images."""
+    return math.sqrt(0.8 * 0.2 / images)
+
+
 def seed0_at(point: PointSummary, lr: float) -> float:
     """Seed-0 accuracy at `lr` (a diverged run counts as 0; NaN: not run)."""
     value = {lr_text(x): acc for x, acc in point.sweep}.get(lr_text(lr))
@@ -122,7 +127,7 @@ def candidates_markdown(summaries: Sequence[RuleSummary], lrs: Sequence[float], 
     how many points it brings within `WITHIN` of their own best, how many within two standard errors of one seed
     on `images` validation images (what seed 0 alone cannot tell apart; left out without `images`), and the worst
     shortfall."""
-    noise = 2 * math.sqrt(0.8 * 0.2 / images) if images else None
+    noise = 2 * seed_se(images) if images else None
     within_noise = f" / within 2 SE ({_pts(noise)})" if noise else ""
     lines = ["| single lr | " + " | ".join(f"{s.rule}: within {100 * WITHIN:.1f}{within_noise} points / worst "
                                          "shortfall" for s in summaries) + " |", "|---" * (1 + len(summaries)) + "|"]
@@ -152,7 +157,7 @@ def ratio_markdown(summaries: Sequence[RuleSummary], default: float, images: int
     these runs): every point at the default lr, against the Tucker-factored points (LoRTA, LoTR) at `ratio` times
     it and the others at it. Per rule: points within WITHIN of their best, within two standard errors of one seed,
     the mean and the worst shortfall."""
-    noise = 2 * math.sqrt(0.8 * 0.2 / images) if images else math.nan
+    noise = 2 * seed_se(images) if images else math.nan
     lines = [f"| rule | lrs | points | within {100 * WITHIN:.1f} | within 2 SE ({_pts(noise)}) | mean shortfall | "
              "worst shortfall |", "|---" * 7 + "|"]
     for s in summaries:
@@ -174,7 +179,7 @@ def at_default_markdown(summaries: Sequence[RuleSummary], default: float, images
     (today's), point by point, with how many points move by more than one seed's standard error either way."""
     if len(summaries) < 2 or not summaries[0].points:
         return []
-    noise = math.sqrt(0.8 * 0.2 / images) if images else 0.0
+    noise = seed_se(images) if images else 0.0
     base, lines = summaries[0], []
     for other in summaries[1:]:
         diffs = [seed0_at(b, default) - seed0_at(a, default) for a, b in zip(base.points, other.points)]
@@ -206,7 +211,7 @@ def task_markdown(task: str, summaries: Sequence[RuleSummary], undecided: dict[s
                   images: int | None, grid: Sequence[float] = PER_POINT.grid) -> str:
     missing = ", ".join(f"{rule}: {n}" for rule, n in undecided.items() if n)
     noise = (f" One seed on {images} validation images has a standard error of about "
-             f"{100 * math.sqrt(0.8 * 0.2 / images):.1f} points at 80 %, so seed-0 shortfalls under that are noise."
+             f"{100 * seed_se(images):.1f} points at 80 %, so seed-0 shortfalls under that are noise."
              if images else "")
     lines = [f"#### {task}", "",
              f"{len(summaries[0].points) if summaries else 0} adapter points have a finished seed-0 sweep under "
