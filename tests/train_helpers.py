@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import timm
 import torch
@@ -118,10 +120,14 @@ def _main(argv: list[str]) -> None:
     result = train_stripes(args.output, resume=args.resume, callbacks=[report], config=config, pick_lr=args.pick_lr)
     from accelerate import PartialState
 
+    state = PartialState()
     if args.pick_lr:
         result, pick = result
-        print("PICK " + json.dumps(pick.record()), flush=True)  # every process: they must agree
-    if PartialState().is_main_process:
+        # Every process records its pick (they must agree), each in a file of its own beside the run folder: two
+        # processes printing to one shared pipe can interleave their lines.
+        picked = Path(args.output).parent / f"pick-{state.process_index}.json"
+        picked.write_text(json.dumps(pick.record()))
+    if state.is_main_process:
         print("RESULT " + json.dumps(result_summary(result)), flush=True)
 
 
