@@ -341,9 +341,30 @@ def test_the_held_out_shortfall_leaves_out_seed_0_and_names_the_points_measurabl
     text = "\n".join(spread_markdown(spread, PER_POINT))
     assert ("the default falls more than 1.5 points short with 95 % confidence for 1 of the 2 points measured so "
             "far: short b5000 (100.0 [100.0, 100.0]).") in text
+    assert spread.held_out == (0.0, 1.0)  # lucky, short (summaries are in order of parameters, then method)
+    mean, low, high = spread.held_out_mean
+    assert mean == pytest.approx(0.5) and 0.0 <= low <= mean <= high <= 1.0  # two points, drawn again
+    assert ("over the 2 points measured so far (a point whose chosen lr is the default counts 0), the default "
+            "gives away 50.0 points on average") in text
     write_rows(tmp_path / "results", rows)
     analyse(tmp_path / "results", tmp_path / "page.md", tmp_path)
     assert "| 16.7 | 0.0 [0.0, 0.0] |" in (tmp_path / "page.md").read_text()  # lucky: 3-seed vs held-out
+
+
+def test_the_grid_wide_held_out_shortfall_counts_points_at_the_default_as_zero_and_needs_two_points():
+    from benchmarks.study.pareto.report import LrSpread
+
+    def held(*values, measured=None):
+        return LrSpread((0.03,) * len(values), None, 0, len(values), 0, 0, None,
+                        measured=len(values) if measured is None else measured, held_out=values)
+
+    assert held().held_out_mean is None and held(0.02).held_out_mean is None  # one point: no spread to draw
+    assert held(0.0, 0.0, 0.02, measured=1).held_out_mean is None  # two of them only at the default: not yet
+    mean, low, high = held(0.04, 0.0, 0.02).held_out_mean
+    assert mean == pytest.approx(0.02) and 0.0 <= low < mean < high <= 0.04  # within the points' own range
+    assert held(0.01, 0.01).held_out_mean == pytest.approx((0.01, 0.01, 0.01))  # equal points: no spread
+    at_default = summary("c", 0.03, 0.0)  # chosen lr = the default: gives nothing away, held-out or not
+    assert at_default.at_default and lr_spread([at_default, summary("d", 0.03, 0.0)]).held_out == (0.0, 0.0)
 
 
 def test_a_sweep_only_block_has_no_held_out_column(tmp_path):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.study.intervals import decode_correct, paired_difference, rows_interval
+from benchmarks.study.intervals import decode_correct, paired_difference, rows_interval, seed_interval
 from benchmarks.study.pareto import analysis
 from benchmarks.study.pareto.analysis import Summary
 from benchmarks.study.pareto.protocol import PER_POINT, Protocol
@@ -148,7 +148,9 @@ class LrSpread:
     default lr for every seed; within: those of them whose default-lr mean is within `WITHIN` of their chosen-lr
     mean (none diverged); worst: the point with the largest shortfall (a diverged default run counts as worst).
     measured: the points with a held-out shortfall (`PointSummary.held_out`); short: those of them whose interval
-    lies wholly above `WITHIN`, i.e. the default is measurably more than `WITHIN` short, and not only by noise."""
+    lies wholly above `WITHIN`, i.e. the default is measurably more than `WITHIN` short, and not only by noise.
+    held_out: the held-out shortfall of every point that has one, 0 for every point whose chosen lr is the default
+    (it gives nothing away there), in `summaries`' order: what the default costs across the grid, not per point."""
 
     lrs: tuple[float, ...]
     band: tuple[float, float] | None
@@ -159,6 +161,7 @@ class LrSpread:
     worst: PointSummary | None
     measured: int = 0
     short: tuple[PointSummary, ...] = ()
+    held_out: tuple[float, ...] = ()
 
     @property
     def low(self) -> float:
@@ -179,6 +182,15 @@ class LrSpread:
     @property
     def band_met(self) -> bool:
         return bool(self.points) and self.share >= BAND_SHARE - 1e-12
+
+    @property
+    def held_out_mean(self) -> tuple[float, float, float] | None:
+        """(mean, low, high) of `held_out` over the points, the interval a 95 % percentile bootstrap that draws the
+        points again (their own noise and how they differ both widen it); None until two points have a held-out
+        measurement (points at the default alone would report a cost of 0 that no run measured)."""
+        if self.measured < 2:
+            return None
+        return (statistics.fmean(self.held_out), *seed_interval(self.held_out))
 
     @property
     def default_met(self) -> bool | None:
@@ -213,7 +225,9 @@ def lr_spread(summaries: Sequence[PointSummary], seeds: Sequence[int] = SEEDS) -
     worst = max(ranked, key=lambda p: (_shortfall_rank(p), -p.params, p.method), default=None)
     measured = [p for p in adapters if p.held_out is not None]
     short = tuple(p for p in measured if p.held_out[1] > WITHIN + 1e-12)
-    return LrSpread(lrs, band, in_band, len(adapters), len(complete), len(within), worst, len(measured), short)
+    held_out = tuple(0.0 if p.at_default else p.held_out[0] for p in adapters if p.at_default or p.held_out is not None)
+    return LrSpread(lrs, band, in_band, len(adapters), len(complete), len(within), worst, len(measured), short,
+                    held_out)
 
 
 def long_steps(summaries: Sequence[PointSummary]) -> tuple[int, int] | None:
