@@ -4,10 +4,11 @@
 #   lane 1: the per-point re-run under today's scale, seed-0 lr sweeps only (the "before" of the rule comparison),
 #           then the short ones: the studio's defaults under "sqrt" on both samples (3 seeds) and under "none" on
 #           digits (its seeds 1-2), the lr probes of the inspection points under "sqrt", then PEFT's few-parameter
-#           methods beside SuperLoRA (whole qkv);
+#           methods beside SuperLoRA (whole qkv) on the inspection task;
 #   lane 2: the per-point re-run under rank_scaling="sqrt", whole protocol (seeds 0-2; the "after" and the fair
-#           re-run).
-# --peft puts the PEFT comparison first on lane 1. Each run resumes from its CSV rows in benchmarks/results/ and
+#           re-run), then the PEFT comparison on the digits task (each task has its own rows, so the two lanes
+#           never write the same file).
+# --peft puts the PEFT comparison first on both lanes. Each run resumes from its CSV rows in benchmarks/results/ and
 # skips what is already on file, and a run that has nothing left exits at once; a lane whose run is already going
 # is not started twice. Logs go to runs/. Creates the environment first when it is missing.
 set -euo pipefail
@@ -23,7 +24,9 @@ SQRT_RUN="pareto_per_point_sqrt:benchmarks/pareto.py run --protocol per-point --
 STUDIO_SQRT_RUN="default_lr_sqrt:benchmarks/default_lr.py run --rank-scaling sqrt --out benchmarks/results/default_lr_sqrt --tasks inspection digits --methods lora loha lokr lotr superlora-2d lorta lonkr --lrs 0.03 --head-lrs 0.01 --seeds 0 1 2"
 STUDIO_NONE_RUN="default_lr:benchmarks/default_lr.py run --tasks digits --methods lora loha lokr lotr superlora-2d lorta lonkr --lrs 0.03 --head-lrs 0.01 --seeds 1 2"
 PROBE_SQRT_RUN="lr_probe_sqrt:benchmarks/lr_probe.py run --task inspection --rule sqrt"
-PEFT_RUN="peft_baselines:benchmarks/peft_baselines.py run --study-budgets --superlora --workers 1 --threads 1"
+PEFT="benchmarks/peft_baselines.py run --study-budgets --superlora --workers 1 --threads 1"
+PEFT_INSPECTION_RUN="peft_baselines:$PEFT --tasks inspection"
+PEFT_DIGITS_RUN="peft_baselines_digits:$PEFT --tasks digits"
 
 lane() {  # lane NAME LOG:ARGS...: the runs one after the other in one background shell, unless one is going
     local name=$1; shift
@@ -40,8 +43,9 @@ lane() {  # lane NAME LOG:ARGS...: the runs one after the other in one backgroun
 }
 
 if [ "${1:-}" = "--peft" ]; then
-    lane "lane 1" "$PEFT_RUN" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$STUDIO_NONE_RUN" "$PROBE_SQRT_RUN"
+    lane "lane 1" "$PEFT_INSPECTION_RUN" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$STUDIO_NONE_RUN" "$PROBE_SQRT_RUN"
+    lane "lane 2" "$PEFT_DIGITS_RUN" "$SQRT_RUN"
 else
-    lane "lane 1" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$STUDIO_NONE_RUN" "$PROBE_SQRT_RUN" "$PEFT_RUN"
+    lane "lane 1" "$NONE_RUN" "$STUDIO_SQRT_RUN" "$STUDIO_NONE_RUN" "$PROBE_SQRT_RUN" "$PEFT_INSPECTION_RUN"
+    lane "lane 2" "$SQRT_RUN" "$PEFT_DIGITS_RUN"
 fi
-lane "lane 2" "$SQRT_RUN"
