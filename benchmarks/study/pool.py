@@ -23,8 +23,11 @@ def worker_init(threads: int) -> None:
 def run_until_done(pending: Callable[[], tuple[int, Sequence[tuple[Any, ...]]]], run: Callable[..., dict[str, Any]],
                    record: Callable[[Any, dict[str, Any]], None], workers: int, threads: int) -> None:
     """Loop until `pending()` returns no calls. `pending()` -> (rows on file, the argument tuples of `run`, each
-    starting with its job); `run(*arguments)` returns a job's row and `record(job, row)` stores it. With one
-    worker `run` is called here with `threads=threads`; with more, in spawned processes of `threads` threads."""
+    starting with its job, most urgent first); `run(*arguments)` returns a job's row and `record(job, row)` stores
+    it. With one worker `run` is called here with `threads=threads`, one call at a time, and `pending()` is asked
+    again after each: a job that a finished run has just made possible (an lr sweep's extension, rows another
+    process wrote) goes first instead of waiting behind the rest of a long list. With more workers, each batch runs
+    in spawned processes of `threads` threads before `pending()` is asked again."""
     pool = None
     if workers > 1:
         import multiprocessing
@@ -33,14 +36,16 @@ def run_until_done(pending: Callable[[], tuple[int, Sequence[tuple[Any, ...]]]],
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=worker_init, initargs=(threads,))
     try:
+        expected = None  # with one worker: the count the last list implies now, if nothing new came up
         while True:
             on_file, calls = pending()
             if not calls:
                 break
-            print(f"{on_file} runs on file, {len(calls)} to run now", flush=True)
+            if expected is None or len(calls) > expected:
+                print(f"{on_file} runs on file, {len(calls)} to run now", flush=True)
             if pool is None:
-                for arguments in calls:
-                    record(arguments[0], run(*arguments, threads=threads))
+                record(calls[0][0], run(*calls[0], threads=threads))
+                expected = len(calls) - 1
             else:
                 from concurrent.futures import as_completed
 
