@@ -6,8 +6,9 @@ Plain numbers only: this module imports nothing, so the CLI's parser can show th
 
 DEFAULT_LR = 3e-2  # AdamW learning rate of the adapter factors (evidence: benchmarks/results/default_lr.md)
 # How every adapter's update scale follows its rank when alpha is not given (superlora.config.RANK_SCALINGS; evidence:
-# docs/benchmarks.md, "Before and after"); alpha, when given, always means alpha / r, as in PEFT.
-DEFAULT_RANK_SCALING = "none"
+# docs/benchmarks.md, "Before and after": chosen there by a rule fixed before the sweeps ended; "none" was the scale
+# before it); alpha, when given, always means alpha / r, as in PEFT.
+DEFAULT_RANK_SCALING = "sqrt"
 DEFAULT_HEAD_LR = 1e-2  # AdamW learning rate of the modules trained in full (the classifier head); same evidence
 DEFAULT_EPOCHS = 3  # run length of TrainOptions() when neither epochs nor steps is given
 DEFAULT_STEPS = 150  # run length the faces (studio, CLI help, widgets) start from
