@@ -20,7 +20,7 @@ def test_one_worker_asks_again_after_every_run_so_new_urgent_jobs_jump_the_queue
         return {"job": job}
 
     run_until_done(pending, run, lambda job, row: done.append(row["job"]), workers=1, threads=1)
-    assert done == ["sweep-1", "sweep-2", "main-0", "main-1", "main-2"]  # a batch at a time: sweep-2 came last
+    assert done == ["sweep-1", "sweep-2", "main-0", "main-1", "main-2"]  # run as one batch, sweep-2 would have come last
     # The list is announced at the start and again only when it grew beyond what the last one implied.
     assert capsys.readouterr().out.splitlines() == ["0 runs on file, 4 to run now", "1 runs on file, 4 to run now"]
 
